@@ -1,0 +1,41 @@
+#pragma once
+
+// Loading and validation of deferd's YAML configuration.
+//
+// yaml-cpp throws; nothing here does. Every problem found becomes a Diagnostic that points at
+// the file, line and column of the offending node, and the loader keeps going so one run of
+// `deferd validate` reports every problem at once.
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "config/config.h"
+
+namespace deferd::config {
+
+struct Diagnostic {
+  Location location;
+  std::string message;
+
+  // "file:line:column: message", the form compilers and editors understand.
+  std::string toString() const;
+};
+
+struct LoadResult {
+  std::shared_ptr<const Config> config; // null when diagnostics is not empty
+  std::vector<Diagnostic> diagnostics;
+
+  bool ok() const { return config != nullptr; }
+};
+
+// Reads and validates one file.
+LoadResult loadFile(const std::string& path);
+
+// Validates YAML text; `name` is used as the file name in diagnostics.
+LoadResult loadString(const std::string& yaml, const std::string& name);
+
+// Serializes an effective config back to YAML, with every default written out (for /config).
+std::string toYaml(const Config& config);
+
+} // namespace deferd::config

@@ -1,0 +1,130 @@
+#pragma once
+
+// The filter interface of deferd's request path.
+//
+// Each route has an ordered chain of filters. For one request, the chain is created when the
+// request headers have been read and lives until the stream ends. A filter sees the request
+// headers on the way up (onRequestHeaders) and the response headers on the way down
+// (onResponseHeaders, in reverse order). On the way up a filter may:
+//
+//   - continue: return FilterStatus::kContinue;
+//   - answer locally: call callbacks().sendLocalReply(reason) and return kStop;
+//   - hold the request: return kStop and later, from the same worker thread, call either
+//     callbacks().continueRequest() or callbacks().sendLocalReply(reason).
+//
+// Threading: a chain belongs to one worker and every call into it, including timer callbacks
+// and continueRequest(), happens on that worker's thread. Filters that share state across
+// workers (limits, tables) must make that state safe themselves.
+//
+// Lifetime: onStreamEnd() is called exactly once, when the stream ends for any reason. A
+// held filter must treat it as the end of the hold: after it, the callbacks must not be used.
+// This is how a client that disconnects while its request waits frees its place at once.
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "proxy/local_reply.h"
+
+namespace deferd {
+
+using MonotonicTime = std::chrono::steady_clock::time_point;
+
+// A timer on the worker's event loop. Destroying it cancels it.
+class Timer {
+public:
+  virtual ~Timer() = default;
+  virtual void enableTimer(std::chrono::milliseconds delay) = 0;
+  virtual void disableTimer() = 0;
+  virtual bool enabled() const = 0;
+};
+
+// The worker's event loop as filters see it: a clock and timers. Tests use a fake one.
+class Dispatcher {
+public:
+  virtual ~Dispatcher() = default;
+  virtual MonotonicTime now() const = 0;
+  virtual std::unique_ptr<Timer> createTimer(std::function<void()> callback) = 0;
+};
+
+// Request or response headers. Names are compared case-insensitively.
+class HeaderMap {
+public:
+  virtual ~HeaderMap() = default;
+  virtual std::optional<std::string_view> get(std::string_view name) const = 0;
+  // Replaces every field of that name with one field.
+  virtual void set(std::string_view name, std::string_view value) = 0;
+  virtual void append(std::string_view name, std::string_view value) = 0;
+  virtual void remove(std::string_view name) = 0;
+  virtual void forEach(
+      const std::function<void(std::string_view name, std::string_view value)>& visit) const = 0;
+};
+
+enum class FilterStatus { kContinue, kStop };
+
+// Why a stream ended, as a filter's onStreamEnd() sees it.
+enum class StreamEnd {
+  kCompleted,        // the response was sent completely
+  kLocalReply,       // deferd answered itself
+  kDownstreamClosed, // the client went away before the response was complete
+  kUpstreamFailed,   // the upstream failed after the response had started
+};
+
+// Facts about the request that filters read and the access log reports.
+struct RequestInfo {
+  std::string_view listener;
+  std::string_view route_cluster;
+  std::string_view method;
+  std::string_view authority;
+  std::string_view path;
+  std::string_view request_id;
+  MonotonicTime start;
+
+  // Short code for the access log, set by the filter that decided something
+  // (for example "queued" or "shed"). Empty when nothing was decided.
+  std::string decision;
+};
+
+class FilterCallbacks {
+public:
+  virtual ~FilterCallbacks() = default;
+
+  // Resumes a held request with the next filter.
+  virtual void continueRequest() = 0;
+
+  // Ends the chain with a local reply; the reply itself is built in one place (local_reply.h).
+  virtual void sendLocalReply(LocalReplyReason reason) = 0;
+
+  virtual RequestInfo& requestInfo() = 0;
+  virtual Dispatcher& dispatcher() = 0;
+};
+
+class StreamFilter {
+public:
+  virtual ~StreamFilter() = default;
+
+  void setCallbacks(FilterCallbacks& callbacks) { callbacks_ = &callbacks; }
+
+  virtual FilterStatus onRequestHeaders(HeaderMap& headers) = 0;
+  virtual void onResponseHeaders(int /*status*/, HeaderMap& /*headers*/) {}
+  virtual void onStreamEnd(StreamEnd /*end*/) {}
+
+protected:
+  FilterCallbacks& callbacks() { return *callbacks_; }
+
+private:
+  FilterCallbacks* callbacks_ = nullptr;
+};
+
+// Creates one filter instance per request. Factories are built from the config when it loads
+// and shared read-only by all workers.
+class FilterFactory {
+public:
+  virtual ~FilterFactory() = default;
+  virtual std::unique_ptr<StreamFilter> createFilter() const = 0;
+};
+
+} // namespace deferd

@@ -1,0 +1,135 @@
+#pragma once
+
+// deferd's Prometheus metrics.
+//
+// Counters and gauges are prometheus-cpp's (lock-free atomics). prometheus-cpp's Histogram
+// takes a mutex on every Observe(), so request durations use LatencyHistogram below: relaxed
+// atomic buckets, summed only when /metrics is scraped. Together nothing on the request path
+// takes a lock.
+//
+// Handles are looked up once, when a config snapshot is built, and kept as pointers; the
+// objects they point at live as long as the Metrics object, across reloads, so a counter keeps
+// counting when its listener or cluster survives a reload.
+//
+// Label values are bounded by the config: listener, cluster and reason names, status classes.
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+
+#include <prometheus/collectable.h>
+#include <prometheus/counter.h>
+#include <prometheus/family.h>
+#include <prometheus/gauge.h>
+#include <prometheus/registry.h>
+
+#include "proxy/local_reply.h"
+
+namespace deferd {
+
+// Causes of upstream failures, the `reason` label of deferd_upstream_failures_total.
+enum class UpstreamFailure : uint8_t {
+  kConnectFailed,
+  kConnectTimeout,
+  kConnectionLimit,
+  kTimeout,
+  kReset,           // closed or reset before the response was complete
+  kBadResponse,
+  kCount,
+};
+
+std::string_view upstreamFailureName(UpstreamFailure failure);
+
+// A histogram of seconds with fixed buckets, updated with relaxed atomics.
+class LatencyHistogram {
+public:
+  static constexpr std::array<double, 14> kBuckets{0.0005, 0.001, 0.0025, 0.005, 0.01,
+                                                   0.025,  0.05,  0.1,    0.25,  0.5,
+                                                   1,      2.5,   5,      10};
+
+  void observe(double seconds);
+
+  // Cumulative counts per bucket (the last is +Inf), the count and the sum.
+  struct Snapshot {
+    std::array<uint64_t, kBuckets.size() + 1> cumulative{};
+    uint64_t count = 0;
+    double sum = 0;
+  };
+  Snapshot snapshot() const;
+
+private:
+  std::array<std::atomic<uint64_t>, kBuckets.size() + 1> counts_{};
+  std::atomic<uint64_t> sum_nanoseconds_{0};
+};
+
+struct ListenerStats {
+  prometheus::Gauge* connections_active = nullptr;
+  prometheus::Counter* connections_total = nullptr;
+  prometheus::Gauge* requests_in_flight = nullptr;
+  std::array<prometheus::Counter*, static_cast<size_t>(LocalReplyReason::kCount)> local_replies{};
+};
+
+// One listener and cluster pair; requests counted by status class 1xx..5xx.
+struct RouteStats {
+  std::array<prometheus::Counter*, 5> requests_by_class{};
+  LatencyHistogram* duration = nullptr;
+
+  void recordRequest(unsigned status, double seconds);
+};
+
+struct ClusterStats {
+  prometheus::Gauge* connections_active = nullptr;
+  prometheus::Counter* connections_created = nullptr;
+  std::array<prometheus::Counter*, static_cast<size_t>(UpstreamFailure::kCount)> failures{};
+};
+
+class Metrics {
+public:
+  Metrics();
+
+  // Each returns the same object for the same names for the life of this Metrics. Takes a
+  // mutex: call it when building a snapshot, never per request.
+  ListenerStats* listener(const std::string& name);
+  ClusterStats* cluster(const std::string& name);
+  RouteStats* route(const std::string& listener, const std::string& cluster);
+
+  // deferd_config_reloads_total{result="success"|"failure"}.
+  void recordReload(bool success);
+
+  // Sets deferd_ready (1 serving, 0 draining or not started).
+  void setReady(bool ready);
+
+  // The Prometheus text exposition format (version 0.0.4) of every metric.
+  std::string serialize() const;
+
+  prometheus::Registry& registry() { return *registry_; }
+
+private:
+  class HistogramCollector;
+
+  std::shared_ptr<prometheus::Registry> registry_;
+  std::shared_ptr<HistogramCollector> histograms_;
+
+  prometheus::Family<prometheus::Gauge>* connections_active_;
+  prometheus::Family<prometheus::Counter>* connections_total_;
+  prometheus::Family<prometheus::Gauge>* in_flight_;
+  prometheus::Family<prometheus::Counter>* local_replies_;
+  prometheus::Family<prometheus::Counter>* requests_;
+  prometheus::Family<prometheus::Gauge>* upstream_active_;
+  prometheus::Family<prometheus::Counter>* upstream_created_;
+  prometheus::Family<prometheus::Counter>* upstream_failures_;
+  prometheus::Family<prometheus::Counter>* reloads_;
+  prometheus::Gauge* ready_;
+
+  std::mutex mutex_; // guards the maps below; never taken on the request path
+  std::map<std::string, std::unique_ptr<ListenerStats>> listeners_;
+  std::map<std::string, std::unique_ptr<ClusterStats>> clusters_;
+  std::map<std::pair<std::string, std::string>, std::unique_ptr<RouteStats>> routes_;
+};
+
+} // namespace deferd
