@@ -434,13 +434,13 @@ private:
       request.chunked(true);
     }
 
-    auto forwarded = request.find(http::field::x_forwarded_for);
+    auto forwarded = request.find("x-forwarded-for");
     if (forwarded == request.end()) {
-      request.set(http::field::x_forwarded_for, peer_ip_);
+      request.set("x-forwarded-for", peer_ip_);
     } else {
       std::string value(forwarded->value());
       value.append(", ").append(peer_ip_);
-      request.set(http::field::x_forwarded_for, value);
+      request.set("x-forwarded-for", value);
     }
 
     auto id = request.find("x-request-id");
@@ -628,7 +628,7 @@ private:
       ec = {};
     }
     if (ec) {
-      onUpstreamError(ec, /*reading_response=*/false);
+      onUpstreamError(ec);
       return;
     }
     request_sent_ = true;
@@ -659,7 +659,7 @@ private:
 
   void onResponseHeader(error_code ec) {
     if (ec) {
-      onUpstreamError(ec, /*reading_response=*/true);
+      onUpstreamError(ec);
       return;
     }
     http::response<http::buffer_body>& response = response_->get();
@@ -733,7 +733,7 @@ private:
       ec = {};
     }
     if (ec) {
-      onUpstreamError(ec, /*reading_response=*/true);
+      onUpstreamError(ec);
       return;
     }
     auto& body = response_->get().body();
@@ -769,7 +769,7 @@ private:
 
   // ---- Failures ----
 
-  void onUpstreamError(error_code ec, bool reading_response) {
+  void onUpstreamError(error_code ec) {
     bool timed_out = timed_out_;
     timed_out_ = false;
 
