@@ -33,6 +33,8 @@ struct Address {
   uint16_t port = 0;
 
   std::string toString() const;
+
+  bool operator==(const Address&) const = default;
 };
 
 enum class Direction { kInbound, kOutbound };

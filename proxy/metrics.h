@@ -70,6 +70,7 @@ private:
 struct ListenerStats {
   prometheus::Gauge* connections_active = nullptr;
   prometheus::Counter* connections_total = nullptr;
+  prometheus::Counter* connections_rejected = nullptr; // over max_connections
   prometheus::Gauge* requests_in_flight = nullptr;
   std::array<prometheus::Counter*, static_cast<size_t>(LocalReplyReason::kCount)> local_replies{};
 };

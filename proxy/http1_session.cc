@@ -1,0 +1,1042 @@
+// One downstream HTTP/1.1 connection and the requests it carries.
+//
+// A request moves through these states, one at a time per connection:
+//
+//   kIdle ─► kReadingHeader ─► kFiltering ─► kConnecting ─► kSendingRequest
+//                                   (held)                        │
+//   ◄── keep-alive ── kSendingResponse ◄── kAwaitingResponse ◄────┘
+//
+// Bodies stream in both directions through one 64 KiB buffer: a piece is read from one side
+// and written to the other before the next read, so memory per request is bounded whatever
+// the body size. Beast's parser decodes chunked bodies and its serializer re-encodes them.
+//
+// Ownership: the session is kept alive by the shared_ptr captured in every pending handler;
+// when the last handler returns without starting another operation, the session is destroyed.
+// Deadlines are checked by the worker's tick, which cancels the pending operation; its
+// handler then sees `timed_out_` and replies or closes.
+//
+// Local replies are built in one place, sendLocalReply(), from the table in local_reply.h.
+
+#include <boost/asio/buffer.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "proxy/filter_chain.h"
+#include "proxy/worker.h"
+
+namespace deferd {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = asio::ip::tcp;
+using boost::system::error_code;
+
+namespace {
+
+constexpr std::string_view kReasonHeader = "deferd-reason";
+constexpr size_t kMaxResponseHeaderBytes = 64 * 1024;
+
+// Connection-specific fields (RFC 9110, section 7.6.1) that a proxy must not forward.
+// Transfer-Encoding is framing: it is kept and the serializer re-frames the body.
+constexpr std::string_view kHopByHop[] = {"connection", "keep-alive", "proxy-connection", "te",
+                                          "trailer",    "upgrade"};
+
+bool iequals(std::string_view a, std::string_view b) { return beast::iequals(a, b); }
+
+std::string_view trim(std::string_view value) {
+  while (!value.empty() && (value.front() == ' ' || value.front() == '\t')) {
+    value.remove_prefix(1);
+  }
+  while (!value.empty() && (value.back() == ' ' || value.back() == '\t')) {
+    value.remove_suffix(1);
+  }
+  return value;
+}
+
+// Removes hop-by-hop fields and every field that Connection names. Framing fields named in
+// Connection are left alone: dropping Content-Length or Host on a client's say-so would change
+// how the next hop frames or routes the message.
+void removeHopByHop(http::fields& fields) {
+  std::vector<std::string> named;
+  for (auto range = fields.equal_range(http::field::connection); range.first != range.second;
+       ++range.first) {
+    std::string_view value = range.first->value();
+    while (!value.empty()) {
+      size_t comma = value.find(',');
+      std::string_view token = trim(value.substr(0, comma));
+      if (!token.empty() && !iequals(token, "content-length") &&
+          !iequals(token, "transfer-encoding") && !iequals(token, "host")) {
+        named.emplace_back(token);
+      }
+      value = comma == std::string_view::npos ? std::string_view{} : value.substr(comma + 1);
+    }
+  }
+  for (const std::string& name : named) {
+    fields.erase(name);
+  }
+  for (std::string_view name : kHopByHop) {
+    fields.erase(name);
+  }
+}
+
+// Adapts Beast's fields to the filters' HeaderMap.
+class BeastHeaderMap : public HeaderMap {
+public:
+  explicit BeastHeaderMap(http::fields& fields) : fields_(fields) {}
+
+  std::optional<std::string_view> get(std::string_view name) const override {
+    auto found = fields_.find(name);
+    if (found == fields_.end()) {
+      return std::nullopt;
+    }
+    return std::string_view(found->value());
+  }
+  void set(std::string_view name, std::string_view value) override { fields_.set(name, value); }
+  void append(std::string_view name, std::string_view value) override {
+    fields_.insert(name, value);
+  }
+  void remove(std::string_view name) override { fields_.erase(name); }
+  void forEach(const std::function<void(std::string_view, std::string_view)>& visit)
+      const override {
+    for (const auto& field : fields_) {
+      visit(field.name_string(), field.value());
+    }
+  }
+
+private:
+  http::fields& fields_;
+};
+
+// Checks the request's framing against RFC 9112, section 6: a request that a peer could frame
+// differently from deferd is rejected, never forwarded. Returns an empty string when valid.
+std::string_view framingError(const http::request<http::buffer_body>& request) {
+  const http::fields& fields = request;
+  size_t content_lengths = fields.count(http::field::content_length);
+  size_t transfer_encodings = fields.count(http::field::transfer_encoding);
+
+  if (content_lengths > 1) {
+    return "duplicate Content-Length";
+  }
+  if (content_lengths == 1) {
+    std::string_view value = fields[http::field::content_length];
+    if (value.empty() || value.find_first_not_of("0123456789") != std::string_view::npos) {
+      return "invalid Content-Length";
+    }
+  }
+  if (transfer_encodings > 0) {
+    if (content_lengths > 0) {
+      return "both Content-Length and Transfer-Encoding";
+    }
+    if (request.version() < 11) {
+      return "Transfer-Encoding in an HTTP/1.0 request";
+    }
+    if (transfer_encodings > 1 || !iequals(trim(fields[http::field::transfer_encoding]),
+                                           "chunked")) {
+      return "Transfer-Encoding other than chunked";
+    }
+  }
+  size_t hosts = fields.count(http::field::host);
+  if (hosts > 1) {
+    return "duplicate Host";
+  }
+  if (hosts == 0 && request.version() >= 11) {
+    return "missing Host";
+  }
+  return {};
+}
+
+} // namespace
+
+class Http1Session final : public Session,
+                           public ChainOwner,
+                           public std::enable_shared_from_this<Http1Session> {
+public:
+  Http1Session(Worker& worker, tcp::socket socket, size_t listener_index)
+      : worker_(worker), snapshot_(worker.snapshot()),
+        listener_(&snapshot_->listeners[listener_index]), socket_(std::move(socket)),
+        buffer_(listener_->config->limits.max_header_bytes + Worker::kBodyBufferSize) {}
+
+  ~Http1Session() override {
+    endRequest(StreamEnd::kDownstreamClosed);
+    listener_->stats->connections_active->Decrement();
+    worker_.onSessionClosed();
+  }
+
+  void start() {
+    error_code ec;
+    socket_.set_option(tcp::no_delay(true), ec);
+    auto remote = socket_.remote_endpoint(ec);
+    if (!ec) {
+      peer_ip_ = remote.address().to_string();
+    }
+    listener_->stats->connections_active->Increment();
+    listener_->stats->connections_total->Increment();
+    worker_.addSession(*this);
+    readHeader();
+  }
+
+  // --- Session ---
+
+  void onTick(MonotonicTime now) override {
+    if (state_ == State::kIdle && buffer_.size() > 0) {
+      // The first bytes of a request arrived: from now on the header timeout applies.
+      state_ = State::kReadingHeader;
+      deadline_ = now + listener_->config->limits.header_timeout;
+    }
+    if (deadline_ == MonotonicTime{} || now < deadline_) {
+      return;
+    }
+    deadline_ = {};
+    timed_out_ = true;
+    error_code ignored;
+    switch (state_) {
+    case State::kIdle:
+    case State::kReadingHeader:
+    case State::kReplying:
+      socket_.cancel(ignored);
+      break;
+    case State::kAwaitingResponse:
+      upstream_->socket.cancel(ignored);
+      break;
+    case State::kSendingRequest:
+    case State::kSendingResponse:
+      // Either side may be the one that stalled.
+      if (upstream_) {
+        upstream_->socket.cancel(ignored);
+      }
+      socket_.cancel(ignored);
+      break;
+    default:
+      break;
+    }
+  }
+
+  void onDrain() override {
+    draining_ = true;
+    if (state_ == State::kIdle && buffer_.size() == 0) {
+      error_code ignored;
+      socket_.cancel(ignored);
+    }
+  }
+
+  void abort() override {
+    endRequest(StreamEnd::kDownstreamClosed);
+    close();
+  }
+
+  // --- ChainOwner ---
+
+  RequestInfo& requestInfo() override { return info_; }
+  Dispatcher& dispatcher() override { return worker_.dispatcher(); }
+
+  void onChainContinue() override {
+    stopWatchingDownstream();
+    acquireUpstream(nullptr);
+  }
+
+  void onChainLocalReply(LocalReplyReason reason) override {
+    stopWatchingDownstream();
+    sendLocalReply(reason);
+  }
+
+private:
+  enum class State {
+    kIdle,
+    kReadingHeader,
+    kFiltering,
+    kConnecting,
+    kSendingRequest,
+    kAwaitingResponse,
+    kSendingResponse,
+    kReplying,
+    kClosed,
+  };
+
+  // ---- Reading the request ----
+
+  void readHeader() {
+    state_ = buffer_.size() > 0 ? State::kReadingHeader : State::kIdle;
+    auto now = std::chrono::steady_clock::now();
+    deadline_ = now + (state_ == State::kIdle ? listener_->config->limits.idle_timeout
+                                              : listener_->config->limits.header_timeout);
+    timed_out_ = false;
+
+    request_.emplace();
+    request_->header_limit(listener_->config->limits.max_header_bytes);
+    request_->body_limit(boost::none);
+    http::async_read_header(socket_, buffer_, *request_,
+                            [self = shared_from_this()](error_code ec, size_t) {
+                              self->onReadHeader(ec);
+                            });
+  }
+
+  void onReadHeader(error_code ec) {
+    if (ec) {
+      if (timed_out_ && state_ == State::kReadingHeader) {
+        beginRequest();
+        sendLocalReply(LocalReplyReason::kHeaderTimeout);
+        return;
+      }
+      if (ec == http::error::end_of_stream || ec == asio::error::operation_aborted ||
+          ec == asio::error::connection_reset || ec == asio::error::eof || timed_out_ ||
+          draining_) {
+        close();
+        return;
+      }
+      beginRequest();
+      if (ec == http::error::header_limit) {
+        sendLocalReply(LocalReplyReason::kHeaderTooLarge);
+        return;
+      }
+      spdlog::debug("listener {}: malformed request from {}: {}", listener_->config->name,
+                    peer_ip_, ec.message());
+      sendLocalReply(LocalReplyReason::kBadRequest);
+      return;
+    }
+
+    beginRequest();
+    http::request<http::buffer_body>& request = request_->get();
+
+    std::string_view framing = framingError(request);
+    if (!framing.empty()) {
+      spdlog::debug("listener {}: rejected request from {}: {}", listener_->config->name,
+                    peer_ip_, framing);
+      sendLocalReply(LocalReplyReason::kBadRequest);
+      return;
+    }
+    if (std::distance(request.begin(), request.end()) >
+        static_cast<std::ptrdiff_t>(listener_->config->limits.max_header_count)) {
+      sendLocalReply(LocalReplyReason::kTooManyHeaders);
+      return;
+    }
+    if (!resolveTarget(request)) {
+      sendLocalReply(LocalReplyReason::kBadRequest);
+      return;
+    }
+
+    auto expect = request.find(http::field::expect);
+    if (expect != request.end()) {
+      if (!iequals(trim(expect->value()), "100-continue")) {
+        sendLocalReply(LocalReplyReason::kExpectationFailed);
+        return;
+      }
+      // deferd answers 100-continue itself once the request may go upstream, as Envoy does.
+      expect_continue_ = true;
+      request.erase(http::field::expect);
+    }
+
+    headers_.emplace(request);
+    std::optional<size_t> route_index = matchRoute(
+        listener_->config->routes, authority_, path_view(), *headers_);
+    if (!route_index) {
+      sendLocalReply(LocalReplyReason::kNoRoute);
+      return;
+    }
+    route_ = &listener_->routes[*route_index];
+    cluster_name_ = route_->config->cluster;
+    info_.route_cluster = cluster_name_;
+
+    prepareUpstreamRequest(request);
+
+    state_ = State::kFiltering;
+    deadline_ = {};
+    if (route_->filters.empty()) {
+      acquireUpstream(nullptr);
+      return;
+    }
+    std::vector<std::unique_ptr<StreamFilter>> filters;
+    filters.reserve(route_->filters.size());
+    for (const auto& factory : route_->filters) {
+      filters.push_back(factory->createFilter());
+    }
+    chain_ = std::make_unique<FilterChain>(*this, std::move(filters));
+    auto self = shared_from_this(); // the chain may finish the request synchronously
+    chain_->runRequestHeaders(*headers_);
+    if (chain_ && chain_->held()) {
+      watchDownstream();
+    }
+  }
+
+  std::string_view path_view() const { return path_; }
+
+  // Records what the access log and metrics need, once per request.
+  void beginRequest() {
+    request_start_ = std::chrono::steady_clock::now();
+    in_request_ = true;
+    listener_->stats->requests_in_flight->Increment();
+    info_ = RequestInfo{};
+    info_.listener = listener_->config->name;
+    info_.start = request_start_;
+    route_ = nullptr;
+    cluster_name_.clear();
+    endpoint_label_.clear();
+    expect_continue_ = false;
+    request_bytes_ = 0;
+    response_bytes_ = 0;
+    response_status_ = 0;
+    upstream_seconds_ = -1;
+    reason_ = {};
+    retried_ = false;
+    response_started_ = false;
+    request_sent_ = false;
+    if (request_ && request_->is_header_done()) {
+      const auto& request = request_->get();
+      method_ = request.method_string();
+      path_ = request.target();
+      protocol_ = request.version() == 10 ? "HTTP/1.0" : "HTTP/1.1";
+    } else {
+      method_.clear();
+      path_.clear();
+      protocol_ = "HTTP/1.1";
+    }
+    info_.method = method_;
+    info_.path = path_;
+  }
+
+  // Splits an absolute-form target into authority and origin-form path (a client configured to
+  // use deferd as an HTTP proxy sends those). Returns false on a target deferd cannot forward.
+  bool resolveTarget(http::request<http::buffer_body>& request) {
+    std::string_view target = request.target();
+    if (!target.starts_with('/')) {
+      std::optional<AbsoluteTarget> absolute = parseAbsoluteTarget(target);
+      if (!absolute) {
+        return false;
+      }
+      authority_ = absolute->authority;
+      path_ = absolute->path;
+      request.target(path_);
+      request.set(http::field::host, authority_);
+    } else {
+      auto host = request.find(http::field::host);
+      authority_ = host == request.end() ? std::string() : std::string(host->value());
+    }
+    info_.authority = authority_;
+    info_.path = path_;
+    return true;
+  }
+
+  void prepareUpstreamRequest(http::request<http::buffer_body>& request) {
+    bool client_keep_alive = request.keep_alive();
+    bool chunked = request.chunked();
+    removeHopByHop(request);
+    keep_alive_ = client_keep_alive && request.version() >= 11;
+    request.version(11);
+    if (chunked) {
+      request.chunked(true);
+    }
+
+    auto forwarded = request.find("x-forwarded-for");
+    if (forwarded == request.end()) {
+      request.set("x-forwarded-for", peer_ip_);
+    } else {
+      std::string value(forwarded->value());
+      value.append(", ").append(peer_ip_);
+      request.set("x-forwarded-for", value);
+    }
+
+    auto id = request.find("x-request-id");
+    if (id == request.end() || id->value().empty()) {
+      request_id_ = worker_.generateRequestId();
+      request.set("x-request-id", request_id_);
+    } else {
+      request_id_ = id->value();
+    }
+    info_.request_id = request_id_;
+  }
+
+  // While a filter holds the request, a client that closes its connection must free the
+  // request's place at once, so watch the socket for readability without consuming data.
+  void watchDownstream() {
+    watching_ = true;
+    socket_.async_wait(tcp::socket::wait_read, [self = shared_from_this()](error_code ec) {
+      if (!self->watching_ || ec) {
+        return;
+      }
+      self->watching_ = false;
+      char byte;
+      ssize_t received = ::recv(self->socket_.native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+      if (received == 0 || (received < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) {
+        spdlog::debug("listener {}: client {} closed while its request was held",
+                      self->listener_->config->name, self->peer_ip_);
+        self->endRequest(StreamEnd::kDownstreamClosed);
+        self->close();
+      }
+      // Bytes of a pipelined request: leave them for the next read.
+    });
+  }
+
+  void stopWatchingDownstream() {
+    if (watching_) {
+      watching_ = false;
+      error_code ignored;
+      socket_.cancel(ignored);
+    }
+  }
+
+  // ---- Upstream connection ----
+
+  void acquireUpstream(const UpstreamEndpoint* exclude) {
+    if (state_ == State::kClosed) {
+      return;
+    }
+    state_ = State::kConnecting;
+    WorkerCluster* cluster = worker_.cluster(cluster_name_);
+    const config::Cluster& cluster_config = *snapshot_->clusters[route_->cluster_index].config;
+    UpstreamEndpoint* endpoint =
+        cluster ? cluster->pick(cluster_config.lb, worker_.random(), exclude) : nullptr;
+    if (!endpoint) {
+      sendLocalReply(LocalReplyReason::kNoHealthyEndpoint);
+      return;
+    }
+    endpoint_ = endpoint->shared_from_this();
+    endpoint_label_ = endpoint->label();
+    endpoint_->in_flight++;
+    counted_in_flight_ = true;
+
+    ConnectionPtr connection = endpoint->acquire(
+        cluster_config.connect_timeout, [self = shared_from_this()](AcquireResult result) {
+          self->onUpstreamAcquired(std::move(result));
+        });
+    if (connection) {
+      onUpstreamAcquired(AcquireResult{std::move(connection), UpstreamFailure::kCount});
+    }
+  }
+
+  void onUpstreamAcquired(AcquireResult result) {
+    if (state_ != State::kConnecting) {
+      // The client left while the connection was being made; keep it for someone else.
+      if (result.connection) {
+        result.connection->endpoint->release(std::move(result.connection), true,
+                                             std::chrono::steady_clock::now());
+      }
+      return;
+    }
+    if (!result.connection) {
+      recordUpstreamFailure(result.failure);
+      releaseEndpoint();
+
+      // Nothing was sent: trying another endpoint once is always safe.
+      const UpstreamEndpoint* failed = endpoint_.get();
+      if (!retried_ && result.failure != UpstreamFailure::kConnectionLimit) {
+        WorkerCluster* cluster = worker_.cluster(cluster_name_);
+        if (cluster && cluster->endpoints.size() > 1) {
+          retried_ = true;
+          acquireUpstream(failed);
+          return;
+        }
+      }
+      sendLocalReply(result.failure == UpstreamFailure::kConnectTimeout
+                         ? LocalReplyReason::kConnectTimeout
+                     : result.failure == UpstreamFailure::kConnectionLimit
+                         ? LocalReplyReason::kConnectionLimit
+                         : LocalReplyReason::kConnectFailed);
+      return;
+    }
+    upstream_ = std::move(result.connection);
+
+    if (expect_continue_ && !request_->is_done()) {
+      expect_continue_ = false;
+      static constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
+      state_ = State::kSendingRequest;
+      asio::async_write(socket_, asio::buffer(kContinue.data(), kContinue.size()),
+                        [self = shared_from_this()](error_code ec, size_t) {
+                          if (ec) {
+                            self->abortRequest(StreamEnd::kDownstreamClosed);
+                            return;
+                          }
+                          self->sendRequest();
+                        });
+      return;
+    }
+    sendRequest();
+  }
+
+  // ---- Sending the request ----
+
+  void sendRequest() {
+    state_ = State::kSendingRequest;
+    deadline_ = std::chrono::steady_clock::now() + listener_->config->limits.stream_idle_timeout;
+    request_serializer_.emplace(request_->get());
+
+    if (request_->is_done()) {
+      // No body: the header goes alone.
+      http::async_write_header(upstream_->socket, *request_serializer_,
+                               [self = shared_from_this()](error_code ec, size_t) {
+                                 self->onRequestWritten(ec);
+                               });
+      return;
+    }
+    if (!body_buffer_) {
+      body_buffer_ = worker_.takeBuffer();
+    }
+    readRequestBody();
+  }
+
+  void readRequestBody() {
+    auto& body = request_->get().body();
+    body.data = body_buffer_.get();
+    body.size = Worker::kBodyBufferSize;
+    http::async_read_some(socket_, buffer_, *request_,
+                          [self = shared_from_this()](error_code ec, size_t) {
+                            self->onRequestBodyRead(ec);
+                          });
+  }
+
+  void onRequestBodyRead(error_code ec) {
+    if (ec == http::error::need_buffer) {
+      ec = {};
+    }
+    if (ec) {
+      if (!request_sent_ && ec != asio::error::eof && ec != http::error::end_of_stream &&
+          ec != asio::error::connection_reset && !timed_out_) {
+        // A framing error in the first piece of the body: nothing has reached the upstream, so
+        // the upstream connection is still clean and the client gets a 400.
+        spdlog::debug("listener {}: invalid request body from {}: {}", listener_->config->name,
+                      peer_ip_, ec.message());
+        releaseUpstream(true);
+        sendLocalReply(LocalReplyReason::kBadRequest);
+        return;
+      }
+      abortRequest(StreamEnd::kDownstreamClosed);
+      return;
+    }
+    auto& body = request_->get().body();
+    size_t received = Worker::kBodyBufferSize - body.size;
+    request_bytes_ += received;
+    body.data = body_buffer_.get();
+    body.size = received;
+    body.more = !request_->is_done();
+    deadline_ = std::chrono::steady_clock::now() + listener_->config->limits.stream_idle_timeout;
+
+    http::async_write(upstream_->socket, *request_serializer_,
+                      [self = shared_from_this()](error_code write_ec, size_t) {
+                        self->onRequestWritten(write_ec);
+                      });
+  }
+
+  void onRequestWritten(error_code ec) {
+    if (ec == http::error::need_buffer) {
+      ec = {};
+    }
+    if (ec) {
+      onUpstreamError(ec);
+      return;
+    }
+    request_sent_ = true;
+    if (!request_serializer_->is_done()) {
+      readRequestBody();
+      return;
+    }
+    readResponseHeader();
+  }
+
+  // ---- Receiving the response ----
+
+  void readResponseHeader() {
+    state_ = State::kAwaitingResponse;
+    upstream_sent_at_ = std::chrono::steady_clock::now();
+    deadline_ = upstream_sent_at_ + route_->config->timeout;
+    response_.emplace();
+    response_->header_limit(kMaxResponseHeaderBytes);
+    response_->body_limit(boost::none);
+    if (request_->get().method() == http::verb::head) {
+      response_->skip(true);
+    }
+    http::async_read_header(upstream_->socket, upstream_->buffer, *response_,
+                            [self = shared_from_this()](error_code ec, size_t) {
+                              self->onResponseHeader(ec);
+                            });
+  }
+
+  void onResponseHeader(error_code ec) {
+    if (ec) {
+      onUpstreamError(ec);
+      return;
+    }
+    http::response<http::buffer_body>& response = response_->get();
+    if (response.result_int() < 200 && response.result_int() != 101) {
+      // Interim responses (103 Early Hints and the like) are not forwarded.
+      readResponseHeader();
+      return;
+    }
+    upstream_seconds_ =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - upstream_sent_at_)
+            .count();
+    response_status_ = response.result_int();
+
+    bool upstream_keep_alive = response.keep_alive();
+    removeHopByHop(response);
+    upstream_reusable_ = upstream_keep_alive && response.result_int() != 101;
+
+    // A body delimited by the upstream closing the connection is re-framed as chunked for an
+    // HTTP/1.1 client so its connection can stay open.
+    bool has_body = !response_->is_done();
+    bool delimited = response.has_content_length() || response.chunked();
+    if (has_body && !delimited) {
+      upstream_reusable_ = false;
+      if (request_->get().version() >= 11) {
+        response.chunked(true);
+      } else {
+        keep_alive_ = false;
+      }
+    }
+    if (draining_ || worker_.draining()) {
+      keep_alive_ = false;
+    }
+    response.version(11);
+    response.keep_alive(keep_alive_);
+
+    if (chain_) {
+      BeastHeaderMap headers(response);
+      chain_->runResponseHeaders(static_cast<int>(response_status_), headers);
+    }
+
+    state_ = State::kSendingResponse;
+    deadline_ = std::chrono::steady_clock::now() + listener_->config->limits.stream_idle_timeout;
+    response_started_ = true;
+    response_serializer_.emplace(response);
+
+    if (response_->is_done()) {
+      http::async_write_header(socket_, *response_serializer_,
+                               [self = shared_from_this()](error_code write_ec, size_t) {
+                                 self->onResponseWritten(write_ec);
+                               });
+      return;
+    }
+    if (!body_buffer_) {
+      body_buffer_ = worker_.takeBuffer();
+    }
+    readResponseBody();
+  }
+
+  void readResponseBody() {
+    auto& body = response_->get().body();
+    body.data = body_buffer_.get();
+    body.size = Worker::kBodyBufferSize;
+    http::async_read_some(upstream_->socket, upstream_->buffer, *response_,
+                          [self = shared_from_this()](error_code ec, size_t) {
+                            self->onResponseBodyRead(ec);
+                          });
+  }
+
+  void onResponseBodyRead(error_code ec) {
+    if (ec == http::error::need_buffer) {
+      ec = {};
+    }
+    if (ec) {
+      onUpstreamError(ec);
+      return;
+    }
+    auto& body = response_->get().body();
+    size_t received = Worker::kBodyBufferSize - body.size;
+    response_bytes_ += received;
+    body.data = body_buffer_.get();
+    body.size = received;
+    body.more = !response_->is_done();
+    deadline_ = std::chrono::steady_clock::now() + listener_->config->limits.stream_idle_timeout;
+
+    http::async_write(socket_, *response_serializer_,
+                      [self = shared_from_this()](error_code write_ec, size_t) {
+                        self->onResponseWritten(write_ec);
+                      });
+  }
+
+  void onResponseWritten(error_code ec) {
+    if (ec == http::error::need_buffer) {
+      ec = {};
+    }
+    if (ec) {
+      releaseUpstream(false);
+      abortRequest(StreamEnd::kDownstreamClosed);
+      return;
+    }
+    if (!response_serializer_->is_done()) {
+      readResponseBody();
+      return;
+    }
+    releaseUpstream(upstream_reusable_);
+    finishRequest(StreamEnd::kCompleted);
+  }
+
+  // ---- Failures ----
+
+  void onUpstreamError(error_code ec) {
+    bool timed_out = timed_out_;
+    timed_out_ = false;
+
+    // A kept-alive connection the upstream closed just as it was reused: if nothing of the
+    // request body was consumed and nothing of a response arrived, send the request again on a
+    // new connection. This is the race every HTTP/1.1 keep-alive client has to handle.
+    bool nothing_received = !response_ || !response_->got_some();
+    bool retryable = upstream_ && upstream_->reused && !retried_ && !timed_out &&
+                     request_bytes_ == 0 && !response_started_ && nothing_received;
+    if (retryable) {
+      retried_ = true;
+      releaseUpstream(false);
+      releaseEndpoint();
+      response_.reset();
+      request_->get().body().data = nullptr;
+      request_->get().body().size = 0;
+      acquireUpstream(nullptr);
+      return;
+    }
+
+    UpstreamFailure failure = UpstreamFailure::kReset;
+    LocalReplyReason reason = LocalReplyReason::kUpstreamReset;
+    if (timed_out) {
+      failure = UpstreamFailure::kTimeout;
+      reason = LocalReplyReason::kUpstreamTimeout;
+    } else if (ec.category() == http::make_error_code(http::error::end_of_stream).category() &&
+               ec != http::error::end_of_stream && ec != http::error::partial_message) {
+      failure = UpstreamFailure::kBadResponse;
+      reason = LocalReplyReason::kBadUpstreamResponse;
+    }
+    spdlog::debug("cluster {}: upstream {} failed: {}", cluster_name_, endpoint_label_,
+                  timed_out ? "timed out" : ec.message());
+    recordUpstreamFailure(failure);
+    releaseUpstream(false);
+
+    if (response_started_) {
+      // Part of the response is already with the client: all that is left is to cut it off.
+      reason_ = upstreamFailureName(failure);
+      abortRequest(StreamEnd::kUpstreamFailed);
+      return;
+    }
+    sendLocalReply(reason);
+  }
+
+  void recordUpstreamFailure(UpstreamFailure failure) {
+    snapshot_->clusters[route_->cluster_index]
+        .stats->failures[static_cast<size_t>(failure)]
+        ->Increment();
+  }
+
+  // ---- Local replies ----
+
+  void sendLocalReply(LocalReplyReason reason) {
+    const LocalReplySpec& spec = localReplySpec(reason);
+    listener_->stats->local_replies[static_cast<size_t>(reason)]->Increment();
+    reason_ = spec.reason;
+    response_status_ = spec.status;
+    state_ = State::kReplying;
+    deadline_ = std::chrono::steady_clock::now() + listener_->config->limits.idle_timeout;
+    releaseEndpoint();
+
+    // A request body that was not read would be taken for the next request: close instead.
+    bool body_pending = request_ && request_->is_header_done() && !request_->is_done();
+    if (spec.close_connection || body_pending || !request_ || !request_->is_header_done()) {
+      keep_alive_ = false;
+    }
+    if (draining_ || worker_.draining()) {
+      keep_alive_ = false;
+    }
+
+    auto reply = std::make_shared<http::response<http::string_body>>();
+    reply->version(11);
+    reply->result(spec.status);
+    reply->set(http::field::content_type, "text/plain");
+    reply->set(kReasonHeader, spec.reason);
+    if (spec.status == 503) {
+      reply->set(http::field::retry_after, std::to_string(kRetryAfterSeconds));
+    }
+    if (!request_id_.empty()) {
+      reply->set("x-request-id", request_id_);
+    }
+    if (request_ && request_->is_header_done() &&
+        request_->get().method() == http::verb::head) {
+      reply->content_length(spec.reason.size() + 1);
+    } else {
+      reply->body() = std::string(spec.reason) + "\n";
+      reply->prepare_payload();
+    }
+    reply->keep_alive(keep_alive_);
+    if (chain_) {
+      BeastHeaderMap headers(*reply);
+      chain_->runResponseHeaders(spec.status, headers);
+    }
+
+    if (request_ && request_->is_header_done() &&
+        request_->get().method() == http::verb::head) {
+      auto serializer = std::make_shared<http::response_serializer<http::string_body>>(*reply);
+      http::async_write_header(socket_, *serializer,
+                               [self = shared_from_this(), reply, serializer](error_code ec,
+                                                                             size_t) {
+                                 self->onLocalReplyWritten(ec);
+                               });
+      return;
+    }
+    http::async_write(socket_, *reply, [self = shared_from_this(), reply](error_code ec, size_t) {
+      self->onLocalReplyWritten(ec);
+    });
+  }
+
+  void onLocalReplyWritten(error_code ec) {
+    if (ec) {
+      keep_alive_ = false;
+    }
+    finishRequest(StreamEnd::kLocalReply);
+  }
+
+  // ---- Ending a request ----
+
+  void releaseEndpoint() {
+    if (counted_in_flight_ && endpoint_) {
+      endpoint_->in_flight--;
+    }
+    counted_in_flight_ = false;
+  }
+
+  void releaseUpstream(bool reusable) {
+    if (!upstream_) {
+      return;
+    }
+    std::shared_ptr<UpstreamEndpoint> endpoint = upstream_->endpoint;
+    endpoint->release(std::move(upstream_), reusable && !worker_.draining(),
+                      std::chrono::steady_clock::now());
+  }
+
+  // Ends the current request's bookkeeping: metrics, access log, filters. Idempotent.
+  void endRequest(StreamEnd end) {
+    if (!in_request_) {
+      return;
+    }
+    in_request_ = false;
+    releaseEndpoint();
+    if (chain_) {
+      chain_->endStream(end);
+    }
+    listener_->stats->requests_in_flight->Decrement();
+
+    auto now = std::chrono::steady_clock::now();
+    double seconds = std::chrono::duration<double>(now - request_start_).count();
+    if (route_ && response_status_ != 0) {
+      route_->stats->recordRequest(response_status_, seconds);
+    }
+    if (AccessLog* log = worker_.accessLog()) {
+      AccessLogEntry entry;
+      entry.listener = listener_->config->name;
+      entry.cluster = cluster_name_;
+      entry.method = method_;
+      entry.authority = authority_;
+      entry.path = path_;
+      entry.protocol = protocol_;
+      entry.request_id = request_id_;
+      entry.downstream_address = peer_ip_;
+      entry.upstream_endpoint = endpoint_label_;
+      entry.status = end == StreamEnd::kCompleted || end == StreamEnd::kLocalReply
+                         ? response_status_
+                         : 0;
+      entry.request_bytes = request_bytes_;
+      entry.response_bytes = response_bytes_;
+      entry.duration_seconds = seconds;
+      entry.upstream_seconds = upstream_seconds_;
+      entry.reason = end == StreamEnd::kDownstreamClosed && reason_.empty()
+                         ? std::string_view("downstream-closed")
+                         : reason_;
+      entry.decision = info_.decision;
+      log->record(entry);
+    }
+  }
+
+  void finishRequest(StreamEnd end) {
+    endRequest(end);
+    chain_.reset();
+    headers_.reset();
+    request_serializer_.reset();
+    response_serializer_.reset();
+    response_.reset();
+    if (body_buffer_) {
+      worker_.returnBuffer(std::move(body_buffer_));
+    }
+    if (!keep_alive_ || draining_ || worker_.draining()) {
+      close();
+      return;
+    }
+    readHeader();
+  }
+
+  void abortRequest(StreamEnd end) {
+    releaseUpstream(false);
+    endRequest(end);
+    close();
+  }
+
+  void close() {
+    if (state_ == State::kClosed) {
+      return;
+    }
+    state_ = State::kClosed;
+    deadline_ = {};
+    watching_ = false;
+    releaseUpstream(false);
+    error_code ignored;
+    socket_.shutdown(tcp::socket::shutdown_send, ignored);
+    socket_.close(ignored);
+    unlink(); // leaves the worker's session list; the destructor runs with the last handler
+  }
+
+  Worker& worker_;
+  std::shared_ptr<const Snapshot> snapshot_;
+  const ListenerRuntime* listener_;
+  tcp::socket socket_;
+  beast::flat_buffer buffer_;
+  std::string peer_ip_;
+
+  State state_ = State::kIdle;
+  MonotonicTime deadline_{};
+  bool timed_out_ = false;
+  bool draining_ = false;
+  bool watching_ = false;
+
+  // The current request.
+  std::optional<http::request_parser<http::buffer_body>> request_;
+  std::optional<http::request_serializer<http::buffer_body>> request_serializer_;
+  std::optional<http::response_parser<http::buffer_body>> response_;
+  std::optional<http::response_serializer<http::buffer_body>> response_serializer_;
+  std::optional<BeastHeaderMap> headers_;
+  std::unique_ptr<FilterChain> chain_;
+  std::unique_ptr<char[]> body_buffer_;
+  ConnectionPtr upstream_;
+  std::shared_ptr<UpstreamEndpoint> endpoint_;
+  const RouteRuntime* route_ = nullptr;
+  RequestInfo info_;
+
+  bool in_request_ = false;
+  bool keep_alive_ = true;
+  bool expect_continue_ = false;
+  bool counted_in_flight_ = false;
+  bool retried_ = false;
+  bool request_sent_ = false;
+  bool response_started_ = false;
+  bool upstream_reusable_ = false;
+  MonotonicTime request_start_{};
+  MonotonicTime upstream_sent_at_{};
+  unsigned response_status_ = 0;
+  uint64_t request_bytes_ = 0;
+  uint64_t response_bytes_ = 0;
+  double upstream_seconds_ = -1;
+  std::string method_;
+  std::string path_;
+  std::string authority_;
+  std::string request_id_;
+  std::string cluster_name_;
+  std::string endpoint_label_;
+  std::string_view protocol_ = "HTTP/1.1";
+  std::string_view reason_;
+};
+
+void startHttp1Session(Worker& worker, tcp::socket socket, size_t listener_index) {
+  auto session = std::make_shared<Http1Session>(worker, std::move(socket), listener_index);
+  session->start();
+}
+
+} // namespace deferd

@@ -1,0 +1,431 @@
+#include "proxy/server.h"
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/socket_base.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include <spdlog/spdlog.h>
+
+#include <sys/socket.h>
+
+#include <map>
+#include <set>
+#include <thread>
+
+#include "config/loader.h"
+#include "proxy/admin.h"
+#include "proxy/metrics.h"
+#include "proxy/snapshot.h"
+#include "proxy/worker.h"
+
+namespace deferd {
+
+namespace asio = boost::asio;
+using tcp = asio::ip::tcp;
+
+namespace {
+
+constexpr int kListenBacklog = 1024;
+
+// Opens a listening socket with SO_REUSEPORT so every worker can bind the same address.
+std::unique_ptr<tcp::acceptor> bindAcceptor(asio::io_context& io, const config::Address& address,
+                                            std::string* error) {
+  boost::system::error_code ec;
+  auto ip = asio::ip::make_address(address.host, ec);
+  if (ec) {
+    *error = "invalid listener address " + address.toString() + ": " + ec.message();
+    return nullptr;
+  }
+  tcp::endpoint endpoint(ip, address.port);
+  auto acceptor = std::make_unique<tcp::acceptor>(io);
+  acceptor->open(endpoint.protocol(), ec);
+  if (!ec) {
+    acceptor->set_option(asio::socket_base::reuse_address(true), ec);
+  }
+  if (!ec) {
+    int one = 1;
+    if (::setsockopt(acceptor->native_handle(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0) {
+      ec.assign(errno, boost::system::system_category());
+    }
+  }
+  if (!ec) {
+    acceptor->bind(endpoint, ec);
+  }
+  if (!ec) {
+    acceptor->listen(kListenBacklog, ec);
+  }
+  if (ec) {
+    *error = "cannot listen on " + address.toString() + ": " + ec.message();
+    return nullptr;
+  }
+  return acceptor;
+}
+
+spdlog::level::level_enum parseLevel(const std::string& level) {
+  return spdlog::level::from_str(level);
+}
+
+std::string listenerKey(const config::Listener& listener) {
+  return listener.name + "@" + listener.address.toString();
+}
+
+} // namespace
+
+class Server::Impl {
+public:
+  Impl(std::string config_path, std::string log_level)
+      : config_path_(std::move(config_path)), log_level_(std::move(log_level)), signals_(io_),
+        resolve_timer_(io_),
+        drain_timer_(io_) {}
+
+  int run() {
+    config::LoadResult loaded = config::loadFile(config_path_);
+    if (!loaded.ok()) {
+      for (const config::Diagnostic& diagnostic : loaded.diagnostics) {
+        spdlog::error("{}", diagnostic.toString());
+      }
+      spdlog::error("not starting: {} is invalid", config_path_);
+      return 1;
+    }
+    config_ = loaded.config;
+    spdlog::set_level(parseLevel(log_level_.empty() ? config_->log.level : log_level_));
+
+    size_t worker_count = config_->workers;
+    if (worker_count == 0) {
+      worker_count = std::max(1u, std::thread::hardware_concurrency());
+    }
+    for (size_t i = 0; i < worker_count; i++) {
+      workers_.push_back(std::make_unique<Worker>(i, worker_count));
+    }
+
+    std::string error;
+    if (!openAccessLog(*config_, &error)) {
+      spdlog::error("not starting: {}", error);
+      return 1;
+    }
+    resolveAllNow(*config_);
+    if (!applyConfig(config_, &error)) {
+      spdlog::error("not starting: {}", error);
+      return 1;
+    }
+
+    AdminHandlers handlers;
+    handlers.metrics = [this] { return metrics_.serialize(); };
+    handlers.ready = [this] { return ready_.load(); };
+    handlers.config_yaml = [this] { return config::toYaml(*config_); };
+    admin_ = std::make_unique<AdminServer>(io_, std::move(handlers));
+    if (!admin_->start(config_->admin.address, &error)) {
+      spdlog::error("not starting: admin listener: {}", error);
+      return 1;
+    }
+
+    for (auto& worker : workers_) {
+      worker->start();
+    }
+    ready_ = true;
+    metrics_.setReady(true);
+    spdlog::info("deferd started: {} workers, {} listeners, admin on {}", workers_.size(),
+                 config_->listeners.size(), config_->admin.address.toString());
+    for (const config::Listener& listener : config_->listeners) {
+      spdlog::info("listener {} on {} ({} routes)", listener.name, listener.address.toString(),
+                   listener.routes.size());
+    }
+
+    waitForSignals();
+    scheduleResolve();
+    io_.run();
+
+    for (auto& worker : workers_) {
+      worker->io().stop();
+    }
+    for (auto& worker : workers_) {
+      worker->join();
+    }
+    spdlog::info("deferd stopped");
+    return 0;
+  }
+
+private:
+  bool openAccessLog(const config::Config& config, std::string* error) {
+    std::shared_ptr<AccessLogFile> file;
+    if (config.access_log.enabled) {
+      file = AccessLog::open(config.access_log.path, error);
+      if (!file) {
+        return false;
+      }
+    }
+    // Writers are swapped on the workers' threads; before start() the post simply waits.
+    for (auto& worker : workers_) {
+      asio::post(worker->io(), [w = worker.get(), file] { w->setAccessLog(file); });
+    }
+    return true;
+  }
+
+  // Binds what the new config needs and hands it to every worker. On a bind error nothing
+  // changes and `error` says why.
+  bool applyConfig(std::shared_ptr<const config::Config> config, std::string* error) {
+    std::set<std::string> existing;
+    if (snapshot_) {
+      for (const config::Listener& listener : snapshot_->config->listeners) {
+        existing.insert(listenerKey(listener));
+      }
+    }
+
+    // acceptors[worker][listener]; null where the listener already runs.
+    std::vector<std::vector<std::unique_ptr<tcp::acceptor>>> acceptors(workers_.size());
+    for (size_t w = 0; w < workers_.size(); w++) {
+      for (const config::Listener& listener : config->listeners) {
+        if (existing.count(listenerKey(listener)) > 0) {
+          acceptors[w].push_back(nullptr);
+          continue;
+        }
+        auto acceptor = bindAcceptor(workers_[w]->io(), listener.address, error);
+        if (!acceptor) {
+          *error = "listener " + listener.name + ": " + *error;
+          return false;
+        }
+        acceptors[w].push_back(std::move(acceptor));
+      }
+    }
+
+    snapshot_ = Snapshot::build(config, metrics_);
+    for (size_t w = 0; w < workers_.size(); w++) {
+      Worker* worker = workers_[w].get();
+      auto moved = std::make_shared<std::vector<std::unique_ptr<tcp::acceptor>>>(
+          std::move(acceptors[w]));
+      auto resolved = resolved_;
+      asio::post(worker->io(), [worker, snapshot = snapshot_, moved, resolved] {
+        for (const auto& [key, entry] : resolved) {
+          worker->updateEndpoints(entry.cluster, entry.address, entry.endpoints);
+        }
+        worker->applySnapshot(snapshot, std::move(*moved));
+      });
+    }
+    return true;
+  }
+
+  // ---- DNS ----
+
+  struct Resolved {
+    std::string cluster;
+    config::Address address;
+    std::vector<tcp::endpoint> endpoints;
+  };
+
+  static bool isIpLiteral(const std::string& host) {
+    boost::system::error_code ec;
+    asio::ip::make_address(host, ec);
+    return !ec;
+  }
+
+  // Resolves every DNS-named endpoint once, blocking, so the first requests have addresses.
+  void resolveAllNow(const config::Config& config) {
+    tcp::resolver resolver(io_);
+    for (const config::Cluster& cluster : config.clusters) {
+      for (const config::Address& address : cluster.endpoints) {
+        if (isIpLiteral(address.host)) {
+          continue;
+        }
+        boost::system::error_code ec;
+        auto results = resolver.resolve(address.host, std::to_string(address.port), ec);
+        std::vector<tcp::endpoint> endpoints;
+        if (ec) {
+          spdlog::warn("cluster {}: cannot resolve {}: {}; will retry", cluster.name,
+                       address.toString(), ec.message());
+        }
+        for (const auto& result : results) {
+          endpoints.push_back(result.endpoint());
+        }
+        resolved_[cluster.name + "/" + address.toString()] =
+            Resolved{cluster.name, address, std::move(endpoints)};
+      }
+    }
+  }
+
+  // Re-resolves DNS names on a one-second tick, each at its cluster's resolve_every.
+  void scheduleResolve() {
+    resolve_timer_.expires_after(std::chrono::seconds(1));
+    resolve_timer_.async_wait([this](const boost::system::error_code& ec) {
+      if (ec) {
+        return;
+      }
+      auto now = std::chrono::steady_clock::now();
+      for (const config::Cluster& cluster : config_->clusters) {
+        for (const config::Address& address : cluster.endpoints) {
+          if (isIpLiteral(address.host)) {
+            continue;
+          }
+          std::string key = cluster.name + "/" + address.toString();
+          auto& last = last_resolved_[key];
+          if (now - last < cluster.resolve_every) {
+            continue;
+          }
+          last = now;
+          resolveAsync(cluster.name, address, key);
+        }
+      }
+      scheduleResolve();
+    });
+  }
+
+  void resolveAsync(const std::string& cluster, const config::Address& address,
+                    const std::string& key) {
+    auto resolver = std::make_shared<tcp::resolver>(io_);
+    resolver->async_resolve(
+        address.host, std::to_string(address.port),
+        [this, resolver, cluster, address, key](const boost::system::error_code& ec,
+                                                tcp::resolver::results_type results) {
+          if (ec) {
+            // Keep the last known addresses: a DNS outage should not empty a cluster.
+            spdlog::warn("cluster {}: cannot resolve {}: {}; keeping {} known addresses",
+                         cluster, address.toString(), ec.message(),
+                         resolved_[key].endpoints.size());
+            return;
+          }
+          std::vector<tcp::endpoint> endpoints;
+          for (const auto& result : results) {
+            endpoints.push_back(result.endpoint());
+          }
+          if (endpoints == resolved_[key].endpoints) {
+            return;
+          }
+          spdlog::info("cluster {}: {} now resolves to {} addresses", cluster,
+                       address.toString(), endpoints.size());
+          resolved_[key] = Resolved{cluster, address, endpoints};
+          for (auto& worker : workers_) {
+            asio::post(worker->io(), [w = worker.get(), cluster, address, endpoints] {
+              w->updateEndpoints(cluster, address, endpoints);
+            });
+          }
+        });
+  }
+
+  // ---- Signals ----
+
+  void waitForSignals() {
+    signals_.add(SIGTERM);
+    signals_.add(SIGINT);
+    signals_.add(SIGHUP);
+    signals_.async_wait([this](const boost::system::error_code& ec, int signal) {
+      if (ec) {
+        return;
+      }
+      if (signal == SIGHUP) {
+        reload();
+        waitForSignals();
+        return;
+      }
+      drain(signal);
+    });
+  }
+
+  void reload() {
+    spdlog::info("SIGHUP: reloading {}", config_path_);
+    config::LoadResult loaded = config::loadFile(config_path_);
+    if (!loaded.ok()) {
+      for (const config::Diagnostic& diagnostic : loaded.diagnostics) {
+        spdlog::error("{}", diagnostic.toString());
+      }
+      spdlog::error("reload rejected: {} is invalid; the running config is unchanged",
+                    config_path_);
+      metrics_.recordReload(false);
+      return;
+    }
+
+    std::string error;
+    if (loaded.config->admin.address.toString() != config_->admin.address.toString()) {
+      spdlog::warn("reload: admin address change to {} takes effect at the next restart",
+                   loaded.config->admin.address.toString());
+    }
+    if (loaded.config->workers != config_->workers) {
+      spdlog::warn("reload: worker count change takes effect at the next restart");
+    }
+    resolveAllNow(*loaded.config);
+    if (!applyConfig(loaded.config, &error)) {
+      spdlog::error("reload rejected: {}; the running config is unchanged", error);
+      metrics_.recordReload(false);
+      return;
+    }
+    if (!openAccessLog(*loaded.config, &error)) {
+      spdlog::error("reload: access log: {}; access logging is off", error);
+    }
+    config_ = loaded.config;
+    spdlog::set_level(parseLevel(log_level_.empty() ? config_->log.level : log_level_));
+    metrics_.recordReload(true);
+    spdlog::info("reload applied: {} listeners, {} clusters", config_->listeners.size(),
+                 config_->clusters.size());
+  }
+
+  void drain(int signal) {
+    spdlog::info("{}: draining for at most {} ms", signal == SIGTERM ? "SIGTERM" : "SIGINT",
+                 config_->drain_timeout.count());
+    ready_ = false;
+    metrics_.setReady(false);
+    resolve_timer_.cancel();
+
+    auto remaining = std::make_shared<size_t>(workers_.size());
+    for (auto& worker : workers_) {
+      asio::post(worker->io(), [this, w = worker.get(), remaining] {
+        w->drain([this, remaining] {
+          asio::post(io_, [this, remaining] {
+            if (--*remaining == 0) {
+              spdlog::info("drain complete: every connection closed");
+              finish();
+            }
+          });
+        });
+      });
+    }
+    drain_timer_.expires_after(config_->drain_timeout);
+    drain_timer_.async_wait([this](const boost::system::error_code& ec) {
+      if (!ec) {
+        spdlog::warn("drain timeout passed with connections still open; closing them");
+        finish();
+      }
+    });
+
+    // A second signal during drain stops at once.
+    signals_.async_wait([this](const boost::system::error_code& ec, int) {
+      if (!ec) {
+        spdlog::warn("second signal during drain: stopping now");
+        finish();
+      }
+    });
+  }
+
+  void finish() {
+    drain_timer_.cancel();
+    signals_.cancel();
+    if (admin_) {
+      admin_->stop();
+    }
+    io_.stop();
+  }
+
+  std::string config_path_;
+  std::string log_level_;
+  asio::io_context io_;
+  asio::signal_set signals_;
+  asio::steady_timer resolve_timer_;
+  asio::steady_timer drain_timer_;
+  Metrics metrics_;
+  std::shared_ptr<const config::Config> config_;
+  std::shared_ptr<const Snapshot> snapshot_;
+  std::vector<std::unique_ptr<Worker>> workers_;
+  std::unique_ptr<AdminServer> admin_;
+  std::atomic<bool> ready_{false};
+  std::map<std::string, Resolved> resolved_;
+  std::map<std::string, std::chrono::steady_clock::time_point> last_resolved_;
+};
+
+Server::Server(std::string config_path, std::string log_level)
+    : impl_(std::make_unique<Impl>(std::move(config_path), std::move(log_level))) {}
+
+Server::~Server() = default;
+
+int Server::run() { return impl_->run(); }
+
+} // namespace deferd

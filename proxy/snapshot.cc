@@ -1,0 +1,62 @@
+#include "proxy/snapshot.h"
+
+#include "filters/headers/header_mutation.h"
+
+namespace deferd {
+namespace {
+
+// The policy's header mutations run first, then the route's, so a route can override a
+// policy. A policy in shadow or off mode changes no headers.
+void addHeaderFilters(const config::Config& config, const config::Route& route,
+                      RouteRuntime& runtime) {
+  if (route.policy) {
+    auto policy = config.policies.find(*route.policy);
+    if (policy != config.policies.end() && policy->second.mode == config::PolicyMode::kEnforce) {
+      const config::Policy& p = policy->second;
+      if (!filters::HeaderMutationFactory::empty(p.request_headers) ||
+          !filters::HeaderMutationFactory::empty(p.response_headers)) {
+        runtime.filters.push_back(std::make_shared<filters::HeaderMutationFactory>(
+            p.request_headers, p.response_headers));
+      }
+    }
+  }
+  if (!filters::HeaderMutationFactory::empty(route.request_headers) ||
+      !filters::HeaderMutationFactory::empty(route.response_headers)) {
+    runtime.filters.push_back(std::make_shared<filters::HeaderMutationFactory>(
+        route.request_headers, route.response_headers));
+  }
+}
+
+} // namespace
+
+std::shared_ptr<const Snapshot> Snapshot::build(std::shared_ptr<const config::Config> config,
+                                                Metrics& metrics) {
+  auto snapshot = std::make_shared<Snapshot>();
+  snapshot->config = config;
+
+  for (const config::Cluster& cluster : config->clusters) {
+    snapshot->clusters.push_back(ClusterRuntime{&cluster, metrics.cluster(cluster.name)});
+  }
+
+  for (const config::Listener& listener : config->listeners) {
+    ListenerRuntime runtime;
+    runtime.config = &listener;
+    runtime.stats = metrics.listener(listener.name);
+    for (const config::Route& route : listener.routes) {
+      RouteRuntime route_runtime;
+      route_runtime.config = &route;
+      for (size_t i = 0; i < config->clusters.size(); i++) {
+        if (config->clusters[i].name == route.cluster) {
+          route_runtime.cluster_index = i;
+        }
+      }
+      route_runtime.stats = metrics.route(listener.name, route.cluster);
+      addHeaderFilters(*config, route, route_runtime);
+      runtime.routes.push_back(std::move(route_runtime));
+    }
+    snapshot->listeners.push_back(std::move(runtime));
+  }
+  return snapshot;
+}
+
+} // namespace deferd

@@ -1,0 +1,93 @@
+#pragma once
+
+// Upstream endpoints and their keep-alive connection pools, one set per worker.
+//
+// Threading: everything here belongs to one worker and is used only on its thread, so no field
+// needs a lock. Each worker may open at most ceil(max_connections / workers) connections to an
+// endpoint, which keeps the cluster-wide limit without a shared counter.
+//
+// A request takes a connection with acquire(): an idle one if the endpoint has one (checked to
+// be still open), else a new one once connected, else, at the limit, it waits for a release
+// until connect_timeout runs out. release() returns a connection for reuse or closes it.
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+
+#include <chrono>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "filters/filter.h"
+#include "proxy/metrics.h"
+
+namespace deferd {
+
+class UpstreamEndpoint;
+
+struct UpstreamConnection {
+  explicit UpstreamConnection(boost::asio::io_context& io) : socket(io) {}
+
+  boost::asio::ip::tcp::socket socket;
+  boost::beast::flat_buffer buffer;
+  std::shared_ptr<UpstreamEndpoint> endpoint;
+  bool reused = false;      // it served a request before this one
+  MonotonicTime idle_since; // when it was last released
+};
+
+using ConnectionPtr = std::unique_ptr<UpstreamConnection>;
+
+// The outcome of acquire(): a connection, or why there is none.
+struct AcquireResult {
+  ConnectionPtr connection;
+  UpstreamFailure failure = UpstreamFailure::kCount; // kCount when `connection` is set
+};
+
+using AcquireCallback = std::function<void(AcquireResult)>;
+
+class UpstreamEndpoint : public std::enable_shared_from_this<UpstreamEndpoint> {
+public:
+  UpstreamEndpoint(boost::asio::io_context& io, boost::asio::ip::tcp::endpoint address,
+                   std::string label, ClusterStats* stats, uint32_t max_connections);
+  ~UpstreamEndpoint();
+
+  // Returns an idle connection at once if one is open, else null and calls `callback` later,
+  // on this worker's thread, with a new connection or the failure.
+  ConnectionPtr acquire(std::chrono::milliseconds connect_timeout, AcquireCallback callback);
+
+  // Returns a connection. A `reusable` one is kept idle or handed to a waiting request.
+  void release(ConnectionPtr connection, bool reusable, MonotonicTime now);
+
+  // Closes idle connections unused for `idle_timeout`.
+  void closeIdle(MonotonicTime now, std::chrono::milliseconds idle_timeout);
+
+  // Closes every idle connection (drain, or the endpoint left the cluster).
+  void closeAllIdle();
+
+  const boost::asio::ip::tcp::endpoint& address() const { return address_; }
+  const std::string& label() const { return label_; }
+
+  uint32_t in_flight = 0; // requests using this endpoint on this worker
+
+private:
+  struct Waiter;
+
+  void connect(std::chrono::milliseconds timeout, AcquireCallback callback);
+  void onConnectionClosed();
+  void serveWaiter();
+
+  boost::asio::io_context& io_;
+  boost::asio::ip::tcp::endpoint address_;
+  std::string label_;
+  ClusterStats* stats_;
+  uint32_t max_connections_;
+  uint32_t open_connections_ = 0; // idle plus in use, plus connects in progress
+  std::vector<ConnectionPtr> idle_; // most recently used last
+  std::deque<std::shared_ptr<Waiter>> waiters_;
+};
+
+} // namespace deferd

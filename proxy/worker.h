@@ -1,0 +1,148 @@
+#pragma once
+
+// A worker: one thread running one io_context, with its own acceptors, sessions, connection
+// pools and access log writer.
+//
+// Thread model: every worker accepts on its own socket for each listener, all bound to the same
+// address with SO_REUSEPORT, so the kernel spreads connections and nothing on the request path
+// is shared between workers except the read-only config snapshot and atomic metrics. The main
+// thread talks to a worker only by posting functions to its io_context.
+//
+// Timeouts: sessions register in the worker's session list, and a 50 ms tick checks their
+// deadlines. One periodic timer per worker costs less than arming a timer per I/O operation,
+// and timeouts of seconds do not need finer resolution.
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/intrusive/list.hpp>
+
+#include <atomic>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "proxy/access_log.h"
+#include "proxy/router.h"
+#include "proxy/snapshot.h"
+#include "proxy/upstream_pool.h"
+
+namespace deferd {
+
+// A downstream connection as the worker sees it: something with deadlines that drains.
+class Session : public boost::intrusive::list_base_hook<
+                    boost::intrusive::link_mode<boost::intrusive::auto_unlink>> {
+public:
+  virtual ~Session() = default;
+  virtual void onTick(MonotonicTime now) = 0;
+  // Closes the connection if no request is in progress, else after the current response.
+  virtual void onDrain() = 0;
+  // Closes the connection now, whatever is in progress.
+  virtual void abort() = 0;
+};
+
+// One cluster's endpoints on one worker.
+struct WorkerCluster {
+  std::vector<config::Address> configured; // the endpoints as configured, to detect changes
+  std::vector<std::shared_ptr<UpstreamEndpoint>> endpoints;
+  size_t round_robin_cursor = 0;
+
+  // Picks an endpoint by the cluster's balancer, skipping `exclude` when another is available.
+  UpstreamEndpoint* pick(config::LbPolicy policy, LbRandom& random,
+                         const UpstreamEndpoint* exclude);
+};
+
+class AsioDispatcher;
+
+class Worker {
+public:
+  Worker(size_t index, size_t worker_count);
+  ~Worker();
+
+  boost::asio::io_context& io() { return io_; }
+  size_t index() const { return index_; }
+
+  // Runs the worker's loop on a new thread.
+  void start();
+  void join();
+
+  // --- Called on the worker's own thread, usually by a function posted from main. ---
+
+  // Swaps in a new snapshot with the acceptors bound for it (one per listener, same order;
+  // null where the listener is unchanged and the current acceptor is kept).
+  void applySnapshot(std::shared_ptr<const Snapshot> snapshot,
+                     std::vector<std::unique_ptr<boost::asio::ip::tcp::acceptor>> acceptors);
+
+  // Replaces the resolved addresses of one configured endpoint of a cluster.
+  void updateEndpoints(const std::string& cluster, const config::Address& configured,
+                       std::vector<boost::asio::ip::tcp::endpoint> resolved);
+
+  // Stops accepting and closes idle connections; calls `drained` once no session is left.
+  void drain(std::function<void()> drained);
+
+  // --- Used by sessions. ---
+
+  const std::shared_ptr<const Snapshot>& snapshot() const { return snapshot_; }
+  WorkerCluster* cluster(const std::string& name);
+  AccessLog* accessLog() { return access_log_.get(); }
+  LbRandom& random() { return random_; }
+  Dispatcher& dispatcher();
+  bool draining() const { return draining_; }
+  void addSession(Session& session) {
+    sessions_.push_back(session);
+    session_count_++;
+  }
+  void onSessionClosed();
+
+  // Body relay buffers, reused across requests.
+  static constexpr size_t kBodyBufferSize = 64 * 1024;
+  std::unique_ptr<char[]> takeBuffer();
+  void returnBuffer(std::unique_ptr<char[]> buffer);
+
+  // A new request id: 32 lower-case hex digits, in the 8-4-4-4-12 layout of a UUID v4.
+  std::string generateRequestId();
+
+  // The access log writer; the file is shared by all workers.
+  void setAccessLog(std::shared_ptr<AccessLogFile> file);
+
+private:
+  struct ListenerSlot {
+    std::string key; // name and address
+    size_t listener_index = 0;
+    std::unique_ptr<boost::asio::ip::tcp::acceptor> acceptor;
+  };
+
+  void accept(ListenerSlot& slot);
+  void tick();
+  void rebuildClusters();
+
+  size_t index_;
+  size_t worker_count_;
+  boost::asio::io_context io_;
+  std::thread thread_;
+  std::shared_ptr<const Snapshot> snapshot_;
+  std::vector<std::unique_ptr<ListenerSlot>> listeners_;
+  std::map<std::string, WorkerCluster> clusters_;
+  // Addresses of endpoints configured by DNS name, keyed by "host:port", set by the resolver.
+  std::map<std::string, std::vector<boost::asio::ip::tcp::endpoint>> resolved_;
+  boost::asio::steady_timer ticker_;
+  std::unique_ptr<AccessLog> access_log_;
+  std::unique_ptr<AsioDispatcher> dispatcher_;
+  LbRandom random_;
+  std::mt19937_64 id_random_;
+  std::vector<std::unique_ptr<char[]>> free_buffers_;
+  boost::intrusive::list<Session, boost::intrusive::constant_time_size<false>> sessions_;
+  size_t session_count_ = 0;
+  bool draining_ = false;
+  std::function<void()> drained_;
+  MonotonicTime last_idle_sweep_{};
+};
+
+// Starts serving an accepted connection (http1_session.cc).
+void startHttp1Session(Worker& worker, boost::asio::ip::tcp::socket socket,
+                       size_t listener_index);
+
+} // namespace deferd
