@@ -230,7 +230,7 @@ void Loader::error(const YAML::Mark& mark, std::string message) {
 }
 
 void Loader::error(const Field& field, const std::string& message) {
-  error(field.mark, field.path + ": " + message);
+  error(field.mark, field.path.empty() ? message : field.path + ": " + message);
 }
 
 std::string Loader::firstLine(const Location& location) const {
