@@ -168,7 +168,7 @@ std::optional<Duration> parseDuration(std::string_view text, std::string* error)
 
   if (!fraction.empty()) {
     // A fraction with more than 9 significant digits never yields whole milliseconds, because
-    // 3600000 has only seven factors of 2.
+    // the largest multiplier, 3600000 for h, has only seven factors of 2 and five of 5.
     int64_t fraction_value = 0;
     int64_t scale = 1;
     if (fraction.size() <= 9) {

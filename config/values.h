@@ -17,7 +17,7 @@
 
 namespace deferd::config {
 
-// Longest duration accepted, so deadline arithmetic on the steady clock stays far from overflow.
+// Maximum duration accepted, so deadline arithmetic on the steady clock stays far from overflow.
 inline constexpr Duration kMaxDuration{720LL * 3600 * 1000}; // 720h, 30 days
 
 // Parses a positive duration: digits, an optional decimal fraction and one of the units ms, s,

@@ -954,6 +954,9 @@ TEST(ConfigTest, ListenerOnAdminAddress) {
   EXPECT_EQ(errors("admin: { address: 127.0.0.1:15006 }\n" + kMinimal),
             Lines{"test.yaml:5:14: listeners[0].address: address 127.0.0.1:15006 is also the "
                   "admin address at line 1"});
+  EXPECT_EQ(errors("admin: { address: 127.0.0.1 }\n" + withListenerAddress("127.0.0.1:9901")),
+            Lines{"test.yaml:1:19: admin.address: invalid address '127.0.0.1': missing port; "
+                  "expected host:port, such as 127.0.0.1:8080 or [::1]:8080"});
 }
 
 TEST(ConfigTest, DuplicateClusterNames) {
