@@ -45,7 +45,8 @@ std::optional<uint64_t> parseUnsigned(std::string_view text, uint64_t min, uint6
                                       std::string* error);
 
 // Parses "host:port" or "[ipv6]:port" with a port from 0 to 65535. The host is an IPv4
-// literal, an IPv6 literal in brackets (stored without them) or a DNS name (stored lower-case).
+// literal, an IPv6 literal in brackets (stored canonical, without brackets) or a DNS name
+// (stored lower-case).
 std::optional<Address> parseAddress(std::string_view text, std::string* error);
 
 // Returns whether `host` is an IPv4 or IPv6 literal (without brackets).
