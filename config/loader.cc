@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "config/values.h"
+#include "config/yaml_reader.h"
 
 // The loader walks the YAML tree once, section by section. Each section first checks its map
 // (type, unknown keys, duplicate keys), then reads its values. A value with a problem records a
@@ -28,8 +29,6 @@ std::string Diagnostic::toString() const {
 }
 
 namespace {
-
-using Keys = std::vector<std::string_view>;
 
 const Keys kRootKeys = {"node",       "admin",     "workers",  "drain_timeout", "log",
                         "access_log", "listeners", "clusters", "policies"};
@@ -76,113 +75,23 @@ const std::vector<std::pair<std::string_view, std::string_view>> kLogLevels = {
     {"trace", "trace"}, {"debug", "debug"},       {"info", "info"}, {"warn", "warn"},
     {"error", "error"}, {"critical", "critical"}, {"off", "off"}};
 
-// One value of the YAML tree, with the position to report and its path for messages.
-struct Field {
-  YAML::Node value;
-  YAML::Mark mark;     // of the value, or of its key when the value is empty
-  std::string path;    // such as "listeners[0].routes[1].timeout"
-  YAML::Mark key_mark; // of the key in its map, or of the item in its list
-};
-
-// The keys of one YAML map that its section accepts, first occurrence of each.
-class Section {
-public:
-  Section(const Field& field, std::vector<std::pair<std::string, Field>> fields)
-      : field_(field), fields_(std::move(fields)) {}
-
-  const Field& field() const { return field_; }
-
-  const Field* find(std::string_view key) const {
-    for (const auto& [name, field] : fields_) {
-      if (name == key) {
-        return &field;
-      }
-    }
-    return nullptr;
-  }
-
-private:
-  Field field_;
-  std::vector<std::pair<std::string, Field>> fields_;
-};
-
-std::string join(const std::string& path, std::string_view key) {
-  return path.empty() ? std::string(key) : path + "." + std::string(key);
-}
-
-std::string sectionName(const std::string& path) {
-  return path.empty() ? "the top-level map" : path;
-}
-
-std::string describe(const YAML::Node& node) {
-  switch (node.Type()) {
-  case YAML::NodeType::Map:
-    return "a map";
-  case YAML::NodeType::Sequence:
-    return "a list";
-  case YAML::NodeType::Scalar:
-    return "'" + node.Scalar() + "'";
-  default:
-    return "an empty value";
-  }
-}
-
-// Plain scalars are untagged ("?"). Quoted scalars ("!") and explicit tags are strings or other
-// types by YAML's rules, so numbers and booleans must be plain.
-bool isPlainScalar(const YAML::Node& node) { return node.IsScalar() && node.Tag() == "?"; }
-
-template <typename T>
-std::string listChoices(const std::vector<std::pair<std::string_view, T>>& table) {
-  std::string choices;
-  for (size_t i = 0; i < table.size(); ++i) {
-    if (i > 0) {
-      choices += i + 1 == table.size() ? " or " : ", ";
-    }
-    choices += table[i].first;
-  }
-  return choices;
-}
-
 template <typename T, typename U> void setIfValid(const std::optional<T>& value, U* target) {
   if (value) {
     *target = *value;
   }
 }
 
-class Loader {
+class Loader : private YamlReader {
 public:
-  explicit Loader(std::string file) : file_(std::move(file)) {}
+  explicit Loader(std::string file) : YamlReader(std::move(file)) {}
 
   LoadResult load(const std::string& yaml);
 
 private:
-  enum class AddressUse { kBind, kEndpoint };
-
   struct Reference {
     std::string name;
     Field field;
   };
-
-  Location locate(const YAML::Mark& mark) const;
-  void error(const YAML::Mark& mark, std::string message);
-  void error(const Field& field, const std::string& message);
-  std::string firstLine(const Location& location) const;
-
-  std::optional<Section> openSection(const Field& field, const Keys& keys);
-  const Field* require(const Section& section, std::string_view key);
-  std::optional<std::vector<Field>> listItems(const Field& field, std::string_view what);
-
-  std::optional<std::string> readString(const Field& field);
-  std::optional<std::string> readName(const Field& field);
-  std::optional<uint64_t> readUnsigned(const Field& field, uint64_t min, uint64_t max);
-  std::optional<bool> readBool(const Field& field);
-  std::optional<Duration> readDuration(const Field& field);
-  std::optional<double> readPercent(const Field& field);
-  std::optional<Address> readAddress(const Field& field, AddressUse use);
-  std::optional<std::string> readHeaderName(const Field& field);
-  template <typename T>
-  std::optional<T> readEnum(const Field& field,
-                            const std::vector<std::pair<std::string_view, T>>& table);
 
   void parseRoot(const Field& root);
   void parseNode(const Field& field);
@@ -191,54 +100,47 @@ private:
   void parseLog(const Field& field);
   void parseAccessLog(const Field& field);
   void parseListener(const Field& field);
+  void parseListenerName(const Field& field, Listener* listener);
+  void parseListenerAddress(const Field& field, Listener* listener);
   void parseLimits(const Field& field, ListenerLimits* limits);
   void parseRoute(const Field& field, Route* route);
   void parseMatch(const Field& field, RouteMatch* match);
   void parseHeaderMatcher(const Field& field, std::vector<HeaderMatcher>* matchers);
   void parseHeaderMutation(const Field& field, HeaderMutation* mutation);
+  // Records the line of each added name in `added`, for the conflict check of removals.
+  void parseHeaderAdditions(const Field& field,
+                            std::vector<std::pair<std::string, std::string>>* headers,
+                            std::map<std::string, Location>* added);
+  void parseHeaderRemovals(const Field& field, const std::map<std::string, Location>& added,
+                           std::vector<std::string>* names);
+  // Reports and returns true when `name` is one of kProtectedHeaders.
+  bool rejectProtectedHeader(const YAML::Mark& mark, const std::string& path,
+                             const std::string& name);
   void parseCluster(const Field& field);
+  void parseClusterName(const Field& field, Cluster* cluster);
+  void parseEndpoints(const Field& field, std::vector<Address>* endpoints);
   void parseCapacity(const Field& field, Capacity* capacity);
   void parsePolicies(const Field& field);
   void parsePolicy(const Field& field, Policy* policy);
   void checkReferences();
 
-  std::string file_;
   Config config_;
-  std::vector<Diagnostic> diagnostics_;
 
   // First occurrences, for messages about the second one.
   std::map<std::string, Location> listener_names_;
   std::map<std::string, std::pair<std::string, Location>> listener_addresses_;
   std::map<std::string, Location> cluster_names_;
   std::map<std::string, Location> policy_names_;
-  YAML::Mark admin_mark_;
-  bool admin_given_ = false;
+  enum class AdminState { kDefault, kGiven, kInvalid };
+  AdminState admin_state_ = AdminState::kDefault; // kInvalid skips the listener comparison
+  int admin_line_ = 0;
 
   std::vector<Reference> cluster_references_;
   std::vector<Reference> policy_references_;
 };
 
-Location Loader::locate(const YAML::Mark& mark) const {
-  if (mark.is_null()) {
-    return Location{file_, 0, 0};
-  }
-  return Location{file_, mark.line + 1, mark.column + 1};
-}
-
-void Loader::error(const YAML::Mark& mark, std::string message) {
-  diagnostics_.push_back(Diagnostic{locate(mark), std::move(message)});
-}
-
-void Loader::error(const Field& field, const std::string& message) {
-  error(field.mark, field.path.empty() ? message : field.path + ": " + message);
-}
-
-std::string Loader::firstLine(const Location& location) const {
-  return "first defined at line " + std::to_string(location.line);
-}
-
 LoadResult Loader::load(const std::string& yaml) {
-  config_.source = file_;
+  config_.source = file();
 
   std::vector<YAML::Node> documents;
   try {
@@ -246,14 +148,12 @@ LoadResult Loader::load(const std::string& yaml) {
   } catch (const YAML::ParserException& e) {
     error(e.mark, "invalid YAML: " + e.msg);
   } catch (const YAML::Exception& e) {
-    diagnostics_.push_back(
-        Diagnostic{Location{file_, 0, 0}, std::string("invalid YAML: ") + e.what()});
+    error(Location{file(), 0, 0}, std::string("invalid YAML: ") + e.what());
   }
 
-  if (diagnostics_.empty()) {
+  if (!hasErrors()) {
     if (documents.empty() || documents[0].IsNull()) {
-      diagnostics_.push_back(
-          Diagnostic{Location{file_, 1, 1}, "the file contains no configuration"});
+      error(Location{file(), 1, 1}, "the file contains no configuration");
     } else if (documents.size() > 1) {
       error(documents[1].Mark(), "the file contains " + std::to_string(documents.size()) +
                                      " YAML documents; a configuration is exactly one document");
@@ -262,220 +162,20 @@ LoadResult Loader::load(const std::string& yaml) {
         parseRoot(Field{documents[0], documents[0].Mark(), "", documents[0].Mark()});
         checkReferences();
       } catch (const YAML::Exception& e) {
-        // The walk only uses accessors that do not throw on valid trees, so this is a bug.
+        // The walk only uses yaml-cpp accessors that do not throw on a parsed tree, so reaching
+        // this is a bug in the loader.
         error(e.mark, std::string("internal error while reading the configuration: ") + e.what());
       }
     }
   }
 
   LoadResult result;
-  if (diagnostics_.empty()) {
+  if (hasErrors()) {
+    result.diagnostics = takeDiagnostics();
+  } else {
     result.config = std::make_shared<const Config>(std::move(config_));
-    return result;
   }
-  std::stable_sort(diagnostics_.begin(), diagnostics_.end(),
-                   [](const Diagnostic& a, const Diagnostic& b) {
-                     return std::pair(a.location.line, a.location.column) <
-                            std::pair(b.location.line, b.location.column);
-                   });
-  result.diagnostics = std::move(diagnostics_);
   return result;
-}
-
-// --- Structure -------------------------------------------------------------------------------
-
-std::optional<Section> Loader::openSection(const Field& field, const Keys& keys) {
-  if (!field.value.IsMap()) {
-    error(field, "expected a map, found " + describe(field.value));
-    return std::nullopt;
-  }
-
-  std::vector<std::pair<std::string, Field>> fields;
-  std::map<std::string, YAML::Mark> seen;
-  for (const auto& pair : field.value) {
-    const YAML::Node& key = pair.first;
-    const YAML::Node& value = pair.second;
-    if (!key.IsScalar()) {
-      error(key.Mark(),
-            "keys in " + sectionName(field.path) + " must be strings, found " + describe(key));
-      continue;
-    }
-
-    const std::string& name = key.Scalar();
-    auto [first, inserted] = seen.emplace(name, key.Mark());
-    if (!inserted) {
-      error(key.Mark(), "duplicate key '" + name + "' in " + sectionName(field.path) + "; " +
-                            firstLine(locate(first->second)));
-      continue;
-    }
-    if (std::find(keys.begin(), keys.end(), name) == keys.end()) {
-      std::string message = "unknown key '" + name + "' in " + sectionName(field.path);
-      if (std::optional<std::string> suggestion = nearestWord(name, keys)) {
-        message += "; did you mean '" + *suggestion + "'?";
-      }
-      error(key.Mark(), message);
-      continue;
-    }
-
-    YAML::Mark mark = value.IsNull() ? key.Mark() : value.Mark();
-    fields.emplace_back(name, Field{value, mark, join(field.path, name), key.Mark()});
-  }
-  return Section(field, std::move(fields));
-}
-
-const Field* Loader::require(const Section& section, std::string_view key) {
-  const Field* field = section.find(key);
-  if (field == nullptr) {
-    error(section.field().mark, "missing required key '" + std::string(key) + "' in " +
-                                    sectionName(section.field().path));
-  }
-  return field;
-}
-
-std::optional<std::vector<Field>> Loader::listItems(const Field& field, std::string_view what) {
-  if (!field.value.IsSequence()) {
-    error(field, "expected a list of " + std::string(what) + ", found " + describe(field.value));
-    return std::nullopt;
-  }
-  std::vector<Field> items;
-  for (size_t i = 0; i < field.value.size(); ++i) {
-    YAML::Node item = field.value[i];
-    YAML::Mark mark = item.IsNull() ? field.mark : item.Mark();
-    items.push_back(Field{item, mark, field.path + "[" + std::to_string(i) + "]", mark});
-  }
-  return items;
-}
-
-// --- Scalars ---------------------------------------------------------------------------------
-
-std::optional<std::string> Loader::readString(const Field& field) {
-  if (!field.value.IsScalar()) {
-    error(field, "expected a string, found " + describe(field.value));
-    return std::nullopt;
-  }
-  return field.value.Scalar();
-}
-
-std::optional<std::string> Loader::readName(const Field& field) {
-  std::optional<std::string> name = readString(field);
-  if (!name) {
-    return std::nullopt;
-  }
-  std::string problem = checkName(*name);
-  if (!problem.empty()) {
-    error(field, problem);
-    return std::nullopt;
-  }
-  return name;
-}
-
-std::optional<uint64_t> Loader::readUnsigned(const Field& field, uint64_t min, uint64_t max) {
-  if (!isPlainScalar(field.value)) {
-    std::string found = field.value.IsScalar() ? "the quoted string '" + field.value.Scalar() + "'"
-                                               : describe(field.value);
-    error(field, "expected a whole number from " + std::to_string(min) + " to " +
-                     std::to_string(max) + ", found " + found);
-    return std::nullopt;
-  }
-  std::string problem;
-  std::optional<uint64_t> value = parseUnsigned(field.value.Scalar(), min, max, &problem);
-  if (!value) {
-    error(field, problem);
-  }
-  return value;
-}
-
-std::optional<bool> Loader::readBool(const Field& field) {
-  if (isPlainScalar(field.value)) {
-    if (field.value.Scalar() == "true") {
-      return true;
-    }
-    if (field.value.Scalar() == "false") {
-      return false;
-    }
-  }
-  error(field, "expected true or false, found " + describe(field.value));
-  return std::nullopt;
-}
-
-std::optional<Duration> Loader::readDuration(const Field& field) {
-  std::optional<std::string> text = readString(field);
-  if (!text) {
-    return std::nullopt;
-  }
-  std::string problem;
-  std::optional<Duration> duration = parseDuration(*text, &problem);
-  if (!duration) {
-    error(field, problem);
-  }
-  return duration;
-}
-
-std::optional<double> Loader::readPercent(const Field& field) {
-  std::optional<std::string> text = readString(field);
-  if (!text) {
-    return std::nullopt;
-  }
-  std::string problem;
-  std::optional<double> share = parsePercent(*text, &problem);
-  if (!share) {
-    error(field, problem);
-  }
-  return share;
-}
-
-std::optional<Address> Loader::readAddress(const Field& field, AddressUse use) {
-  std::optional<std::string> text = readString(field);
-  if (!text) {
-    return std::nullopt;
-  }
-  std::string problem;
-  std::optional<Address> address = parseAddress(*text, &problem);
-  if (!address) {
-    error(field, problem);
-    return std::nullopt;
-  }
-
-  if (use == AddressUse::kBind && !isIpLiteral(address->host)) {
-    error(field, "invalid address '" + *text +
-                     "': a listening address needs an IP address, not a host name");
-    return std::nullopt;
-  }
-  if (use == AddressUse::kEndpoint && address->port == 0) {
-    error(field, "invalid address '" + *text +
-                     "': port 0 is only allowed in listener and admin addresses");
-    return std::nullopt;
-  }
-  return address;
-}
-
-std::optional<std::string> Loader::readHeaderName(const Field& field) {
-  std::optional<std::string> name = readString(field);
-  if (!name) {
-    return std::nullopt;
-  }
-  std::string problem = checkHeaderName(*name);
-  if (!problem.empty()) {
-    error(field, problem);
-    return std::nullopt;
-  }
-  return toLower(*name);
-}
-
-template <typename T>
-std::optional<T> Loader::readEnum(const Field& field,
-                                  const std::vector<std::pair<std::string_view, T>>& table) {
-  std::optional<std::string> text = readString(field);
-  if (!text) {
-    return std::nullopt;
-  }
-  for (const auto& [name, value] : table) {
-    if (name == *text) {
-      return value;
-    }
-  }
-  error(field, "invalid value '" + *text + "'; expected " + listChoices(table));
-  return std::nullopt;
 }
 
 // --- Top level -------------------------------------------------------------------------------
@@ -544,9 +244,10 @@ void Loader::parseAdmin(const Field& field) {
     return;
   }
   if (const Field* address = section->find("address")) {
-    setIfValid(readAddress(*address, AddressUse::kBind), &config_.admin.address);
-    admin_mark_ = address->mark;
-    admin_given_ = true;
+    std::optional<Address> admin = readAddress(*address, AddressUse::kBind);
+    setIfValid(admin, &config_.admin.address);
+    admin_state_ = admin ? AdminState::kGiven : AdminState::kInvalid;
+    admin_line_ = locate(address->mark).line;
   }
 }
 
@@ -561,7 +262,8 @@ void Loader::parseWorkers(const Field& field) {
     workers = parseUnsigned(field.value.Scalar(), 0, 256, &problem);
   }
   if (!workers) {
-    error(field, "expected 'auto' or a whole number from 0 to 256, found " + describe(field.value));
+    error(field,
+          "expected 'auto' or a whole number from 0 to 256, found " + describeNode(field.value));
     return;
   }
   config_.workers = static_cast<uint32_t>(*workers);
@@ -584,7 +286,7 @@ void Loader::parseAccessLog(const Field& field) {
     return;
   }
   if (!field.value.IsMap()) {
-    error(field, "expected true, false or a map with 'path', found " + describe(field.value));
+    error(field, "expected true, false or a map with 'path', found " + describeNode(field.value));
     return;
   }
 
@@ -613,37 +315,12 @@ void Loader::parseListener(const Field& field) {
   Listener listener;
   listener.location = locate(field.mark);
 
-  if (const Field* name_field = require(*section, "name")) {
-    if (std::optional<std::string> name = readName(*name_field)) {
-      listener.name = *name;
-      auto [first, inserted] = listener_names_.emplace(*name, locate(name_field->mark));
-      if (!inserted) {
-        error(*name_field, "duplicate listener name '" + *name + "'; " + firstLine(first->second));
-      }
-    }
+  if (const Field* name = require(*section, "name")) {
+    parseListenerName(*name, &listener);
   }
-
-  if (const Field* address_field = require(*section, "address")) {
-    if (std::optional<Address> address = readAddress(*address_field, AddressUse::kBind)) {
-      listener.address = *address;
-      std::string key = address->toString();
-      Location here = locate(address_field->mark);
-      auto [first, inserted] = listener_addresses_.emplace(key, std::pair(listener.name, here));
-      if (address->port == 0) {
-        // Each listener on port 0 gets its own ephemeral port, so they never collide.
-      } else if (!inserted) {
-        error(*address_field, "address " + key + " is already used by listener '" +
-                                  first->second.first + "' at line " +
-                                  std::to_string(first->second.second.line));
-      } else if (key == config_.admin.address.toString()) {
-        error(*address_field,
-              "address " + key + " is also the admin address" +
-                  (admin_given_ ? " at line " + std::to_string(locate(admin_mark_).line)
-                                : std::string(" (the default)")));
-      }
-    }
+  if (const Field* address = require(*section, "address")) {
+    parseListenerAddress(*address, &listener);
   }
-
   if (const Field* direction = section->find("direction")) {
     setIfValid(readEnum(*direction, kDirections), &listener.direction);
   }
@@ -667,6 +344,43 @@ void Loader::parseListener(const Field& field) {
     }
   }
   config_.listeners.push_back(std::move(listener));
+}
+
+void Loader::parseListenerName(const Field& field, Listener* listener) {
+  std::optional<std::string> name = readName(field);
+  if (!name) {
+    return;
+  }
+  listener->name = *name;
+  auto [first, inserted] = listener_names_.emplace(*name, locate(field.mark));
+  if (!inserted) {
+    error(field, "duplicate listener name '" + *name + "'; " + firstLine(first->second));
+  }
+}
+
+void Loader::parseListenerAddress(const Field& field, Listener* listener) {
+  std::optional<Address> address = readAddress(field, AddressUse::kBind);
+  if (!address) {
+    return;
+  }
+  listener->address = *address;
+  if (address->port == 0) {
+    return; // each listener on port 0 gets its own ephemeral port, so they never collide
+  }
+
+  // Only identical addresses are detected. 0.0.0.0:80 next to 127.0.0.1:80 fails at bind time.
+  std::string key = address->toString();
+  auto [first, inserted] =
+      listener_addresses_.emplace(key, std::pair(listener->name, locate(field.mark)));
+  if (!inserted) {
+    error(field, "address " + key + " is already used by listener '" + first->second.first +
+                     "' at line " + std::to_string(first->second.second.line));
+  } else if (admin_state_ != AdminState::kInvalid && key == config_.admin.address.toString()) {
+    std::string admin_at = admin_state_ == AdminState::kGiven
+                               ? " at line " + std::to_string(admin_line_)
+                               : std::string(" (the default)");
+    error(field, "address " + key + " is also the admin address" + admin_at);
+  }
 }
 
 void Loader::parseLimits(const Field& field, ListenerLimits* limits) {
@@ -804,72 +518,91 @@ void Loader::parseHeaderMutation(const Field& field, HeaderMutation* mutation) {
   if (!section) {
     return;
   }
-  auto is_protected = [](const std::string& name) {
-    return std::find(kProtectedHeaders.begin(), kProtectedHeaders.end(), name) !=
-           kProtectedHeaders.end();
-  };
-  std::string protected_reason = "' is set by the proxy from the connection or the framing and "
-                                 "cannot be changed by a header mutation";
-
   std::map<std::string, Location> added;
   if (const Field* add = section->find("add")) {
-    if (!add->value.IsMap()) {
-      error(*add, "expected a map of header names to values, found " + describe(add->value));
-    } else {
-      for (const auto& pair : add->value) {
-        std::optional<std::string> name =
-            readHeaderName(Field{pair.first, pair.first.Mark(), add->path, pair.first.Mark()});
-        if (!name) {
-          continue;
-        }
-        Field value{pair.second, pair.second.IsNull() ? pair.first.Mark() : pair.second.Mark(),
-                    join(add->path, *name), pair.first.Mark()};
-        auto [first, inserted] = added.emplace(*name, locate(pair.first.Mark()));
-        if (!inserted) {
-          error(pair.first.Mark(),
-                add->path + ": header '" + *name + "' is added twice; " + firstLine(first->second));
-          continue;
-        }
-        if (is_protected(*name)) {
-          error(pair.first.Mark(), add->path + ": header '" + *name + protected_reason);
-          continue;
-        }
-        if (!pair.second.IsScalar()) {
-          error(value, "expected a string, found " + describe(pair.second) +
-                           "; write \"\" for an empty value");
-          continue;
-        }
-        std::string problem = checkHeaderValue(pair.second.Scalar());
-        if (!problem.empty()) {
-          error(value, "invalid header value: " + problem);
-          continue;
-        }
-        mutation->add.emplace_back(*name, pair.second.Scalar());
-      }
-    }
+    parseHeaderAdditions(*add, &mutation->add, &added);
   }
-
   if (const Field* remove = section->find("remove")) {
-    if (auto items = listItems(*remove, "header names")) {
-      std::map<std::string, Location> removed;
-      for (const Field& item : *items) {
-        std::optional<std::string> name = readHeaderName(item);
-        if (!name) {
-          continue;
-        }
-        auto [first, inserted] = removed.emplace(*name, locate(item.mark));
-        if (!inserted) {
-          error(item, "header '" + *name + "' is listed twice; " + firstLine(first->second));
-        } else if (is_protected(*name)) {
-          error(item, "header '" + *name + protected_reason);
-        } else if (added.count(*name) != 0) {
-          error(item, "header '" + *name + "' is both added (at line " +
-                          std::to_string(added[*name].line) +
-                          ") and removed; adding already replaces its value");
-        } else {
-          mutation->remove.push_back(*name);
-        }
-      }
+    parseHeaderRemovals(*remove, added, &mutation->remove);
+  }
+}
+
+bool Loader::rejectProtectedHeader(const YAML::Mark& mark, const std::string& path,
+                                   const std::string& name) {
+  if (std::find(kProtectedHeaders.begin(), kProtectedHeaders.end(), name) ==
+      kProtectedHeaders.end()) {
+    return false;
+  }
+  error(mark, path + ": header '" + name +
+                  "' is set by the proxy from the connection or the framing and cannot be "
+                  "changed by a header mutation");
+  return true;
+}
+
+void Loader::parseHeaderAdditions(const Field& field,
+                                  std::vector<std::pair<std::string, std::string>>* headers,
+                                  std::map<std::string, Location>* added) {
+  if (!field.value.IsMap()) {
+    error(field, "expected a map of header names to values, found " + describeNode(field.value));
+    return;
+  }
+  for (const auto& pair : field.value) {
+    const YAML::Mark& key_mark = pair.first.Mark();
+    std::optional<std::string> name =
+        readHeaderName(Field{pair.first, key_mark, field.path, key_mark});
+    if (!name) {
+      continue;
+    }
+    auto [first, inserted] = added->emplace(*name, locate(key_mark));
+    if (!inserted) {
+      error(key_mark,
+            field.path + ": header '" + *name + "' is added twice; " + firstLine(first->second));
+      continue;
+    }
+    if (rejectProtectedHeader(key_mark, field.path, *name)) {
+      continue;
+    }
+
+    Field value{pair.second, pair.second.IsNull() ? key_mark : pair.second.Mark(),
+                joinPath(field.path, *name), key_mark};
+    if (!pair.second.IsScalar()) {
+      error(value, "expected a string, found " + describeNode(pair.second) +
+                       "; write \"\" for an empty value");
+      continue;
+    }
+    std::string problem = checkHeaderValue(pair.second.Scalar());
+    if (!problem.empty()) {
+      error(value, "invalid header value: " + problem);
+      continue;
+    }
+    headers->emplace_back(*name, pair.second.Scalar());
+  }
+}
+
+void Loader::parseHeaderRemovals(const Field& field, const std::map<std::string, Location>& added,
+                                 std::vector<std::string>* names) {
+  std::optional<std::vector<Field>> items = listItems(field, "header names");
+  if (!items) {
+    return;
+  }
+  std::map<std::string, Location> removed;
+  for (const Field& item : *items) {
+    std::optional<std::string> name = readHeaderName(item);
+    if (!name) {
+      continue;
+    }
+    auto [first, inserted] = removed.emplace(*name, locate(item.mark));
+    auto added_at = added.find(*name);
+    if (!inserted) {
+      error(item, "header '" + *name + "' is listed twice; " + firstLine(first->second));
+    } else if (rejectProtectedHeader(item.mark, item.path, *name)) {
+      continue;
+    } else if (added_at != added.end()) {
+      error(item, "header '" + *name + "' is both added (at line " +
+                      std::to_string(added_at->second.line) +
+                      ") and removed; adding already replaces its value");
+    } else {
+      names->push_back(*name);
     }
   }
 }
@@ -884,42 +617,12 @@ void Loader::parseCluster(const Field& field) {
   Cluster cluster;
   cluster.location = locate(field.mark);
 
-  if (const Field* name_field = require(*section, "name")) {
-    if (std::optional<std::string> name = readString(*name_field)) {
-      // Registered even when invalid, so routes naming it do not also report it missing.
-      auto [first, inserted] = cluster_names_.emplace(*name, locate(name_field->mark));
-      std::string problem = checkName(*name);
-      if (!problem.empty()) {
-        error(*name_field, problem);
-      } else if (!inserted) {
-        error(*name_field, "duplicate cluster name '" + *name + "'; " + firstLine(first->second));
-      }
-      cluster.name = *name;
-    }
+  if (const Field* name = require(*section, "name")) {
+    parseClusterName(*name, &cluster);
   }
-
   if (const Field* endpoints = require(*section, "endpoints")) {
-    if (auto items = listItems(*endpoints, "host:port endpoints")) {
-      if (items->empty()) {
-        error(*endpoints, "must contain at least one endpoint");
-      }
-      std::map<std::string, Location> seen;
-      for (const Field& item : *items) {
-        std::optional<Address> address = readAddress(item, AddressUse::kEndpoint);
-        if (!address) {
-          continue;
-        }
-        auto [first, inserted] = seen.emplace(address->toString(), locate(item.mark));
-        if (!inserted) {
-          error(item,
-                "duplicate endpoint " + address->toString() + "; " + firstLine(first->second));
-          continue;
-        }
-        cluster.endpoints.push_back(*address);
-      }
-    }
+    parseEndpoints(*endpoints, &cluster.endpoints);
   }
-
   if (const Field* protocol = section->find("protocol")) {
     setIfValid(readEnum(*protocol, kProtocols), &cluster.protocol);
   }
@@ -948,6 +651,46 @@ void Loader::parseCluster(const Field& field) {
   config_.clusters.push_back(std::move(cluster));
 }
 
+void Loader::parseClusterName(const Field& field, Cluster* cluster) {
+  std::optional<std::string> name = readString(field);
+  if (!name) {
+    return;
+  }
+  cluster->name = *name;
+
+  // Registered even when invalid, so routes naming it do not also report it missing.
+  auto [first, inserted] = cluster_names_.emplace(*name, locate(field.mark));
+  std::string problem = checkName(*name);
+  if (!problem.empty()) {
+    error(field, problem);
+  } else if (!inserted) {
+    error(field, "duplicate cluster name '" + *name + "'; " + firstLine(first->second));
+  }
+}
+
+void Loader::parseEndpoints(const Field& field, std::vector<Address>* endpoints) {
+  std::optional<std::vector<Field>> items = listItems(field, "host:port endpoints");
+  if (!items) {
+    return;
+  }
+  if (items->empty()) {
+    error(field, "must contain at least one endpoint");
+  }
+  std::map<std::string, Location> seen;
+  for (const Field& item : *items) {
+    std::optional<Address> address = readAddress(item, AddressUse::kEndpoint);
+    if (!address) {
+      continue;
+    }
+    auto [first, inserted] = seen.emplace(address->toString(), locate(item.mark));
+    if (!inserted) {
+      error(item, "duplicate endpoint " + address->toString() + "; " + firstLine(first->second));
+      continue;
+    }
+    endpoints->push_back(*address);
+  }
+}
+
 void Loader::parseCapacity(const Field& field, Capacity* capacity) {
   std::optional<Section> section = openSection(field, kCapacityKeys);
   if (!section) {
@@ -965,7 +708,7 @@ void Loader::parseCapacity(const Field& field, Capacity* capacity) {
     if (isPlainScalar(value->value)) {
       max_rps = parseDecimal(value->value.Scalar(), &problem);
     } else {
-      problem = "expected a number such as 200 or 0.5, found " + describe(value->value);
+      problem = "expected a number such as 200 or 0.5, found " + describeNode(value->value);
     }
     if (max_rps && *max_rps <= 0) {
       max_rps.reset();
@@ -983,7 +726,7 @@ void Loader::parseCapacity(const Field& field, Capacity* capacity) {
 
 void Loader::parsePolicies(const Field& field) {
   if (!field.value.IsMap()) {
-    error(field, "expected a map of policy names to policies, found " + describe(field.value));
+    error(field, "expected a map of policy names to policies, found " + describeNode(field.value));
     return;
   }
   for (const auto& pair : field.value) {
@@ -1002,7 +745,7 @@ void Loader::parsePolicies(const Field& field) {
     Policy policy;
     policy.name = *name;
     Field value{pair.second, pair.second.IsNull() ? pair.first.Mark() : pair.second.Mark(),
-                join(field.path, *name), pair.first.Mark()};
+                joinPath(field.path, *name), pair.first.Mark()};
     parsePolicy(value, &policy);
     config_.policies.emplace(*name, std::move(policy));
   }

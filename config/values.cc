@@ -168,7 +168,7 @@ std::optional<Duration> parseDuration(std::string_view text, std::string* error)
 
   if (!fraction.empty()) {
     // A fraction with more than 9 significant digits never yields whole milliseconds, because
-    // 3600000 has only seven factors of 2.
+    // the largest multiplier, 3600000 for h, has only seven factors of 2 and five of 5.
     int64_t fraction_value = 0;
     int64_t scale = 1;
     if (fraction.size() <= 9) {
@@ -329,11 +329,15 @@ std::optional<Address> parseAddress(std::string_view text, std::string* error) {
   Address address;
   address.port = static_cast<uint16_t>(*port_value);
   if (bracketed) {
-    address.host = std::string(host);
-    in6_addr unused;
-    if (inet_pton(AF_INET6, address.host.c_str(), &unused) != 1) {
-      return fail("'" + address.host + "' is not an IPv6 address");
+    // Stored in the canonical text form (RFC 5952), so [0::1] and [::1] compare equal.
+    std::string literal(host);
+    in6_addr binary;
+    char canonical[INET6_ADDRSTRLEN];
+    if (inet_pton(AF_INET6, literal.c_str(), &binary) != 1 ||
+        inet_ntop(AF_INET6, &binary, canonical, sizeof canonical) == nullptr) {
+      return fail("'" + literal + "' is not an IPv6 address");
     }
+    address.host = canonical;
     return address;
   }
   std::string host_error = checkHost(host);

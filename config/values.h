@@ -17,7 +17,7 @@
 
 namespace deferd::config {
 
-// Longest duration accepted, so deadline arithmetic on the steady clock stays far from overflow.
+// Maximum duration accepted, so deadline arithmetic on the steady clock stays far from overflow.
 inline constexpr Duration kMaxDuration{720LL * 3600 * 1000}; // 720h, 30 days
 
 // Parses a positive duration: digits, an optional decimal fraction and one of the units ms, s,
@@ -45,7 +45,8 @@ std::optional<uint64_t> parseUnsigned(std::string_view text, uint64_t min, uint6
                                       std::string* error);
 
 // Parses "host:port" or "[ipv6]:port" with a port from 0 to 65535. The host is an IPv4
-// literal, an IPv6 literal in brackets (stored without them) or a DNS name (stored lower-case).
+// literal, an IPv6 literal in brackets (stored canonical, without brackets) or a DNS name
+// (stored lower-case).
 std::optional<Address> parseAddress(std::string_view text, std::string* error);
 
 // Returns whether `host` is an IPv4 or IPv6 literal (without brackets).

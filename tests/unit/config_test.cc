@@ -229,7 +229,7 @@ listeners:
     routes: [ { cluster: inventory } ]
 clusters:
   - name: inventory
-    endpoints: [inventory.shop.svc.cluster.local:8080, "[fd00::7]:8080", 10.0.0.7:8080]
+    endpoints: [inventory.shop.svc.cluster.local:8080, "[FD00:0::7]:8080", 10.0.0.7:8080]
     protocol: http2
     lb: least_request
     connect_timeout: 250ms
@@ -943,8 +943,10 @@ listeners:
     routes: [ { cluster: app } ]
 clusters: [ { name: app, endpoints: [127.0.0.1:8080] } ]
 )"),
-            Lines{"test.yaml:7:14: listeners[1].address: address 127.0.0.1:15006 is already "
-                  "used by listener 'inbound' at line 4"});
+            (Lines{"test.yaml:7:14: listeners[1].address: address 127.0.0.1:15006 is already "
+                   "used by listener 'inbound' at line 4",
+                   "test.yaml:13:14: listeners[3].address: address [::1]:15006 is already used by "
+                   "listener 'v6' at line 10"}));
 }
 
 TEST(ConfigTest, ListenerOnAdminAddress) {
@@ -954,6 +956,9 @@ TEST(ConfigTest, ListenerOnAdminAddress) {
   EXPECT_EQ(errors("admin: { address: 127.0.0.1:15006 }\n" + kMinimal),
             Lines{"test.yaml:5:14: listeners[0].address: address 127.0.0.1:15006 is also the "
                   "admin address at line 1"});
+  EXPECT_EQ(errors("admin: { address: 127.0.0.1 }\n" + withListenerAddress("127.0.0.1:9901")),
+            Lines{"test.yaml:1:19: admin.address: invalid address '127.0.0.1': missing port; "
+                  "expected host:port, such as 127.0.0.1:8080 or [::1]:8080"});
 }
 
 TEST(ConfigTest, DuplicateClusterNames) {
