@@ -1,0 +1,837 @@
+#include "config/loader.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include "config/values.h"
+#include "config/yaml_reader.h"
+
+// The loader walks the YAML tree once, section by section. Each section first checks its map
+// (type, unknown keys, duplicate keys), then reads its values. A value with a problem records a
+// Diagnostic and keeps its default, so the walk continues and one run reports every problem.
+// Cross-references (route to cluster, route to policy) are checked after the walk, once every
+// cluster and policy name is known. Diagnostics are sorted by position before they are returned.
+
+namespace deferd::config {
+
+std::string Diagnostic::toString() const {
+  if (location.line <= 0) {
+    return location.file + ": " + message;
+  }
+  return location.file + ":" + std::to_string(location.line) + ":" +
+         std::to_string(location.column) + ": " + message;
+}
+
+namespace {
+
+const Keys kRootKeys = {"node",       "admin",     "workers",  "drain_timeout", "log",
+                        "access_log", "listeners", "clusters", "policies"};
+const Keys kNodeKeys = {"service"};
+const Keys kAdminKeys = {"address"};
+const Keys kLogKeys = {"level"};
+const Keys kAccessLogKeys = {"path"};
+const Keys kListenerKeys = {"name", "address", "direction", "trust", "routes", "limits"};
+const Keys kLimitsKeys = {"max_connections", "max_header_bytes", "max_header_count",
+                          "header_timeout",  "idle_timeout",     "stream_idle_timeout"};
+const Keys kRouteKeys = {"match",   "cluster",         "policy",
+                         "timeout", "request_headers", "response_headers"};
+const Keys kMatchKeys = {"prefix", "authority", "headers"};
+const Keys kHeaderMatcherKeys = {"name", "exact", "invert"};
+const Keys kMutationKeys = {"add", "remove"};
+const Keys kClusterKeys = {
+    "name",          "endpoints",       "protocol",     "lb",      "connect_timeout",
+    "resolve_every", "max_connections", "idle_timeout", "capacity"};
+const Keys kCapacityKeys = {"max_concurrent", "max_rps"};
+const Keys kPolicyKeys = {"mode",     "rollout",      "request_headers", "response_headers",
+                          "priority", "backpressure", "breaker",         "fault"};
+
+// Policy sections of the design that this build does not implement. They are known keys so a
+// typo near them gets a suggestion, but each one present is rejected.
+const Keys kUnsupportedPolicySections = {"priority", "backpressure", "breaker", "fault"};
+
+// Headers that the proxy derives from the connection or the message framing. A mutation that
+// changed them could make deferd and its peers disagree on where a message ends.
+const Keys kProtectedHeaders = {"connection", "content-length",    "host",
+                                "keep-alive", "proxy-connection",  "te",
+                                "trailer",    "transfer-encoding", "upgrade"};
+
+const std::vector<std::pair<std::string_view, Direction>> kDirections = {
+    {"inbound", Direction::kInbound}, {"outbound", Direction::kOutbound}};
+const std::vector<std::pair<std::string_view, Trust>> kTrustLevels = {
+    {"trusted", Trust::kTrusted}, {"untrusted", Trust::kUntrusted}};
+const std::vector<std::pair<std::string_view, UpstreamProtocol>> kProtocols = {
+    {"http1", UpstreamProtocol::kHttp1}, {"http2", UpstreamProtocol::kHttp2}};
+const std::vector<std::pair<std::string_view, LbPolicy>> kLbPolicies = {
+    {"round_robin", LbPolicy::kRoundRobin}, {"least_request", LbPolicy::kLeastRequest}};
+const std::vector<std::pair<std::string_view, PolicyMode>> kPolicyModes = {
+    {"enforce", PolicyMode::kEnforce}, {"shadow", PolicyMode::kShadow}, {"off", PolicyMode::kOff}};
+const std::vector<std::pair<std::string_view, std::string_view>> kLogLevels = {
+    {"trace", "trace"}, {"debug", "debug"},       {"info", "info"}, {"warn", "warn"},
+    {"error", "error"}, {"critical", "critical"}, {"off", "off"}};
+
+template <typename T, typename U> void setIfValid(const std::optional<T>& value, U* target) {
+  if (value) {
+    *target = *value;
+  }
+}
+
+class Loader : private YamlReader {
+public:
+  explicit Loader(std::string file) : YamlReader(std::move(file)) {}
+
+  LoadResult load(const std::string& yaml);
+
+private:
+  struct Reference {
+    std::string name;
+    Field field;
+  };
+
+  void parseRoot(const Field& root);
+  void parseNode(const Field& field);
+  void parseAdmin(const Field& field);
+  void parseWorkers(const Field& field);
+  void parseLog(const Field& field);
+  void parseAccessLog(const Field& field);
+  void parseListener(const Field& field);
+  void parseListenerName(const Field& field, Listener* listener);
+  void parseListenerAddress(const Field& field, Listener* listener);
+  void parseLimits(const Field& field, ListenerLimits* limits);
+  void parseRoute(const Field& field, Route* route);
+  void parseMatch(const Field& field, RouteMatch* match);
+  void parseHeaderMatcher(const Field& field, std::vector<HeaderMatcher>* matchers);
+  void parseHeaderMutation(const Field& field, HeaderMutation* mutation);
+  // Records the line of each added name in `added`, for the conflict check of removals.
+  void parseHeaderAdditions(const Field& field,
+                            std::vector<std::pair<std::string, std::string>>* headers,
+                            std::map<std::string, Location>* added);
+  void parseHeaderRemovals(const Field& field, const std::map<std::string, Location>& added,
+                           std::vector<std::string>* names);
+  // Reports and returns true when `name` is one of kProtectedHeaders.
+  bool rejectProtectedHeader(const YAML::Mark& mark, const std::string& path,
+                             const std::string& name);
+  void parseCluster(const Field& field);
+  void parseClusterName(const Field& field, Cluster* cluster);
+  void parseEndpoints(const Field& field, std::vector<Address>* endpoints);
+  void parseCapacity(const Field& field, Capacity* capacity);
+  void parsePolicies(const Field& field);
+  void parsePolicy(const Field& field, Policy* policy);
+  void checkReferences();
+
+  Config config_;
+
+  // First occurrences, for messages about the second one.
+  std::map<std::string, Location> listener_names_;
+  std::map<std::string, std::pair<std::string, Location>> listener_addresses_;
+  std::map<std::string, Location> cluster_names_;
+  std::map<std::string, Location> policy_names_;
+  enum class AdminState { kDefault, kGiven, kInvalid };
+  AdminState admin_state_ = AdminState::kDefault; // kInvalid skips the listener comparison
+  int admin_line_ = 0;
+
+  std::vector<Reference> cluster_references_;
+  std::vector<Reference> policy_references_;
+};
+
+LoadResult Loader::load(const std::string& yaml) {
+  config_.source = file();
+
+  std::vector<YAML::Node> documents;
+  try {
+    documents = YAML::LoadAll(yaml);
+  } catch (const YAML::ParserException& e) {
+    error(e.mark, "invalid YAML: " + e.msg);
+  } catch (const YAML::Exception& e) {
+    error(Location{file(), 0, 0}, std::string("invalid YAML: ") + e.what());
+  }
+
+  if (!hasErrors()) {
+    if (documents.empty() || documents[0].IsNull()) {
+      error(Location{file(), 1, 1}, "the file contains no configuration");
+    } else if (documents.size() > 1) {
+      error(documents[1].Mark(), "the file contains " + std::to_string(documents.size()) +
+                                     " YAML documents; a configuration is exactly one document");
+    } else {
+      try {
+        parseRoot(Field{documents[0], documents[0].Mark(), "", documents[0].Mark()});
+        checkReferences();
+      } catch (const YAML::Exception& e) {
+        // The walk only uses yaml-cpp accessors that do not throw on a parsed tree, so reaching
+        // this is a bug in the loader.
+        error(e.mark, std::string("internal error while reading the configuration: ") + e.what());
+      }
+    }
+  }
+
+  LoadResult result;
+  if (hasErrors()) {
+    result.diagnostics = takeDiagnostics();
+  } else {
+    result.config = std::make_shared<const Config>(std::move(config_));
+  }
+  return result;
+}
+
+// --- Top level -------------------------------------------------------------------------------
+
+void Loader::parseRoot(const Field& root) {
+  std::optional<Section> section = openSection(root, kRootKeys);
+  if (!section) {
+    return;
+  }
+
+  // The admin address comes first so listener addresses can be compared with it.
+  if (const Field* field = section->find("admin")) {
+    parseAdmin(*field);
+  }
+  if (const Field* field = require(*section, "node")) {
+    parseNode(*field);
+  }
+  if (const Field* field = section->find("workers")) {
+    parseWorkers(*field);
+  }
+  if (const Field* field = section->find("drain_timeout")) {
+    setIfValid(readDuration(*field), &config_.drain_timeout);
+  }
+  if (const Field* field = section->find("log")) {
+    parseLog(*field);
+  }
+  if (const Field* field = section->find("access_log")) {
+    parseAccessLog(*field);
+  }
+
+  if (const Field* field = section->find("clusters")) {
+    if (auto items = listItems(*field, "clusters")) {
+      for (const Field& item : *items) {
+        parseCluster(item);
+      }
+    }
+  }
+  if (const Field* field = section->find("policies")) {
+    parsePolicies(*field);
+  }
+  if (const Field* field = require(*section, "listeners")) {
+    if (auto items = listItems(*field, "listeners")) {
+      if (items->empty()) {
+        error(*field, "must contain at least one listener");
+      }
+      for (const Field& item : *items) {
+        parseListener(item);
+      }
+    }
+  }
+}
+
+void Loader::parseNode(const Field& field) {
+  std::optional<Section> section = openSection(field, kNodeKeys);
+  if (!section) {
+    return;
+  }
+  if (const Field* service = require(*section, "service")) {
+    setIfValid(readName(*service), &config_.service);
+  }
+}
+
+void Loader::parseAdmin(const Field& field) {
+  std::optional<Section> section = openSection(field, kAdminKeys);
+  if (!section) {
+    return;
+  }
+  if (const Field* address = section->find("address")) {
+    std::optional<Address> admin = readAddress(*address, AddressUse::kBind);
+    setIfValid(admin, &config_.admin.address);
+    admin_state_ = admin ? AdminState::kGiven : AdminState::kInvalid;
+    admin_line_ = locate(address->mark).line;
+  }
+}
+
+void Loader::parseWorkers(const Field& field) {
+  if (isPlainScalar(field.value) && field.value.Scalar() == "auto") {
+    config_.workers = 0;
+    return;
+  }
+  std::string problem;
+  std::optional<uint64_t> workers;
+  if (isPlainScalar(field.value)) {
+    workers = parseUnsigned(field.value.Scalar(), 0, 256, &problem);
+  }
+  if (!workers) {
+    error(field,
+          "expected 'auto' or a whole number from 0 to 256, found " + describeNode(field.value));
+    return;
+  }
+  config_.workers = static_cast<uint32_t>(*workers);
+}
+
+void Loader::parseLog(const Field& field) {
+  std::optional<Section> section = openSection(field, kLogKeys);
+  if (!section) {
+    return;
+  }
+  if (const Field* level = section->find("level")) {
+    setIfValid(readEnum(*level, kLogLevels), &config_.log.level);
+  }
+}
+
+void Loader::parseAccessLog(const Field& field) {
+  if (field.value.IsScalar()) {
+    std::optional<bool> enabled = readBool(field);
+    setIfValid(enabled, &config_.access_log.enabled);
+    return;
+  }
+  if (!field.value.IsMap()) {
+    error(field, "expected true, false or a map with 'path', found " + describeNode(field.value));
+    return;
+  }
+
+  std::optional<Section> section = openSection(field, kAccessLogKeys);
+  if (!section) {
+    return;
+  }
+  config_.access_log.enabled = true;
+  if (const Field* path = require(*section, "path")) {
+    std::optional<std::string> text = readString(*path);
+    if (text && text->empty()) {
+      error(*path, "must not be empty; write '-' for standard output");
+    } else {
+      setIfValid(text, &config_.access_log.path);
+    }
+  }
+}
+
+// --- Listeners -------------------------------------------------------------------------------
+
+void Loader::parseListener(const Field& field) {
+  std::optional<Section> section = openSection(field, kListenerKeys);
+  if (!section) {
+    return;
+  }
+  Listener listener;
+  listener.location = locate(field.mark);
+
+  if (const Field* name = require(*section, "name")) {
+    parseListenerName(*name, &listener);
+  }
+  if (const Field* address = require(*section, "address")) {
+    parseListenerAddress(*address, &listener);
+  }
+  if (const Field* direction = section->find("direction")) {
+    setIfValid(readEnum(*direction, kDirections), &listener.direction);
+  }
+  if (const Field* trust = section->find("trust")) {
+    setIfValid(readEnum(*trust, kTrustLevels), &listener.trust);
+  }
+  if (const Field* limits = section->find("limits")) {
+    parseLimits(*limits, &listener.limits);
+  }
+
+  if (const Field* routes = require(*section, "routes")) {
+    if (auto items = listItems(*routes, "routes")) {
+      if (items->empty()) {
+        error(*routes, "must contain at least one route");
+      }
+      for (const Field& item : *items) {
+        Route route;
+        parseRoute(item, &route);
+        listener.routes.push_back(std::move(route));
+      }
+    }
+  }
+  config_.listeners.push_back(std::move(listener));
+}
+
+void Loader::parseListenerName(const Field& field, Listener* listener) {
+  std::optional<std::string> name = readName(field);
+  if (!name) {
+    return;
+  }
+  listener->name = *name;
+  auto [first, inserted] = listener_names_.emplace(*name, locate(field.mark));
+  if (!inserted) {
+    error(field, "duplicate listener name '" + *name + "'; " + firstLine(first->second));
+  }
+}
+
+void Loader::parseListenerAddress(const Field& field, Listener* listener) {
+  std::optional<Address> address = readAddress(field, AddressUse::kBind);
+  if (!address) {
+    return;
+  }
+  listener->address = *address;
+  if (address->port == 0) {
+    return; // each listener on port 0 gets its own ephemeral port, so they never collide
+  }
+
+  // Only identical addresses are detected. 0.0.0.0:80 next to 127.0.0.1:80 fails at bind time.
+  std::string key = address->toString();
+  auto [first, inserted] =
+      listener_addresses_.emplace(key, std::pair(listener->name, locate(field.mark)));
+  if (!inserted) {
+    error(field, "address " + key + " is already used by listener '" + first->second.first +
+                     "' at line " + std::to_string(first->second.second.line));
+  } else if (admin_state_ != AdminState::kInvalid && key == config_.admin.address.toString()) {
+    std::string admin_at = admin_state_ == AdminState::kGiven
+                               ? " at line " + std::to_string(admin_line_)
+                               : std::string(" (the default)");
+    error(field, "address " + key + " is also the admin address" + admin_at);
+  }
+}
+
+void Loader::parseLimits(const Field& field, ListenerLimits* limits) {
+  std::optional<Section> section = openSection(field, kLimitsKeys);
+  if (!section) {
+    return;
+  }
+  constexpr uint64_t kMax = UINT32_MAX;
+  if (const Field* value = section->find("max_connections")) {
+    setIfValid(readUnsigned(*value, 1, kMax), &limits->max_connections);
+  }
+  if (const Field* value = section->find("max_header_bytes")) {
+    setIfValid(readUnsigned(*value, 1, kMax), &limits->max_header_bytes);
+  }
+  if (const Field* value = section->find("max_header_count")) {
+    setIfValid(readUnsigned(*value, 1, kMax), &limits->max_header_count);
+  }
+  if (const Field* value = section->find("header_timeout")) {
+    setIfValid(readDuration(*value), &limits->header_timeout);
+  }
+  if (const Field* value = section->find("idle_timeout")) {
+    setIfValid(readDuration(*value), &limits->idle_timeout);
+  }
+  if (const Field* value = section->find("stream_idle_timeout")) {
+    setIfValid(readDuration(*value), &limits->stream_idle_timeout);
+  }
+}
+
+// --- Routes ----------------------------------------------------------------------------------
+
+void Loader::parseRoute(const Field& field, Route* route) {
+  std::optional<Section> section = openSection(field, kRouteKeys);
+  if (!section) {
+    return;
+  }
+  route->location = locate(field.mark);
+
+  if (const Field* match = section->find("match")) {
+    parseMatch(*match, &route->match);
+  }
+  if (const Field* cluster = require(*section, "cluster")) {
+    if (std::optional<std::string> name = readString(*cluster)) {
+      route->cluster = *name;
+      cluster_references_.push_back(Reference{*name, *cluster});
+    }
+  }
+  if (const Field* policy = section->find("policy")) {
+    if (std::optional<std::string> name = readString(*policy)) {
+      route->policy = *name;
+      policy_references_.push_back(Reference{*name, *policy});
+    }
+  }
+  if (const Field* timeout = section->find("timeout")) {
+    setIfValid(readDuration(*timeout), &route->timeout);
+  }
+  if (const Field* headers = section->find("request_headers")) {
+    parseHeaderMutation(*headers, &route->request_headers);
+  }
+  if (const Field* headers = section->find("response_headers")) {
+    parseHeaderMutation(*headers, &route->response_headers);
+  }
+}
+
+void Loader::parseMatch(const Field& field, RouteMatch* match) {
+  std::optional<Section> section = openSection(field, kMatchKeys);
+  if (!section) {
+    return;
+  }
+
+  if (const Field* prefix = section->find("prefix")) {
+    std::optional<std::string> text = readString(*prefix);
+    bool has_forbidden =
+        text && std::any_of(text->begin(), text->end(), [](char c) {
+          return static_cast<unsigned char>(c) <= 0x20 || c == 0x7f || c == '?' || c == '#';
+        });
+    if (text && !text->starts_with('/')) {
+      error(*prefix, "invalid prefix '" + *text + "': must start with '/'");
+    } else if (has_forbidden) {
+      error(*prefix, "invalid prefix '" + *text +
+                         "': must not contain whitespace, control characters, '?' or '#'");
+    } else {
+      setIfValid(text, &match->prefix);
+    }
+  }
+
+  if (const Field* authority = section->find("authority")) {
+    if (std::optional<std::string> text = readString(*authority)) {
+      std::string problem = text->find(':') != std::string::npos
+                                ? "invalid authority '" + *text + "': write the host without port"
+                                : checkHost(*text);
+      if (problem.empty()) {
+        match->authority = toLower(*text);
+      } else {
+        error(*authority, problem);
+      }
+    }
+  }
+
+  if (const Field* headers = section->find("headers")) {
+    if (auto items = listItems(*headers, "header matchers")) {
+      for (const Field& item : *items) {
+        parseHeaderMatcher(item, &match->headers);
+      }
+    }
+  }
+}
+
+void Loader::parseHeaderMatcher(const Field& field, std::vector<HeaderMatcher>* matchers) {
+  std::optional<Section> section = openSection(field, kHeaderMatcherKeys);
+  if (!section) {
+    return;
+  }
+  HeaderMatcher matcher;
+  if (const Field* name = require(*section, "name")) {
+    setIfValid(readHeaderName(*name), &matcher.name);
+  }
+  if (const Field* exact = section->find("exact")) {
+    if (std::optional<std::string> value = readString(*exact)) {
+      std::string problem = checkHeaderValue(*value);
+      if (problem.empty()) {
+        matcher.exact = *value;
+      } else {
+        error(*exact, "invalid header value: " + problem);
+      }
+    }
+  }
+  if (const Field* invert = section->find("invert")) {
+    setIfValid(readBool(*invert), &matcher.invert);
+  }
+  matchers->push_back(std::move(matcher));
+}
+
+void Loader::parseHeaderMutation(const Field& field, HeaderMutation* mutation) {
+  std::optional<Section> section = openSection(field, kMutationKeys);
+  if (!section) {
+    return;
+  }
+  std::map<std::string, Location> added;
+  if (const Field* add = section->find("add")) {
+    parseHeaderAdditions(*add, &mutation->add, &added);
+  }
+  if (const Field* remove = section->find("remove")) {
+    parseHeaderRemovals(*remove, added, &mutation->remove);
+  }
+}
+
+bool Loader::rejectProtectedHeader(const YAML::Mark& mark, const std::string& path,
+                                   const std::string& name) {
+  if (std::find(kProtectedHeaders.begin(), kProtectedHeaders.end(), name) ==
+      kProtectedHeaders.end()) {
+    return false;
+  }
+  error(mark, path + ": header '" + name +
+                  "' is set by the proxy from the connection or the framing and cannot be "
+                  "changed by a header mutation");
+  return true;
+}
+
+void Loader::parseHeaderAdditions(const Field& field,
+                                  std::vector<std::pair<std::string, std::string>>* headers,
+                                  std::map<std::string, Location>* added) {
+  if (!field.value.IsMap()) {
+    error(field, "expected a map of header names to values, found " + describeNode(field.value));
+    return;
+  }
+  for (const auto& pair : field.value) {
+    const YAML::Mark& key_mark = pair.first.Mark();
+    std::optional<std::string> name =
+        readHeaderName(Field{pair.first, key_mark, field.path, key_mark});
+    if (!name) {
+      continue;
+    }
+    auto [first, inserted] = added->emplace(*name, locate(key_mark));
+    if (!inserted) {
+      error(key_mark,
+            field.path + ": header '" + *name + "' is added twice; " + firstLine(first->second));
+      continue;
+    }
+    if (rejectProtectedHeader(key_mark, field.path, *name)) {
+      continue;
+    }
+
+    Field value{pair.second, pair.second.IsNull() ? key_mark : pair.second.Mark(),
+                joinPath(field.path, *name), key_mark};
+    if (!pair.second.IsScalar()) {
+      error(value, "expected a string, found " + describeNode(pair.second) +
+                       "; write \"\" for an empty value");
+      continue;
+    }
+    std::string problem = checkHeaderValue(pair.second.Scalar());
+    if (!problem.empty()) {
+      error(value, "invalid header value: " + problem);
+      continue;
+    }
+    headers->emplace_back(*name, pair.second.Scalar());
+  }
+}
+
+void Loader::parseHeaderRemovals(const Field& field, const std::map<std::string, Location>& added,
+                                 std::vector<std::string>* names) {
+  std::optional<std::vector<Field>> items = listItems(field, "header names");
+  if (!items) {
+    return;
+  }
+  std::map<std::string, Location> removed;
+  for (const Field& item : *items) {
+    std::optional<std::string> name = readHeaderName(item);
+    if (!name) {
+      continue;
+    }
+    auto [first, inserted] = removed.emplace(*name, locate(item.mark));
+    auto added_at = added.find(*name);
+    if (!inserted) {
+      error(item, "header '" + *name + "' is listed twice; " + firstLine(first->second));
+    } else if (rejectProtectedHeader(item.mark, item.path, *name)) {
+      continue;
+    } else if (added_at != added.end()) {
+      error(item, "header '" + *name + "' is both added (at line " +
+                      std::to_string(added_at->second.line) +
+                      ") and removed; adding already replaces its value");
+    } else {
+      names->push_back(*name);
+    }
+  }
+}
+
+// --- Clusters --------------------------------------------------------------------------------
+
+void Loader::parseCluster(const Field& field) {
+  std::optional<Section> section = openSection(field, kClusterKeys);
+  if (!section) {
+    return;
+  }
+  Cluster cluster;
+  cluster.location = locate(field.mark);
+
+  if (const Field* name = require(*section, "name")) {
+    parseClusterName(*name, &cluster);
+  }
+  if (const Field* endpoints = require(*section, "endpoints")) {
+    parseEndpoints(*endpoints, &cluster.endpoints);
+  }
+  if (const Field* protocol = section->find("protocol")) {
+    setIfValid(readEnum(*protocol, kProtocols), &cluster.protocol);
+  }
+  if (const Field* lb = section->find("lb")) {
+    if (lb->value.IsScalar() && lb->value.Scalar() == "ewma") {
+      error(*lb, "'ewma' is not supported yet; use round_robin or least_request");
+    } else {
+      setIfValid(readEnum(*lb, kLbPolicies), &cluster.lb);
+    }
+  }
+  if (const Field* value = section->find("connect_timeout")) {
+    setIfValid(readDuration(*value), &cluster.connect_timeout);
+  }
+  if (const Field* value = section->find("resolve_every")) {
+    setIfValid(readDuration(*value), &cluster.resolve_every);
+  }
+  if (const Field* value = section->find("max_connections")) {
+    setIfValid(readUnsigned(*value, 1, UINT32_MAX), &cluster.max_connections);
+  }
+  if (const Field* value = section->find("idle_timeout")) {
+    setIfValid(readDuration(*value), &cluster.pool_idle_timeout);
+  }
+  if (const Field* capacity = section->find("capacity")) {
+    parseCapacity(*capacity, &cluster.capacity);
+  }
+  config_.clusters.push_back(std::move(cluster));
+}
+
+void Loader::parseClusterName(const Field& field, Cluster* cluster) {
+  std::optional<std::string> name = readString(field);
+  if (!name) {
+    return;
+  }
+  cluster->name = *name;
+
+  // Registered even when invalid, so routes naming it do not also report it missing.
+  auto [first, inserted] = cluster_names_.emplace(*name, locate(field.mark));
+  std::string problem = checkName(*name);
+  if (!problem.empty()) {
+    error(field, problem);
+  } else if (!inserted) {
+    error(field, "duplicate cluster name '" + *name + "'; " + firstLine(first->second));
+  }
+}
+
+void Loader::parseEndpoints(const Field& field, std::vector<Address>* endpoints) {
+  std::optional<std::vector<Field>> items = listItems(field, "host:port endpoints");
+  if (!items) {
+    return;
+  }
+  if (items->empty()) {
+    error(field, "must contain at least one endpoint");
+  }
+  std::map<std::string, Location> seen;
+  for (const Field& item : *items) {
+    std::optional<Address> address = readAddress(item, AddressUse::kEndpoint);
+    if (!address) {
+      continue;
+    }
+    auto [first, inserted] = seen.emplace(address->toString(), locate(item.mark));
+    if (!inserted) {
+      error(item, "duplicate endpoint " + address->toString() + "; " + firstLine(first->second));
+      continue;
+    }
+    endpoints->push_back(*address);
+  }
+}
+
+void Loader::parseCapacity(const Field& field, Capacity* capacity) {
+  std::optional<Section> section = openSection(field, kCapacityKeys);
+  if (!section) {
+    return;
+  }
+  if (const Field* value = section->find("max_concurrent")) {
+    std::optional<uint64_t> max_concurrent = readUnsigned(*value, 1, UINT32_MAX);
+    if (max_concurrent) {
+      capacity->max_concurrent = static_cast<uint32_t>(*max_concurrent);
+    }
+  }
+  if (const Field* value = section->find("max_rps")) {
+    std::string problem;
+    std::optional<double> max_rps;
+    if (isPlainScalar(value->value)) {
+      max_rps = parseDecimal(value->value.Scalar(), &problem);
+    } else {
+      problem = "expected a number such as 200 or 0.5, found " + describeNode(value->value);
+    }
+    if (max_rps && *max_rps <= 0) {
+      max_rps.reset();
+      problem = "must be greater than 0";
+    }
+    if (max_rps) {
+      capacity->max_rps = *max_rps;
+    } else {
+      error(*value, problem);
+    }
+  }
+}
+
+// --- Policies --------------------------------------------------------------------------------
+
+void Loader::parsePolicies(const Field& field) {
+  if (!field.value.IsMap()) {
+    error(field, "expected a map of policy names to policies, found " + describeNode(field.value));
+    return;
+  }
+  for (const auto& pair : field.value) {
+    Field key{pair.first, pair.first.Mark(), field.path, pair.first.Mark()};
+    std::optional<std::string> name = readName(key);
+    if (!name) {
+      continue;
+    }
+    auto [first, inserted] = policy_names_.emplace(*name, locate(pair.first.Mark()));
+    if (!inserted) {
+      error(pair.first.Mark(),
+            "duplicate policy name '" + *name + "'; " + firstLine(first->second));
+      continue;
+    }
+
+    Policy policy;
+    policy.name = *name;
+    Field value{pair.second, pair.second.IsNull() ? pair.first.Mark() : pair.second.Mark(),
+                joinPath(field.path, *name), pair.first.Mark()};
+    parsePolicy(value, &policy);
+    config_.policies.emplace(*name, std::move(policy));
+  }
+}
+
+void Loader::parsePolicy(const Field& field, Policy* policy) {
+  std::optional<Section> section = openSection(field, kPolicyKeys);
+  if (!section) {
+    return;
+  }
+  policy->location = locate(field.mark);
+
+  if (const Field* mode = section->find("mode")) {
+    setIfValid(readEnum(*mode, kPolicyModes), &policy->mode);
+  }
+  if (const Field* rollout = section->find("rollout")) {
+    setIfValid(readPercent(*rollout), &policy->rollout);
+  }
+  if (const Field* headers = section->find("request_headers")) {
+    parseHeaderMutation(*headers, &policy->request_headers);
+  }
+  if (const Field* headers = section->find("response_headers")) {
+    parseHeaderMutation(*headers, &policy->response_headers);
+  }
+
+  for (std::string_view key : kUnsupportedPolicySections) {
+    if (const Field* unsupported = section->find(key)) {
+      error(unsupported->key_mark,
+            field.path + ": '" + std::string(key) + "' is not supported by this build yet");
+    }
+  }
+}
+
+void Loader::checkReferences() {
+  std::vector<std::string_view> clusters;
+  for (const auto& [name, location] : cluster_names_) {
+    clusters.push_back(name);
+  }
+  for (const Reference& reference : cluster_references_) {
+    if (cluster_names_.count(reference.name) == 0) {
+      std::string message = "cluster '" + reference.name + "' not found in 'clusters'";
+      if (std::optional<std::string> suggestion = nearestWord(reference.name, clusters)) {
+        message += "; did you mean '" + *suggestion + "'?";
+      }
+      error(reference.field, message);
+    }
+  }
+
+  std::vector<std::string_view> policies;
+  for (const auto& [name, location] : policy_names_) {
+    policies.push_back(name);
+  }
+  for (const Reference& reference : policy_references_) {
+    if (policy_names_.count(reference.name) == 0) {
+      std::string message = "policy '" + reference.name + "' not found in 'policies'";
+      if (std::optional<std::string> suggestion = nearestWord(reference.name, policies)) {
+        message += "; did you mean '" + *suggestion + "'?";
+      }
+      error(reference.field, message);
+    }
+  }
+}
+
+} // namespace
+
+LoadResult loadString(const std::string& yaml, const std::string& name) {
+  return Loader(name).load(yaml);
+}
+
+LoadResult loadFile(const std::string& path) {
+  std::ifstream file(path, std::ios::binary);
+  if (!file) {
+    LoadResult result;
+    result.diagnostics.push_back(
+        Diagnostic{Location{path, 0, 0}, "failed to open file: " + std::string(strerror(errno))});
+    return result;
+  }
+  std::ostringstream text;
+  text << file.rdbuf();
+  if (file.bad()) {
+    LoadResult result;
+    result.diagnostics.push_back(
+        Diagnostic{Location{path, 0, 0}, "failed to read file: " + std::string(strerror(errno))});
+    return result;
+  }
+  return loadString(text.str(), path);
+}
+
+} // namespace deferd::config

@@ -1,0 +1,236 @@
+// toYaml(): the effective configuration as YAML that loadString() accepts again.
+//
+// Every field is written, defaults included, with the key names of the input language. Only
+// values that have no default and were not given are left out: a route's policy, a match's
+// authority, a header matcher's exact value and the two capacity limits.
+
+#include <yaml-cpp/yaml.h>
+
+#include "config/loader.h"
+#include "config/values.h"
+
+namespace deferd::config {
+namespace {
+
+std::string_view directionName(Direction direction) {
+  return direction == Direction::kInbound ? "inbound" : "outbound";
+}
+
+std::string_view trustName(Trust trust) {
+  return trust == Trust::kTrusted ? "trusted" : "untrusted";
+}
+
+std::string_view protocolName(UpstreamProtocol protocol) {
+  return protocol == UpstreamProtocol::kHttp1 ? "http1" : "http2";
+}
+
+std::string_view lbName(LbPolicy lb) {
+  switch (lb) {
+  case LbPolicy::kRoundRobin:
+    return "round_robin";
+  case LbPolicy::kLeastRequest:
+    return "least_request";
+  case LbPolicy::kEwma:
+    return "ewma"; // the loader rejects it, so only a hand-built Config can contain it
+  }
+  return "round_robin";
+}
+
+std::string_view modeName(PolicyMode mode) {
+  switch (mode) {
+  case PolicyMode::kEnforce:
+    return "enforce";
+  case PolicyMode::kShadow:
+    return "shadow";
+  case PolicyMode::kOff:
+    return "off";
+  }
+  return "enforce";
+}
+
+// Empty collections read better as "{}" or "[]" on the key's line.
+template <typename Container> YAML::EMITTER_MANIP flowIfEmpty(const Container& container) {
+  return container.empty() ? YAML::Flow : YAML::Block;
+}
+
+// yaml-cpp's emitter takes std::string but not std::string_view.
+void emitPair(YAML::Emitter& out, std::string_view key, std::string_view value) {
+  out << YAML::Key << std::string(key) << YAML::Value << std::string(value);
+}
+
+void emitPair(YAML::Emitter& out, std::string_view key, uint32_t value) {
+  out << YAML::Key << std::string(key) << YAML::Value << value;
+}
+
+void emitPair(YAML::Emitter& out, std::string_view key, Duration value) {
+  emitPair(out, key, formatDuration(value));
+}
+
+void emitMutation(YAML::Emitter& out, std::string_view key, const HeaderMutation& mutation) {
+  out << YAML::Key << std::string(key) << YAML::Value << YAML::BeginMap;
+
+  out << YAML::Key << "add" << YAML::Value << flowIfEmpty(mutation.add) << YAML::BeginMap;
+  for (const auto& [name, value] : mutation.add) {
+    emitPair(out, name, value);
+  }
+  out << YAML::EndMap;
+
+  out << YAML::Key << "remove" << YAML::Value << YAML::Flow << YAML::BeginSeq;
+  for (const std::string& name : mutation.remove) {
+    out << name;
+  }
+  out << YAML::EndSeq;
+
+  out << YAML::EndMap;
+}
+
+void emitRoute(YAML::Emitter& out, const Route& route) {
+  out << YAML::BeginMap;
+
+  out << YAML::Key << "match" << YAML::Value << YAML::BeginMap;
+  emitPair(out, "prefix", route.match.prefix);
+  if (route.match.authority) {
+    emitPair(out, "authority", *route.match.authority);
+  }
+  out << YAML::Key << "headers" << YAML::Value << flowIfEmpty(route.match.headers)
+      << YAML::BeginSeq;
+  for (const HeaderMatcher& matcher : route.match.headers) {
+    out << YAML::BeginMap;
+    emitPair(out, "name", matcher.name);
+    if (matcher.exact) {
+      emitPair(out, "exact", *matcher.exact);
+    }
+    out << YAML::Key << "invert" << YAML::Value << matcher.invert;
+    out << YAML::EndMap;
+  }
+  out << YAML::EndSeq;
+  out << YAML::EndMap;
+
+  emitPair(out, "cluster", route.cluster);
+  if (route.policy) {
+    emitPair(out, "policy", *route.policy);
+  }
+  emitPair(out, "timeout", route.timeout);
+  emitMutation(out, "request_headers", route.request_headers);
+  emitMutation(out, "response_headers", route.response_headers);
+
+  out << YAML::EndMap;
+}
+
+void emitListener(YAML::Emitter& out, const Listener& listener) {
+  out << YAML::BeginMap;
+  emitPair(out, "name", listener.name);
+  emitPair(out, "address", listener.address.toString());
+  emitPair(out, "direction", directionName(listener.direction));
+  emitPair(out, "trust", trustName(listener.trust));
+
+  const ListenerLimits& limits = listener.limits;
+  out << YAML::Key << "limits" << YAML::Value << YAML::BeginMap;
+  emitPair(out, "max_connections", limits.max_connections);
+  emitPair(out, "max_header_bytes", limits.max_header_bytes);
+  emitPair(out, "max_header_count", limits.max_header_count);
+  emitPair(out, "header_timeout", limits.header_timeout);
+  emitPair(out, "idle_timeout", limits.idle_timeout);
+  emitPair(out, "stream_idle_timeout", limits.stream_idle_timeout);
+  out << YAML::EndMap;
+
+  out << YAML::Key << "routes" << YAML::Value << YAML::BeginSeq;
+  for (const Route& route : listener.routes) {
+    emitRoute(out, route);
+  }
+  out << YAML::EndSeq;
+  out << YAML::EndMap;
+}
+
+void emitCluster(YAML::Emitter& out, const Cluster& cluster) {
+  out << YAML::BeginMap;
+  emitPair(out, "name", cluster.name);
+  out << YAML::Key << "endpoints" << YAML::Value << YAML::Flow << YAML::BeginSeq;
+  for (const Address& endpoint : cluster.endpoints) {
+    out << endpoint.toString();
+  }
+  out << YAML::EndSeq;
+  emitPair(out, "protocol", protocolName(cluster.protocol));
+  emitPair(out, "lb", lbName(cluster.lb));
+  emitPair(out, "connect_timeout", cluster.connect_timeout);
+  emitPair(out, "resolve_every", cluster.resolve_every);
+  emitPair(out, "max_connections", cluster.max_connections);
+  emitPair(out, "idle_timeout", cluster.pool_idle_timeout);
+
+  out << YAML::Key << "capacity" << YAML::Value << YAML::Flow << YAML::BeginMap;
+  if (cluster.capacity.max_concurrent) {
+    emitPair(out, "max_concurrent", *cluster.capacity.max_concurrent);
+  }
+  if (cluster.capacity.max_rps) {
+    emitPair(out, "max_rps", formatDecimal(*cluster.capacity.max_rps));
+  }
+  out << YAML::EndMap;
+  out << YAML::EndMap;
+}
+
+void emitPolicy(YAML::Emitter& out, const Policy& policy) {
+  out << YAML::Key << policy.name << YAML::Value << YAML::BeginMap;
+  emitPair(out, "mode", modeName(policy.mode));
+  emitPair(out, "rollout", formatPercent(policy.rollout));
+  emitMutation(out, "request_headers", policy.request_headers);
+  emitMutation(out, "response_headers", policy.response_headers);
+  out << YAML::EndMap;
+}
+
+} // namespace
+
+std::string toYaml(const Config& config) {
+  YAML::Emitter out;
+  out << YAML::BeginMap;
+
+  out << YAML::Key << "node" << YAML::Value << YAML::BeginMap;
+  emitPair(out, "service", config.service);
+  out << YAML::EndMap;
+
+  out << YAML::Key << "admin" << YAML::Value << YAML::BeginMap;
+  emitPair(out, "address", config.admin.address.toString());
+  out << YAML::EndMap;
+
+  if (config.workers == 0) {
+    emitPair(out, "workers", "auto");
+  } else {
+    emitPair(out, "workers", config.workers);
+  }
+  emitPair(out, "drain_timeout", config.drain_timeout);
+
+  out << YAML::Key << "log" << YAML::Value << YAML::BeginMap;
+  emitPair(out, "level", config.log.level);
+  out << YAML::EndMap;
+
+  out << YAML::Key << "access_log" << YAML::Value;
+  if (config.access_log.enabled) {
+    out << YAML::BeginMap;
+    emitPair(out, "path", config.access_log.path);
+    out << YAML::EndMap;
+  } else {
+    out << false;
+  }
+
+  out << YAML::Key << "listeners" << YAML::Value << YAML::BeginSeq;
+  for (const Listener& listener : config.listeners) {
+    emitListener(out, listener);
+  }
+  out << YAML::EndSeq;
+
+  out << YAML::Key << "clusters" << YAML::Value << YAML::BeginSeq;
+  for (const Cluster& cluster : config.clusters) {
+    emitCluster(out, cluster);
+  }
+  out << YAML::EndSeq;
+
+  out << YAML::Key << "policies" << YAML::Value << flowIfEmpty(config.policies) << YAML::BeginMap;
+  for (const auto& [name, policy] : config.policies) {
+    emitPolicy(out, policy);
+  }
+  out << YAML::EndMap;
+
+  out << YAML::EndMap;
+  return std::string(out.c_str()) + "\n";
+}
+
+} // namespace deferd::config

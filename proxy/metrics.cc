@@ -1,0 +1,291 @@
+#include "proxy/metrics.h"
+
+#include <algorithm>
+#include <limits>
+#include <sstream>
+#include <vector>
+
+#include <prometheus/client_metric.h>
+#include <prometheus/metric_family.h>
+#include <prometheus/metric_type.h>
+#include <prometheus/text_serializer.h>
+
+namespace deferd {
+
+namespace {
+
+constexpr std::array<std::string_view, 5> kStatusClasses{"1xx", "2xx", "3xx", "4xx", "5xx"};
+
+constexpr std::string_view kDurationName = "deferd_request_duration_seconds";
+constexpr std::string_view kDurationHelp =
+    "Time from the first request byte to the last response byte, in seconds.";
+
+// Maximum observation added to the sum, about 31 years. Clamping keeps the conversion to
+// nanoseconds defined for huge and infinite inputs.
+constexpr double kMaxObservedSeconds = 1e9;
+
+} // namespace
+
+// The reasons use the same kebab-case tokens as the local reply reasons, so one request's
+// failure reads the same in the counter, the deferd-reason header and the access log.
+std::string_view upstreamFailureName(UpstreamFailure failure) {
+  switch (failure) {
+  case UpstreamFailure::kConnectFailed:
+    return "connect-failed";
+  case UpstreamFailure::kConnectTimeout:
+    return "connect-timeout";
+  case UpstreamFailure::kConnectionLimit:
+    return "connection-limit";
+  case UpstreamFailure::kTimeout:
+    return "timeout";
+  case UpstreamFailure::kReset:
+    return "reset";
+  case UpstreamFailure::kBadResponse:
+    return "bad-response";
+  case UpstreamFailure::kCount:
+    break;
+  }
+  return "unknown";
+}
+
+// Lock-free: one relaxed increment of the bucket and one relaxed add to the sum. A scrape may
+// see an increment without its add, so the sum can lag the count by the observations in
+// progress.
+void LatencyHistogram::observe(double seconds) {
+  // A negative or NaN duration counts as zero.
+  if (!(seconds >= 0)) {
+    seconds = 0;
+  }
+
+  // Find the first bucket whose upper bound is >= seconds. Index kBuckets.size() is +Inf.
+  auto bound = std::lower_bound(kBuckets.begin(), kBuckets.end(), seconds);
+  auto index = static_cast<size_t>(bound - kBuckets.begin());
+  counts_[index].fetch_add(1, std::memory_order_relaxed);
+
+  double clamped = std::min(seconds, kMaxObservedSeconds);
+  auto nanoseconds = static_cast<uint64_t>(clamped * 1e9 + 0.5);
+  sum_nanoseconds_.fetch_add(nanoseconds, std::memory_order_relaxed);
+}
+
+LatencyHistogram::Snapshot LatencyHistogram::snapshot() const {
+  Snapshot result;
+  uint64_t running = 0;
+  for (size_t i = 0; i < counts_.size(); ++i) {
+    running += counts_[i].load(std::memory_order_relaxed);
+    result.cumulative[i] = running;
+  }
+
+  // The count is the +Inf bucket, so the two always agree within one snapshot.
+  result.count = running;
+  result.sum = static_cast<double>(sum_nanoseconds_.load(std::memory_order_relaxed)) / 1e9;
+  return result;
+}
+
+// Requests with a status outside 100..599 (0 when no response was sent) are counted in neither
+// the status classes nor the histogram, so the histogram's count equals the sum of the classes.
+void RouteStats::recordRequest(unsigned status, double seconds) {
+  if (status < 100 || status > 599) {
+    return;
+  }
+
+  auto* counter = requests_by_class[status / 100 - 1];
+  if (counter != nullptr) {
+    counter->Increment();
+  }
+  if (duration != nullptr) {
+    duration->observe(seconds);
+  }
+}
+
+// The LatencyHistograms of every route, exposed as the deferd_request_duration_seconds family.
+// prometheus::Registry 1.0.1 accepts only its own Family types, so Metrics::serialize() appends
+// this collector's output to the registry's.
+class Metrics::HistogramCollector : public prometheus::Collectable {
+public:
+  // Creates the histogram of one listener and cluster pair. The caller makes sure each pair is
+  // added once.
+  LatencyHistogram* add(const std::string& listener, const std::string& cluster) {
+    auto entry = std::make_unique<Entry>();
+    entry->listener = listener;
+    entry->cluster = cluster;
+    LatencyHistogram* histogram = &entry->histogram;
+
+    std::lock_guard lock(mutex_);
+    entries_.push_back(std::move(entry));
+    return histogram;
+  }
+
+  std::vector<prometheus::MetricFamily> Collect() const override {
+    prometheus::MetricFamily family;
+    family.name = kDurationName;
+    family.help = kDurationHelp;
+    family.type = prometheus::MetricType::Histogram;
+
+    std::lock_guard lock(mutex_);
+    family.metric.reserve(entries_.size());
+    for (const auto& entry : entries_) {
+      family.metric.push_back(collectOne(*entry));
+    }
+    return {std::move(family)};
+  }
+
+private:
+  struct Entry {
+    std::string listener;
+    std::string cluster;
+    LatencyHistogram histogram;
+  };
+
+  static prometheus::ClientMetric collectOne(const Entry& entry) {
+    prometheus::ClientMetric metric;
+    metric.label = {{"cluster", entry.cluster}, {"listener", entry.listener}};
+
+    LatencyHistogram::Snapshot snapshot = entry.histogram.snapshot();
+    metric.histogram.sample_count = snapshot.count;
+    metric.histogram.sample_sum = snapshot.sum;
+    metric.histogram.bucket.reserve(snapshot.cumulative.size());
+    for (size_t i = 0; i < snapshot.cumulative.size(); ++i) {
+      prometheus::ClientMetric::Bucket bucket;
+      bucket.cumulative_count = snapshot.cumulative[i];
+      bucket.upper_bound = i < LatencyHistogram::kBuckets.size()
+                               ? LatencyHistogram::kBuckets[i]
+                               : std::numeric_limits<double>::infinity();
+      metric.histogram.bucket.push_back(bucket);
+    }
+    return metric;
+  }
+
+  mutable std::mutex mutex_; // guards entries_; taken by route() and by scrapes
+  std::vector<std::unique_ptr<Entry>> entries_;
+};
+
+Metrics::Metrics()
+    : registry_(std::make_shared<prometheus::Registry>()),
+      histograms_(std::make_shared<HistogramCollector>()) {
+  connections_active_ = &prometheus::BuildGauge()
+                             .Name("deferd_downstream_connections_active")
+                             .Help("Open downstream connections.")
+                             .Register(*registry_);
+  connections_total_ = &prometheus::BuildCounter()
+                            .Name("deferd_downstream_connections_total")
+                            .Help("Downstream connections accepted.")
+                            .Register(*registry_);
+  in_flight_ = &prometheus::BuildGauge()
+                    .Name("deferd_requests_in_flight")
+                    .Help("Requests received and not yet completed.")
+                    .Register(*registry_);
+  local_replies_ = &prometheus::BuildCounter()
+                        .Name("deferd_local_replies_total")
+                        .Help("Replies made by deferd itself instead of an upstream, by reason.")
+                        .Register(*registry_);
+  requests_ = &prometheus::BuildCounter()
+                   .Name("deferd_requests_total")
+                   .Help("Requests completed, by response status class.")
+                   .Register(*registry_);
+  upstream_active_ = &prometheus::BuildGauge()
+                          .Name("deferd_upstream_connections_active")
+                          .Help("Open upstream connections.")
+                          .Register(*registry_);
+  upstream_created_ = &prometheus::BuildCounter()
+                           .Name("deferd_upstream_connections_created_total")
+                           .Help("Upstream connections established.")
+                           .Register(*registry_);
+  upstream_failures_ = &prometheus::BuildCounter()
+                            .Name("deferd_upstream_failures_total")
+                            .Help("Failed upstream connections and exchanges, by reason.")
+                            .Register(*registry_);
+  reloads_ = &prometheus::BuildCounter()
+                  .Name("deferd_config_reloads_total")
+                  .Help("Config reloads attempted, by result.")
+                  .Register(*registry_);
+  ready_ = &prometheus::BuildGauge()
+                .Name("deferd_ready")
+                .Help("1 while deferd accepts requests, 0 while starting or draining.")
+                .Register(*registry_)
+                .Add({});
+
+  // Both results are exported from the start, so queries see 0 instead of no data before the
+  // first reload.
+  reloads_->Add({{"result", "success"}});
+  reloads_->Add({{"result", "failure"}});
+}
+
+ListenerStats* Metrics::listener(const std::string& name) {
+  std::lock_guard lock(mutex_);
+  auto& slot = listeners_[name];
+  if (slot != nullptr) {
+    return slot.get();
+  }
+
+  auto stats = std::make_unique<ListenerStats>();
+  stats->connections_active = &connections_active_->Add({{"listener", name}});
+  stats->connections_total = &connections_total_->Add({{"listener", name}});
+  stats->requests_in_flight = &in_flight_->Add({{"listener", name}});
+  for (size_t i = 0; i < stats->local_replies.size(); ++i) {
+    std::string_view reason = localReplySpec(static_cast<LocalReplyReason>(i)).reason;
+    stats->local_replies[i] =
+        &local_replies_->Add({{"listener", name}, {"reason", std::string(reason)}});
+  }
+
+  slot = std::move(stats);
+  return slot.get();
+}
+
+ClusterStats* Metrics::cluster(const std::string& name) {
+  std::lock_guard lock(mutex_);
+  auto& slot = clusters_[name];
+  if (slot != nullptr) {
+    return slot.get();
+  }
+
+  auto stats = std::make_unique<ClusterStats>();
+  stats->connections_active = &upstream_active_->Add({{"cluster", name}});
+  stats->connections_created = &upstream_created_->Add({{"cluster", name}});
+  for (size_t i = 0; i < stats->failures.size(); ++i) {
+    std::string_view reason = upstreamFailureName(static_cast<UpstreamFailure>(i));
+    stats->failures[i] =
+        &upstream_failures_->Add({{"cluster", name}, {"reason", std::string(reason)}});
+  }
+
+  slot = std::move(stats);
+  return slot.get();
+}
+
+RouteStats* Metrics::route(const std::string& listener, const std::string& cluster) {
+  std::lock_guard lock(mutex_);
+  auto& slot = routes_[{listener, cluster}];
+  if (slot != nullptr) {
+    return slot.get();
+  }
+
+  auto stats = std::make_unique<RouteStats>();
+  for (size_t i = 0; i < kStatusClasses.size(); ++i) {
+    stats->requests_by_class[i] =
+        &requests_->Add({{"listener", listener},
+                         {"cluster", cluster},
+                         {"status_class", std::string(kStatusClasses[i])}});
+  }
+  stats->duration = histograms_->add(listener, cluster);
+
+  slot = std::move(stats);
+  return slot.get();
+}
+
+void Metrics::recordReload(bool success) {
+  reloads_->Add({{"result", success ? "success" : "failure"}}).Increment();
+}
+
+void Metrics::setReady(bool ready) { ready_->Set(ready ? 1 : 0); }
+
+std::string Metrics::serialize() const {
+  std::vector<prometheus::MetricFamily> families = registry_->Collect();
+  std::vector<prometheus::MetricFamily> histograms = histograms_->Collect();
+  families.insert(families.end(), std::make_move_iterator(histograms.begin()),
+                  std::make_move_iterator(histograms.end()));
+
+  std::ostringstream out;
+  prometheus::TextSerializer().Serialize(out, families);
+  return out.str();
+}
+
+} // namespace deferd
