@@ -262,7 +262,7 @@ private:
       return;
     }
 
-    // End of stream, timeout, reset or a client that keeps sending: stop waiting.
+    // Stop waiting at end of stream, timeout or reset, and when the client keeps sending.
     discarded_bytes_ += bytes;
     if (ec || discarded_bytes_ > kMaxDiscardedBytes) {
       close();
@@ -334,7 +334,13 @@ bool AdminServer::Impl::start(const config::Address& address, std::string* error
     return fail(ec.message());
   }
 
-  state_->port = state_->acceptor.local_endpoint().port();
+  tcp::endpoint bound = state_->acceptor.local_endpoint(ec);
+  if (ec) {
+    beast::error_code ignored;
+    state_->acceptor.close(ignored);
+    return fail(ec.message());
+  }
+  state_->port = bound.port();
   logger()->info("admin listener started on {}:{}", address.host, state_->port);
   doAccept(state_);
   return true;
