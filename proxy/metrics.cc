@@ -100,6 +100,7 @@ void RouteStats::recordRequest(unsigned status, double seconds) {
 // The LatencyHistograms of every route, exposed as the deferd_request_duration_seconds family.
 // prometheus::Registry 1.0.1 accepts only its own Family types, so Metrics::serialize() appends
 // this collector's output to the registry's.
+// NOTE: code that collects registry() directly, such as a prometheus::Exposer, misses this family.
 class Metrics::HistogramCollector : public prometheus::Collectable {
 public:
   // Creates the histogram of one listener and cluster pair. The caller makes sure each pair is
