@@ -109,11 +109,16 @@ step "Starting deferd with $config"
 deferd_pid=$!
 wait_http "http://127.0.0.1:$admin_port/ready" deferd
 
-step "Sending $requests requests to 127.0.0.1:$listener_port"
+step "Sending $requests requests to 127.0.0.1:$listener_port (at most 60 s)"
 base=http://127.0.0.1:$listener_port
 statuses=$workdir/statuses
 : >"$statuses"
+deadline=$((SECONDS + 60))
 for i in $(seq "$requests"); do
+  if ((SECONDS >= deadline)); then
+    echo "demo: stopped after $((i - 1)) requests: the 60 s budget ran out"
+    break
+  fi
   case $((i % 20)) in
     0) path=/error ;;
     1 | 2) path=/missing ;;
@@ -135,10 +140,10 @@ echo "Responses by status (000: no response):"
 sort "$statuses" | uniq -c | sed 's/^/  /'
 
 echo
-echo "Metrics excerpt (http://127.0.0.1:$admin_port/metrics):"
+echo "Metrics excerpt, non-zero samples only (http://127.0.0.1:$admin_port/metrics):"
 curl -s --max-time 5 "http://127.0.0.1:$admin_port/metrics" |
   grep -E '^deferd_(requests_total|local_replies_total|upstream_connections_created_total|upstream_failures_total|request_duration_seconds_count)' |
-  sed 's/^/  /' || echo "  (no deferd_ samples found)"
+  awk '$NF != 0 { print "  " $0 }' | sort || echo "  (no deferd_ samples found)"
 
 # The effective config names the access log file; "-" means deferd's standard output.
 access_log=$(curl -s --max-time 5 "http://127.0.0.1:$admin_port/config" |

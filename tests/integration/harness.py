@@ -9,7 +9,7 @@ Everything here uses the Python standard library only, so the tests run with Deb
 - Deferd: writes a config, starts build/proxy/deferd, waits for /ready, scrapes /metrics.
 - Nginx: a real upstream from a generated config in a temporary prefix directory.
 - RawUpstream: a scripted upstream that records the exact bytes it received and replies as
-  told (status, headers, delay, reset, half-written response, garbage).
+  the test specifies (status, headers, delay, reset, half-written response, garbage).
 - RawClient: a client socket that sends exact bytes and parses what comes back.
 
 Network traffic stays on 127.0.0.1.
@@ -45,7 +45,7 @@ _tmp_root = None
 
 
 def tmp_root():
-    """Return the directory that holds this run's configs and logs, creating it once."""
+    """Return the directory that contains this run's configs and logs, creating it once."""
     global _tmp_root
     if _tmp_root is None:
         base = os.environ.get("DEFERD_TEST_TMPDIR")

@@ -1,6 +1,6 @@
 """Requests with ambiguous or invalid framing, and requests over the header limits.
 
-deferd must answer each with a local reply, close the connection, and forward nothing to the
+deferd must reject each with a local reply, close the connection, and forward nothing to the
 upstream: a proxy and an upstream that disagree on where a request ends let a client hide a
 second request inside the first (request smuggling).
 
