@@ -38,7 +38,10 @@ jobs=$(nproc)
 
 if ((sanitize)); then
   build_dir=build-asan
-  cmake_args=(-DDEFERD_WERROR=ON -DDEFERD_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo)
+  # Warnings stay errors in the regular build only. The GCC manual (-fsanitize options)
+  # recommends against combining -Werror with sanitizers, because they cause false positive
+  # warnings, and GCC 12 does report -Wmaybe-uninitialized inside std::regex here.
+  cmake_args=(-DDEFERD_WERROR=OFF -DDEFERD_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo)
 else
   build_dir=build
   cmake_args=(-DDEFERD_WERROR=ON)
