@@ -632,7 +632,9 @@ private:
       return;
     }
     request_sent_ = true;
-    if (!request_serializer_->is_done()) {
+    // The parser, not the serializer, says whether body is left: a request without a body
+    // was sent with async_write_header, which leaves the serializer short of its empty body.
+    if (!request_->is_done()) {
       readRequestBody();
       return;
     }
@@ -759,7 +761,7 @@ private:
       abortRequest(StreamEnd::kDownstreamClosed);
       return;
     }
-    if (!response_serializer_->is_done()) {
+    if (!response_->is_done()) {
       readResponseBody();
       return;
     }

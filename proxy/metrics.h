@@ -118,6 +118,7 @@ private:
 
   prometheus::Family<prometheus::Gauge>* connections_active_;
   prometheus::Family<prometheus::Counter>* connections_total_;
+  prometheus::Family<prometheus::Counter>* connections_rejected_;
   prometheus::Family<prometheus::Gauge>* in_flight_;
   prometheus::Family<prometheus::Counter>* local_replies_;
   prometheus::Family<prometheus::Counter>* requests_;
