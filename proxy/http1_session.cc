@@ -612,7 +612,13 @@ private:
     auto& body = request_->get().body();
     size_t received = Worker::kBodyBufferSize - body.size;
     request_bytes_ += received;
-    body.data = body_buffer_.get();
+    if (received == 0 && !request_->is_done()) {
+      // Only framing was parsed (a chunk header, say). An empty chunked piece would go out as
+      // the last-chunk "0\r\n\r\n", so nothing is written until there is data or the end.
+      readRequestBody();
+      return;
+    }
+    body.data = received == 0 ? nullptr : body_buffer_.get();
     body.size = received;
     body.more = !request_->is_done();
     deadline_ = std::chrono::steady_clock::now() + listener_->config->limits.stream_idle_timeout;
@@ -741,7 +747,13 @@ private:
     auto& body = response_->get().body();
     size_t received = Worker::kBodyBufferSize - body.size;
     response_bytes_ += received;
-    body.data = body_buffer_.get();
+    if (received == 0 && !response_->is_done()) {
+      // Only framing was parsed (a chunk header, say). An empty chunked piece would go out as
+      // the last-chunk "0\r\n\r\n", so nothing is written until there is data or the end.
+      readResponseBody();
+      return;
+    }
+    body.data = received == 0 ? nullptr : body_buffer_.get();
     body.size = received;
     body.more = !response_->is_done();
     deadline_ = std::chrono::steady_clock::now() + listener_->config->limits.stream_idle_timeout;
