@@ -47,8 +47,9 @@ constexpr size_t kMaxResponseHeaderBytes = 64 * 1024;
 
 // Connection-specific fields (RFC 9110, section 7.6.1) that a proxy must not forward.
 // Transfer-Encoding is framing: it is kept and the serializer re-frames the body.
-constexpr std::string_view kHopByHop[] = {"connection", "keep-alive", "proxy-connection", "te",
-                                          "trailer",    "upgrade"};
+constexpr http::field kHopByHop[] = {http::field::connection,       http::field::keep_alive,
+                                     http::field::proxy_connection, http::field::te,
+                                     http::field::trailer,          http::field::upgrade};
 
 bool iequals(std::string_view a, std::string_view b) { return beast::iequals(a, b); }
 
@@ -66,24 +67,51 @@ std::string_view trim(std::string_view value) {
 // Connection are left alone: dropping Content-Length or Host on a client's say-so would change
 // how the next hop frames or routes the message.
 void removeHopByHop(http::fields& fields) {
+  // One pass finds the fixed hop-by-hop fields; most messages have none, and then nothing
+  // else runs.
+  bool has_connection = false;
+  bool found = false;
+  for (const auto& field : fields) {
+    switch (field.name()) {
+    case http::field::connection:
+      has_connection = true;
+      found = true;
+      break;
+    case http::field::keep_alive:
+    case http::field::proxy_connection:
+    case http::field::te:
+    case http::field::trailer:
+    case http::field::upgrade:
+      found = true;
+      break;
+    default:
+      break;
+    }
+  }
+  if (!found) {
+    return;
+  }
+
   std::vector<std::string> named;
-  for (auto range = fields.equal_range(http::field::connection); range.first != range.second;
-       ++range.first) {
-    std::string_view value = range.first->value();
-    while (!value.empty()) {
-      size_t comma = value.find(',');
-      std::string_view token = trim(value.substr(0, comma));
-      if (!token.empty() && !iequals(token, "content-length") &&
-          !iequals(token, "transfer-encoding") && !iequals(token, "host")) {
-        named.emplace_back(token);
+  if (has_connection) {
+    for (auto range = fields.equal_range(http::field::connection); range.first != range.second;
+         ++range.first) {
+      std::string_view value = range.first->value();
+      while (!value.empty()) {
+        size_t comma = value.find(',');
+        std::string_view token = trim(value.substr(0, comma));
+        if (!token.empty() && !iequals(token, "content-length") &&
+            !iequals(token, "transfer-encoding") && !iequals(token, "host")) {
+          named.emplace_back(token);
+        }
+        value = comma == std::string_view::npos ? std::string_view{} : value.substr(comma + 1);
       }
-      value = comma == std::string_view::npos ? std::string_view{} : value.substr(comma + 1);
     }
   }
   for (const std::string& name : named) {
     fields.erase(name);
   }
-  for (std::string_view name : kHopByHop) {
+  for (http::field name : kHopByHop) {
     fields.erase(name);
   }
 }
@@ -116,39 +144,85 @@ private:
   http::fields& fields_;
 };
 
+// What the proxy needs to know of a request's fields, gathered in one pass: looking each up
+// by name would walk Beast's field index once per question.
+struct RequestFields {
+  size_t count = 0;
+  size_t content_lengths = 0;
+  size_t transfer_encodings = 0;
+  size_t hosts = 0;
+  std::string_view content_length;
+  std::string_view transfer_encoding;
+  // Plain views with flags: GCC 12 warns falsely about optional<string_view> here.
+  bool has_expect = false;
+  bool has_forwarded_for = false;
+  bool has_request_id = false;
+  std::string_view expect;
+  std::string_view forwarded_for;
+  std::string_view request_id;
+
+  explicit RequestFields(const http::fields& fields) {
+    for (const auto& field : fields) {
+      count++;
+      switch (field.name()) {
+      case http::field::content_length:
+        content_lengths++;
+        content_length = field.value();
+        break;
+      case http::field::transfer_encoding:
+        transfer_encodings++;
+        transfer_encoding = field.value();
+        break;
+      case http::field::host:
+        hosts++;
+        break;
+      case http::field::expect:
+        has_expect = true;
+        expect = field.value();
+        break;
+      case http::field::unknown:
+        if (iequals(field.name_string(), "x-forwarded-for")) {
+          has_forwarded_for = true;
+          forwarded_for = field.value();
+        } else if (iequals(field.name_string(), "x-request-id")) {
+          has_request_id = true;
+          request_id = field.value();
+        }
+        break;
+      default:
+        break;
+      }
+    }
+  }
+};
+
 // Checks the request's framing against RFC 9112, section 6: a request that a peer could frame
 // differently from deferd is rejected, never forwarded. Returns an empty string when valid.
-std::string_view framingError(const http::request<http::buffer_body>& request) {
-  const http::fields& fields = request;
-  size_t content_lengths = fields.count(http::field::content_length);
-  size_t transfer_encodings = fields.count(http::field::transfer_encoding);
-
-  if (content_lengths > 1) {
+std::string_view framingError(const RequestFields& fields, unsigned version) {
+  if (fields.content_lengths > 1) {
     return "duplicate Content-Length";
   }
-  if (content_lengths == 1) {
-    std::string_view value = fields[http::field::content_length];
+  if (fields.content_lengths == 1) {
+    std::string_view value = fields.content_length;
     if (value.empty() || value.find_first_not_of("0123456789") != std::string_view::npos) {
       return "invalid Content-Length";
     }
   }
-  if (transfer_encodings > 0) {
-    if (content_lengths > 0) {
+  if (fields.transfer_encodings > 0) {
+    if (fields.content_lengths > 0) {
       return "both Content-Length and Transfer-Encoding";
     }
-    if (request.version() < 11) {
+    if (version < 11) {
       return "Transfer-Encoding in an HTTP/1.0 request";
     }
-    if (transfer_encodings > 1 || !iequals(trim(fields[http::field::transfer_encoding]),
-                                           "chunked")) {
+    if (fields.transfer_encodings > 1 || !iequals(trim(fields.transfer_encoding), "chunked")) {
       return "Transfer-Encoding other than chunked";
     }
   }
-  size_t hosts = fields.count(http::field::host);
-  if (hosts > 1) {
+  if (fields.hosts > 1) {
     return "duplicate Host";
   }
-  if (hosts == 0 && request.version() >= 11) {
+  if (fields.hosts == 0 && version >= 11) {
     return "missing Host";
   }
   return {};
@@ -160,7 +234,7 @@ class Http1Session final : public Session,
                            public ChainOwner,
                            public std::enable_shared_from_this<Http1Session> {
 public:
-  Http1Session(Worker& worker, tcp::socket socket, size_t listener_index)
+  Http1Session(Worker& worker, Socket socket, size_t listener_index)
       : worker_(worker), snapshot_(worker.snapshot()),
         listener_(&snapshot_->listeners[listener_index]), socket_(std::move(socket)),
         buffer_(listener_->config->limits.max_header_bytes + Worker::kBodyBufferSize) {}
@@ -306,15 +380,20 @@ private:
     beginRequest();
     http::request<http::buffer_body>& request = request_->get();
 
-    std::string_view framing = framingError(request);
+    // Hop-by-hop fields go first, so the rest of the request is judged as it will be sent.
+    // The parser already knows the connection's persistence.
+    keep_alive_ = request_->keep_alive() && request.version() >= 11;
+    removeHopByHop(request);
+
+    RequestFields fields(request);
+    std::string_view framing = framingError(fields, request.version());
     if (!framing.empty()) {
       spdlog::debug("listener {}: rejected request from {}: {}", listener_->config->name,
                     peer_ip_, framing);
       sendLocalReply(LocalReplyReason::kBadRequest);
       return;
     }
-    if (std::distance(request.begin(), request.end()) >
-        static_cast<std::ptrdiff_t>(listener_->config->limits.max_header_count)) {
+    if (fields.count > listener_->config->limits.max_header_count) {
       sendLocalReply(LocalReplyReason::kTooManyHeaders);
       return;
     }
@@ -323,9 +402,8 @@ private:
       return;
     }
 
-    auto expect = request.find(http::field::expect);
-    if (expect != request.end()) {
-      if (!iequals(trim(expect->value()), "100-continue")) {
+    if (fields.has_expect) {
+      if (!iequals(trim(fields.expect), "100-continue")) {
         sendLocalReply(LocalReplyReason::kExpectationFailed);
         return;
       }
@@ -345,7 +423,7 @@ private:
     cluster_name_ = route_->config->cluster;
     info_.route_cluster = cluster_name_;
 
-    prepareUpstreamRequest(request);
+    prepareUpstreamRequest(request, fields);
 
     state_ = State::kFiltering;
     deadline_ = {};
@@ -424,31 +502,27 @@ private:
     return true;
   }
 
-  void prepareUpstreamRequest(http::request<http::buffer_body>& request) {
-    bool client_keep_alive = request.keep_alive();
-    bool chunked = request.chunked();
-    removeHopByHop(request);
-    keep_alive_ = client_keep_alive && request.version() >= 11;
+  // The views in `fields` point into `request`; nothing before their last use here removes the
+  // fields they view.
+  void prepareUpstreamRequest(http::request<http::buffer_body>& request,
+                              const RequestFields& fields) {
+    // Transfer-Encoding stays as it is: it was checked to be exactly "chunked", and the
+    // serializer frames the body to match.
     request.version(11);
-    if (chunked) {
-      request.chunked(true);
-    }
 
-    auto forwarded = request.find("x-forwarded-for");
-    if (forwarded == request.end()) {
-      request.set("x-forwarded-for", peer_ip_);
+    if (!fields.has_forwarded_for) {
+      request.insert("x-forwarded-for", peer_ip_);
     } else {
-      std::string value(forwarded->value());
+      std::string value(fields.forwarded_for);
       value.append(", ").append(peer_ip_);
       request.set("x-forwarded-for", value);
     }
 
-    auto id = request.find("x-request-id");
-    if (id == request.end() || id->value().empty()) {
+    if (!fields.has_request_id || fields.request_id.empty()) {
       request_id_ = worker_.generateRequestId();
       request.set("x-request-id", request_id_);
     } else {
-      request_id_ = id->value();
+      request_id_ = fields.request_id;
     }
     info_.request_id = request_id_;
   }
@@ -502,6 +576,10 @@ private:
     endpoint_->in_flight++;
     counted_in_flight_ = true;
 
+    if (ConnectionPtr idle = endpoint->takeIdle()) {
+      onUpstreamAcquired(AcquireResult{std::move(idle), UpstreamFailure::kCount});
+      return;
+    }
     ConnectionPtr connection = endpoint->acquire(
         cluster_config.connect_timeout, [self = shared_from_this()](AcquireResult result) {
           self->onUpstreamAcquired(std::move(result));
@@ -681,14 +759,14 @@ private:
             .count();
     response_status_ = response.result_int();
 
-    bool upstream_keep_alive = response.keep_alive();
+    bool upstream_keep_alive = response_->keep_alive();
     removeHopByHop(response);
     upstream_reusable_ = upstream_keep_alive && response.result_int() != 101;
 
     // A body delimited by the upstream closing the connection is re-framed as chunked for an
     // HTTP/1.1 client so its connection can stay open.
     bool has_body = !response_->is_done();
-    bool delimited = response.has_content_length() || response.chunked();
+    bool delimited = response_->content_length().has_value() || response_->chunked();
     if (has_body && !delimited) {
       upstream_reusable_ = false;
       if (request_->get().version() >= 11) {
@@ -701,7 +779,10 @@ private:
       keep_alive_ = false;
     }
     response.version(11);
-    response.keep_alive(keep_alive_);
+    if (!keep_alive_) {
+      // HTTP/1.1 is persistent by default; only closing needs saying.
+      response.set(http::field::connection, "close");
+    }
 
     if (chain_) {
       BeastHeaderMap headers(response);
@@ -1001,7 +1082,7 @@ private:
   Worker& worker_;
   std::shared_ptr<const Snapshot> snapshot_;
   const ListenerRuntime* listener_;
-  tcp::socket socket_;
+  Socket socket_;
   beast::flat_buffer buffer_;
   std::string peer_ip_;
 
@@ -1048,7 +1129,7 @@ private:
   std::string_view reason_;
 };
 
-void startHttp1Session(Worker& worker, tcp::socket socket, size_t listener_index) {
+void startHttp1Session(Worker& worker, Socket socket, size_t listener_index) {
   auto session = std::make_shared<Http1Session>(worker, std::move(socket), listener_index);
   session->start();
 }

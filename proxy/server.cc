@@ -31,7 +31,7 @@ namespace {
 constexpr int kListenBacklog = 1024;
 
 // Opens a listening socket with SO_REUSEPORT so every worker can bind the same address.
-std::unique_ptr<tcp::acceptor> bindAcceptor(asio::io_context& io, const config::Address& address,
+std::unique_ptr<Acceptor> bindAcceptor(asio::io_context& io, const config::Address& address,
                                             std::string* error) {
   boost::system::error_code ec;
   auto ip = asio::ip::make_address(address.host, ec);
@@ -40,7 +40,7 @@ std::unique_ptr<tcp::acceptor> bindAcceptor(asio::io_context& io, const config::
     return nullptr;
   }
   tcp::endpoint endpoint(ip, address.port);
-  auto acceptor = std::make_unique<tcp::acceptor>(io);
+  auto acceptor = std::make_unique<Acceptor>(io);
   acceptor->open(endpoint.protocol(), ec);
   if (!ec) {
     acceptor->set_option(asio::socket_base::reuse_address(true), ec);
@@ -175,7 +175,7 @@ private:
     }
 
     // acceptors[worker][listener]; null where the listener already runs.
-    std::vector<std::vector<std::unique_ptr<tcp::acceptor>>> acceptors(workers_.size());
+    std::vector<std::vector<std::unique_ptr<Acceptor>>> acceptors(workers_.size());
     for (size_t w = 0; w < workers_.size(); w++) {
       for (const config::Listener& listener : config->listeners) {
         if (existing.count(listenerKey(listener)) > 0) {
@@ -194,7 +194,7 @@ private:
     snapshot_ = Snapshot::build(config, metrics_);
     for (size_t w = 0; w < workers_.size(); w++) {
       Worker* worker = workers_[w].get();
-      auto moved = std::make_shared<std::vector<std::unique_ptr<tcp::acceptor>>>(
+      auto moved = std::make_shared<std::vector<std::unique_ptr<Acceptor>>>(
           std::move(acceptors[w]));
       auto resolved = resolved_;
       asio::post(worker->io(), [worker, snapshot = snapshot_, moved, resolved] {

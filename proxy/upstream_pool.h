@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "filters/filter.h"
+#include "proxy/net.h"
 #include "proxy/metrics.h"
 
 namespace deferd {
@@ -32,7 +33,7 @@ class UpstreamEndpoint;
 struct UpstreamConnection {
   explicit UpstreamConnection(boost::asio::io_context& io) : socket(io) {}
 
-  boost::asio::ip::tcp::socket socket;
+  Socket socket;
   boost::beast::flat_buffer buffer;
   std::shared_ptr<UpstreamEndpoint> endpoint;
   bool reused = false;      // it served a request before this one
@@ -54,6 +55,10 @@ public:
   UpstreamEndpoint(boost::asio::io_context& io, boost::asio::ip::tcp::endpoint address,
                    std::string label, ClusterStats* stats, uint32_t max_connections);
   ~UpstreamEndpoint();
+
+  // Returns an idle connection that is still open, or null. The fast path of acquire(), with
+  // no callback to build.
+  ConnectionPtr takeIdle();
 
   // Returns an idle connection at once if one is open, else null and calls `callback` later,
   // on this worker's thread, with a new connection or the failure.
