@@ -576,7 +576,8 @@ private:
     endpoint_->in_flight++;
     counted_in_flight_ = true;
 
-    if (ConnectionPtr idle = endpoint->takeIdle()) {
+    bool has_body = !request_->is_done();
+    if (ConnectionPtr idle = endpoint->takeIdle(std::chrono::steady_clock::now(), has_body)) {
       onUpstreamAcquired(AcquireResult{std::move(idle), UpstreamFailure::kCount});
       return;
     }
@@ -663,10 +664,47 @@ private:
     auto& body = request_->get().body();
     body.data = body_buffer_.get();
     body.size = Worker::kBodyBufferSize;
+    if (parseBuffered(*request_, buffer_)) {
+      return;
+    }
     http::async_read_some(socket_, buffer_, *request_,
                           [self = shared_from_this()](error_code ec, size_t) {
                             self->onRequestBodyRead(ec);
                           });
+  }
+
+  // Parses body bytes that already sit in `buffer` (they often arrive with the headers) and, if
+  // that produced data, an error or the end of the body, hands the result on at once. Going
+  // through async_read_some would post the same work to the event loop first. Returns false
+  // when the caller must read from the socket.
+  template <bool IsRequest>
+  bool parseBuffered(http::parser<IsRequest, http::buffer_body>& parser, beast::flat_buffer& buffer) {
+    if (buffer.size() == 0) {
+      return false;
+    }
+    auto& body = parser.get().body();
+    error_code ec;
+    while (buffer.size() > 0 && !parser.is_done() && body.size > 0) {
+      size_t used = parser.put(buffer.data(), ec);
+      buffer.consume(used);
+      if (ec == http::error::need_more || ec == http::error::need_buffer) {
+        ec = {};
+        break;
+      }
+      if (ec || used == 0) {
+        break;
+      }
+    }
+    bool produced = body.size < Worker::kBodyBufferSize;
+    if (!ec && !produced && !parser.is_done()) {
+      return false;
+    }
+    if constexpr (IsRequest) {
+      onRequestBodyRead(ec);
+    } else {
+      onResponseBodyRead(ec);
+    }
+    return true;
   }
 
   void onRequestBodyRead(error_code ec) {
@@ -811,6 +849,9 @@ private:
     auto& body = response_->get().body();
     body.data = body_buffer_.get();
     body.size = Worker::kBodyBufferSize;
+    if (parseBuffered(*response_, upstream_->buffer)) {
+      return;
+    }
     http::async_read_some(upstream_->socket, upstream_->buffer, *response_,
                           [self = shared_from_this()](error_code ec, size_t) {
                             self->onResponseBodyRead(ec);

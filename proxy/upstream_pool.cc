@@ -40,11 +40,12 @@ UpstreamEndpoint::UpstreamEndpoint(asio::io_context& io, tcp::endpoint address, 
 
 UpstreamEndpoint::~UpstreamEndpoint() { closeAllIdle(); }
 
-ConnectionPtr UpstreamEndpoint::takeIdle() {
+ConnectionPtr UpstreamEndpoint::takeIdle(MonotonicTime now, bool verify) {
   while (!idle_.empty()) {
     ConnectionPtr connection = std::move(idle_.back());
     idle_.pop_back();
-    if (stillOpen(connection->socket)) {
+    bool check = verify || now - connection->idle_since > kVerifyAfterIdle;
+    if (!check || stillOpen(connection->socket)) {
       connection->reused = true;
       return connection;
     }
@@ -59,7 +60,7 @@ ConnectionPtr UpstreamEndpoint::takeIdle() {
 
 ConnectionPtr UpstreamEndpoint::acquire(std::chrono::milliseconds connect_timeout,
                                         AcquireCallback callback) {
-  if (ConnectionPtr idle = takeIdle()) {
+  if (ConnectionPtr idle = takeIdle(std::chrono::steady_clock::now(), true)) {
     return idle;
   }
   if (open_connections_ < max_connections_) {

@@ -56,13 +56,20 @@ public:
                    std::string label, ClusterStats* stats, uint32_t max_connections);
   ~UpstreamEndpoint();
 
-  // Returns an idle connection that is still open, or null. The fast path of acquire(), with
-  // no callback to build.
-  ConnectionPtr takeIdle();
+  // Returns an idle connection, or null. The fast path of acquire(), with no callback to build.
+  //
+  // A connection idle for over a second, or any connection when `verify` is set, is first
+  // checked to be still open with one non-blocking peek. A connection used within the last
+  // second skips that system call: if its upstream closed it in that second, the request fails
+  // on it and, having no body, is retried on a new connection. Requests with a body cannot be
+  // retried, so callers pass `verify` for them.
+  ConnectionPtr takeIdle(MonotonicTime now, bool verify);
 
   // Returns an idle connection at once if one is open, else null and calls `callback` later,
   // on this worker's thread, with a new connection or the failure.
   ConnectionPtr acquire(std::chrono::milliseconds connect_timeout, AcquireCallback callback);
+
+  static constexpr std::chrono::seconds kVerifyAfterIdle{1};
 
   // Returns a connection. A `reusable` one is kept idle or handed to a waiting request.
   void release(ConnectionPtr connection, bool reusable, MonotonicTime now);
