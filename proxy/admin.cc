@@ -139,8 +139,7 @@ private:
       // A method the path does not allow is the more useful answer than the body's size. The
       // request line is parsed before any header, so the method is known here.
       const auto& request = parser_->get();
-      if (request.method() != http::verb::get &&
-          request.method() != http::verb::head) {
+      if (request.method() != http::verb::get && request.method() != http::verb::head) {
         doWrite(serve(request), true);
         return;
       }

@@ -133,8 +133,8 @@ public:
     fields_.insert(name, value);
   }
   void remove(std::string_view name) override { fields_.erase(name); }
-  void forEach(const std::function<void(std::string_view, std::string_view)>& visit)
-      const override {
+  void
+  forEach(const std::function<void(std::string_view, std::string_view)>& visit) const override {
     for (const auto& field : fields_) {
       visit(field.name_string(), field.value());
     }
@@ -347,10 +347,9 @@ private:
     request_.emplace();
     request_->header_limit(listener_->config->limits.max_header_bytes);
     request_->body_limit(boost::none);
-    http::async_read_header(socket_, buffer_, *request_,
-                            [self = shared_from_this()](error_code ec, size_t) {
-                              self->onReadHeader(ec);
-                            });
+    http::async_read_header(
+        socket_, buffer_, *request_,
+        [self = shared_from_this()](error_code ec, size_t) { self->onReadHeader(ec); });
   }
 
   void onReadHeader(error_code ec) {
@@ -371,8 +370,8 @@ private:
         sendLocalReply(LocalReplyReason::kHeaderTooLarge);
         return;
       }
-      spdlog::debug("listener {}: malformed request from {}: {}", listener_->config->name,
-                    peer_ip_, ec.message());
+      spdlog::debug("listener {}: malformed request from {}: {}", listener_->config->name, peer_ip_,
+                    ec.message());
       sendLocalReply(LocalReplyReason::kBadRequest);
       return;
     }
@@ -388,8 +387,8 @@ private:
     RequestFields fields(request);
     std::string_view framing = framingError(fields, request.version());
     if (!framing.empty()) {
-      spdlog::debug("listener {}: rejected request from {}: {}", listener_->config->name,
-                    peer_ip_, framing);
+      spdlog::debug("listener {}: rejected request from {}: {}", listener_->config->name, peer_ip_,
+                    framing);
       sendLocalReply(LocalReplyReason::kBadRequest);
       return;
     }
@@ -413,8 +412,8 @@ private:
     }
 
     headers_.emplace(request);
-    std::optional<size_t> route_index = matchRoute(
-        listener_->config->routes, authority_, path_view(), *headers_);
+    std::optional<size_t> route_index =
+        matchRoute(listener_->config->routes, authority_, path_view(), *headers_);
     if (!route_index) {
       sendLocalReply(LocalReplyReason::kNoRoute);
       return;
@@ -581,10 +580,10 @@ private:
       onUpstreamAcquired(AcquireResult{std::move(idle), UpstreamFailure::kCount});
       return;
     }
-    ConnectionPtr connection = endpoint->acquire(
-        cluster_config.connect_timeout, [self = shared_from_this()](AcquireResult result) {
-          self->onUpstreamAcquired(std::move(result));
-        });
+    ConnectionPtr connection = endpoint->acquire(cluster_config.connect_timeout,
+                                                 [self = shared_from_this()](AcquireResult result) {
+                                                   self->onUpstreamAcquired(std::move(result));
+                                                 });
     if (connection) {
       onUpstreamAcquired(AcquireResult{std::move(connection), UpstreamFailure::kCount});
     }
@@ -613,11 +612,10 @@ private:
           return;
         }
       }
-      sendLocalReply(result.failure == UpstreamFailure::kConnectTimeout
-                         ? LocalReplyReason::kConnectTimeout
-                     : result.failure == UpstreamFailure::kConnectionLimit
-                         ? LocalReplyReason::kConnectionLimit
-                         : LocalReplyReason::kConnectFailed);
+      sendLocalReply(
+          result.failure == UpstreamFailure::kConnectTimeout    ? LocalReplyReason::kConnectTimeout
+          : result.failure == UpstreamFailure::kConnectionLimit ? LocalReplyReason::kConnectionLimit
+                                                                : LocalReplyReason::kConnectFailed);
       return;
     }
     upstream_ = std::move(result.connection);
@@ -648,10 +646,9 @@ private:
 
     if (request_->is_done()) {
       // No body: the header goes alone.
-      http::async_write_header(upstream_->socket, *request_serializer_,
-                               [self = shared_from_this()](error_code ec, size_t) {
-                                 self->onRequestWritten(ec);
-                               });
+      http::async_write_header(
+          upstream_->socket, *request_serializer_,
+          [self = shared_from_this()](error_code ec, size_t) { self->onRequestWritten(ec); });
       return;
     }
     if (!body_buffer_) {
@@ -667,10 +664,9 @@ private:
     if (parseBuffered(*request_, buffer_)) {
       return;
     }
-    http::async_read_some(socket_, buffer_, *request_,
-                          [self = shared_from_this()](error_code ec, size_t) {
-                            self->onRequestBodyRead(ec);
-                          });
+    http::async_read_some(
+        socket_, buffer_, *request_,
+        [self = shared_from_this()](error_code ec, size_t) { self->onRequestBodyRead(ec); });
   }
 
   // Parses body bytes that already sit in `buffer` (they often arrive with the headers) and, if
@@ -678,7 +674,8 @@ private:
   // through async_read_some would post the same work to the event loop first. Returns false
   // when the caller must read from the socket.
   template <bool IsRequest>
-  bool parseBuffered(http::parser<IsRequest, http::buffer_body>& parser, beast::flat_buffer& buffer) {
+  bool parseBuffered(http::parser<IsRequest, http::buffer_body>& parser,
+                     beast::flat_buffer& buffer) {
     if (buffer.size() == 0) {
       return false;
     }
@@ -775,10 +772,9 @@ private:
     if (request_->get().method() == http::verb::head) {
       response_->skip(true);
     }
-    http::async_read_header(upstream_->socket, upstream_->buffer, *response_,
-                            [self = shared_from_this()](error_code ec, size_t) {
-                              self->onResponseHeader(ec);
-                            });
+    http::async_read_header(
+        upstream_->socket, upstream_->buffer, *response_,
+        [self = shared_from_this()](error_code ec, size_t) { self->onResponseHeader(ec); });
   }
 
   void onResponseHeader(error_code ec) {
@@ -793,8 +789,7 @@ private:
       return;
     }
     upstream_seconds_ =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - upstream_sent_at_)
-            .count();
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - upstream_sent_at_).count();
     response_status_ = response.result_int();
 
     bool upstream_keep_alive = response_->keep_alive();
@@ -852,10 +847,9 @@ private:
     if (parseBuffered(*response_, upstream_->buffer)) {
       return;
     }
-    http::async_read_some(upstream_->socket, upstream_->buffer, *response_,
-                          [self = shared_from_this()](error_code ec, size_t) {
-                            self->onResponseBodyRead(ec);
-                          });
+    http::async_read_some(
+        upstream_->socket, upstream_->buffer, *response_,
+        [self = shared_from_this()](error_code ec, size_t) { self->onResponseBodyRead(ec); });
   }
 
   void onResponseBodyRead(error_code ec) {
@@ -987,8 +981,7 @@ private:
     if (!request_id_.empty()) {
       reply->set("x-request-id", request_id_);
     }
-    if (request_ && request_->is_header_done() &&
-        request_->get().method() == http::verb::head) {
+    if (request_ && request_->is_header_done() && request_->get().method() == http::verb::head) {
       reply->content_length(spec.reason.size() + 1);
     } else {
       reply->body() = std::string(spec.reason) + "\n";
@@ -1000,14 +993,11 @@ private:
       chain_->runResponseHeaders(spec.status, headers);
     }
 
-    if (request_ && request_->is_header_done() &&
-        request_->get().method() == http::verb::head) {
+    if (request_ && request_->is_header_done() && request_->get().method() == http::verb::head) {
       auto serializer = std::make_shared<http::response_serializer<http::string_body>>(*reply);
       http::async_write_header(socket_, *serializer,
-                               [self = shared_from_this(), reply, serializer](error_code ec,
-                                                                             size_t) {
-                                 self->onLocalReplyWritten(ec);
-                               });
+                               [self = shared_from_this(), reply, serializer](
+                                   error_code ec, size_t) { self->onLocalReplyWritten(ec); });
       return;
     }
     http::async_write(socket_, *reply, [self = shared_from_this(), reply](error_code ec, size_t) {
@@ -1068,9 +1058,8 @@ private:
       entry.request_id = request_id_;
       entry.downstream_address = peer_ip_;
       entry.upstream_endpoint = endpoint_label_;
-      entry.status = end == StreamEnd::kCompleted || end == StreamEnd::kLocalReply
-                         ? response_status_
-                         : 0;
+      entry.status =
+          end == StreamEnd::kCompleted || end == StreamEnd::kLocalReply ? response_status_ : 0;
       entry.request_bytes = request_bytes_;
       entry.response_bytes = response_bytes_;
       entry.duration_seconds = seconds;

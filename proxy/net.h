@@ -13,8 +13,8 @@
 
 namespace deferd {
 
-using Socket = boost::asio::basic_stream_socket<boost::asio::ip::tcp,
-                                                boost::asio::io_context::executor_type>;
+using Socket =
+    boost::asio::basic_stream_socket<boost::asio::ip::tcp, boost::asio::io_context::executor_type>;
 using Acceptor = boost::asio::basic_socket_acceptor<boost::asio::ip::tcp,
                                                     boost::asio::io_context::executor_type>;
 

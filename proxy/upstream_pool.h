@@ -23,8 +23,8 @@
 #include <vector>
 
 #include "filters/filter.h"
-#include "proxy/net.h"
 #include "proxy/metrics.h"
+#include "proxy/net.h"
 
 namespace deferd {
 
@@ -97,7 +97,7 @@ private:
   std::string label_;
   ClusterStats* stats_;
   uint32_t max_connections_;
-  uint32_t open_connections_ = 0; // idle plus in use, plus connects in progress
+  uint32_t open_connections_ = 0;   // idle plus in use, plus connects in progress
   std::vector<ConnectionPtr> idle_; // most recently used last
   std::deque<std::shared_ptr<Waiter>> waiters_;
 };

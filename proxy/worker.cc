@@ -6,7 +6,6 @@
 
 #include <cstring>
 
-
 namespace deferd {
 
 namespace asio = boost::asio;
@@ -105,8 +104,7 @@ UpstreamEndpoint* WorkerCluster::pick(config::LbPolicy policy, LbRandom& random,
 
 Worker::Worker(size_t index, size_t worker_count)
     : index_(index), worker_count_(worker_count), io_(BOOST_ASIO_CONCURRENCY_HINT_UNSAFE_IO),
-      ticker_(io_),
-      dispatcher_(std::make_unique<AsioDispatcher>(io_)),
+      ticker_(io_), dispatcher_(std::make_unique<AsioDispatcher>(io_)),
       random_(static_cast<LbRandom::result_type>(std::random_device{}() + index)),
       id_state_((static_cast<uint64_t>(std::random_device{}()) << 32) ^ std::random_device{}()) {}
 
@@ -196,8 +194,7 @@ void Worker::applySnapshot(std::shared_ptr<const Snapshot> snapshot,
 }
 
 void Worker::accept(ListenerSlot& slot) {
-  slot.acceptor->async_accept([this, &slot](const boost::system::error_code& ec,
-                                            Socket socket) {
+  slot.acceptor->async_accept([this, &slot](const boost::system::error_code& ec, Socket socket) {
     if (ec == asio::error::operation_aborted || !slot.acceptor->is_open()) {
       return;
     }
@@ -293,8 +290,8 @@ void Worker::updateEndpoints(const std::string& cluster_name, const config::Addr
       endpoint->closeAllIdle();
     }
   }
-  uint32_t per_worker_limit = static_cast<uint32_t>(
-      (runtime->config->max_connections + worker_count_ - 1) / worker_count_);
+  uint32_t per_worker_limit =
+      static_cast<uint32_t>((runtime->config->max_connections + worker_count_ - 1) / worker_count_);
   for (const tcp::endpoint& address : resolved) {
     bool known = false;
     for (auto& endpoint : next) {
@@ -319,8 +316,8 @@ void Worker::tick() {
     if (snapshot_) {
       for (const ClusterRuntime& runtime : snapshot_->clusters) {
         WorkerCluster* cluster = this->cluster(runtime.config->name);
-        for (auto& endpoint : cluster ? cluster->endpoints
-                                      : std::vector<std::shared_ptr<UpstreamEndpoint>>{}) {
+        for (auto& endpoint :
+             cluster ? cluster->endpoints : std::vector<std::shared_ptr<UpstreamEndpoint>>{}) {
           endpoint->closeIdle(now, runtime.config->pool_idle_timeout);
         }
       }

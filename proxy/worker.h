@@ -146,7 +146,6 @@ private:
 };
 
 // Starts serving an accepted connection (http1_session.cc).
-void startHttp1Session(Worker& worker, Socket socket,
-                       size_t listener_index);
+void startHttp1Session(Worker& worker, Socket socket, size_t listener_index);
 
 } // namespace deferd
