@@ -30,6 +30,7 @@
 #include <string>
 
 #include "proxy/filter_chain.h"
+#include "proxy/http1_headers.h"
 #include "proxy/worker.h"
 
 namespace deferd {
@@ -44,189 +45,6 @@ namespace {
 
 constexpr std::string_view kReasonHeader = "deferd-reason";
 constexpr size_t kMaxResponseHeaderBytes = 64 * 1024;
-
-// Connection-specific fields (RFC 9110, section 7.6.1) that a proxy must not forward.
-// Transfer-Encoding is framing: it is kept and the serializer re-frames the body.
-constexpr http::field kHopByHop[] = {http::field::connection,       http::field::keep_alive,
-                                     http::field::proxy_connection, http::field::te,
-                                     http::field::trailer,          http::field::upgrade};
-
-bool iequals(std::string_view a, std::string_view b) { return beast::iequals(a, b); }
-
-std::string_view trim(std::string_view value) {
-  while (!value.empty() && (value.front() == ' ' || value.front() == '\t')) {
-    value.remove_prefix(1);
-  }
-  while (!value.empty() && (value.back() == ' ' || value.back() == '\t')) {
-    value.remove_suffix(1);
-  }
-  return value;
-}
-
-// Removes hop-by-hop fields and every field that Connection names. Framing fields named in
-// Connection are left alone: dropping Content-Length or Host on a client's say-so would change
-// how the next hop frames or routes the message.
-void removeHopByHop(http::fields& fields) {
-  // One pass finds the fixed hop-by-hop fields; most messages have none, and then nothing
-  // else runs.
-  bool has_connection = false;
-  bool found = false;
-  for (const auto& field : fields) {
-    switch (field.name()) {
-    case http::field::connection:
-      has_connection = true;
-      found = true;
-      break;
-    case http::field::keep_alive:
-    case http::field::proxy_connection:
-    case http::field::te:
-    case http::field::trailer:
-    case http::field::upgrade:
-      found = true;
-      break;
-    default:
-      break;
-    }
-  }
-  if (!found) {
-    return;
-  }
-
-  std::vector<std::string> named;
-  if (has_connection) {
-    for (auto range = fields.equal_range(http::field::connection); range.first != range.second;
-         ++range.first) {
-      std::string_view value = range.first->value();
-      while (!value.empty()) {
-        size_t comma = value.find(',');
-        std::string_view token = trim(value.substr(0, comma));
-        if (!token.empty() && !iequals(token, "content-length") &&
-            !iequals(token, "transfer-encoding") && !iequals(token, "host")) {
-          named.emplace_back(token);
-        }
-        value = comma == std::string_view::npos ? std::string_view{} : value.substr(comma + 1);
-      }
-    }
-  }
-  for (const std::string& name : named) {
-    fields.erase(name);
-  }
-  for (http::field name : kHopByHop) {
-    fields.erase(name);
-  }
-}
-
-// Adapts Beast's fields to the filters' HeaderMap.
-class BeastHeaderMap : public HeaderMap {
-public:
-  explicit BeastHeaderMap(http::fields& fields) : fields_(fields) {}
-
-  std::optional<std::string_view> get(std::string_view name) const override {
-    auto found = fields_.find(name);
-    if (found == fields_.end()) {
-      return std::nullopt;
-    }
-    return std::string_view(found->value());
-  }
-  void set(std::string_view name, std::string_view value) override { fields_.set(name, value); }
-  void append(std::string_view name, std::string_view value) override {
-    fields_.insert(name, value);
-  }
-  void remove(std::string_view name) override { fields_.erase(name); }
-  void
-  forEach(const std::function<void(std::string_view, std::string_view)>& visit) const override {
-    for (const auto& field : fields_) {
-      visit(field.name_string(), field.value());
-    }
-  }
-
-private:
-  http::fields& fields_;
-};
-
-// What the proxy needs to know of a request's fields, gathered in one pass: looking each up
-// by name would walk Beast's field index once per question.
-struct RequestFields {
-  size_t count = 0;
-  size_t content_lengths = 0;
-  size_t transfer_encodings = 0;
-  size_t hosts = 0;
-  std::string_view content_length;
-  std::string_view transfer_encoding;
-  // Plain views with flags: GCC 12 warns falsely about optional<string_view> here.
-  bool has_expect = false;
-  bool has_forwarded_for = false;
-  bool has_request_id = false;
-  std::string_view expect;
-  std::string_view forwarded_for;
-  std::string_view request_id;
-
-  explicit RequestFields(const http::fields& fields) {
-    for (const auto& field : fields) {
-      count++;
-      switch (field.name()) {
-      case http::field::content_length:
-        content_lengths++;
-        content_length = field.value();
-        break;
-      case http::field::transfer_encoding:
-        transfer_encodings++;
-        transfer_encoding = field.value();
-        break;
-      case http::field::host:
-        hosts++;
-        break;
-      case http::field::expect:
-        has_expect = true;
-        expect = field.value();
-        break;
-      case http::field::unknown:
-        if (iequals(field.name_string(), "x-forwarded-for")) {
-          has_forwarded_for = true;
-          forwarded_for = field.value();
-        } else if (iequals(field.name_string(), "x-request-id")) {
-          has_request_id = true;
-          request_id = field.value();
-        }
-        break;
-      default:
-        break;
-      }
-    }
-  }
-};
-
-// Checks the request's framing against RFC 9112, section 6: a request that a peer could frame
-// differently from deferd is rejected, never forwarded. Returns an empty string when valid.
-std::string_view framingError(const RequestFields& fields, unsigned version) {
-  if (fields.content_lengths > 1) {
-    return "duplicate Content-Length";
-  }
-  if (fields.content_lengths == 1) {
-    std::string_view value = fields.content_length;
-    if (value.empty() || value.find_first_not_of("0123456789") != std::string_view::npos) {
-      return "invalid Content-Length";
-    }
-  }
-  if (fields.transfer_encodings > 0) {
-    if (fields.content_lengths > 0) {
-      return "both Content-Length and Transfer-Encoding";
-    }
-    if (version < 11) {
-      return "Transfer-Encoding in an HTTP/1.0 request";
-    }
-    if (fields.transfer_encodings > 1 || !iequals(trim(fields.transfer_encoding), "chunked")) {
-      return "Transfer-Encoding other than chunked";
-    }
-  }
-  if (fields.hosts > 1) {
-    return "duplicate Host";
-  }
-  if (fields.hosts == 0 && version >= 11) {
-    return "missing Host";
-  }
-  return {};
-}
 
 } // namespace
 
@@ -402,7 +220,7 @@ private:
     }
 
     if (fields.has_expect) {
-      if (!iequals(trim(fields.expect), "100-continue")) {
+      if (!beast::iequals(trimWhitespace(fields.expect), "100-continue")) {
         sendLocalReply(LocalReplyReason::kExpectationFailed);
         return;
       }
