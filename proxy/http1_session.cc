@@ -10,8 +10,8 @@
 // and written to the other before the next read, so memory per request is bounded whatever
 // the body size. Beast's parser decodes chunked bodies and its serializer re-encodes them.
 //
-// Ownership: the session is kept alive by the shared_ptr captured in every pending handler;
-// when the last handler returns without starting another operation, the session is destroyed.
+// Ownership: every pending handler captures a shared_ptr to the session. When the last handler
+// returns without starting another operation, the session is destroyed.
 // Deadlines are checked by the worker's tick, which cancels the pending operation; its
 // handler then sees `timed_out_` and replies or closes.
 //
@@ -198,7 +198,7 @@ private:
     http::request<http::buffer_body>& request = request_->get();
 
     // Hop-by-hop fields go first, so the rest of the request is judged as it will be sent.
-    // The parser already knows the connection's persistence.
+    // The parser has already worked out the connection's persistence from them.
     keep_alive_ = request_->keep_alive() && request.version() >= 11;
     removeHopByHop(request);
 
@@ -224,7 +224,8 @@ private:
         sendLocalReply(LocalReplyReason::kExpectationFailed);
         return;
       }
-      // deferd answers 100-continue itself once the request may go upstream, as Envoy does.
+      // deferd sends the 100 Continue itself once the request has an upstream connection, as
+      // Envoy does by default, and does not forward the Expect field.
       expect_continue_ = true;
       request.erase(http::field::expect);
     }
@@ -268,6 +269,7 @@ private:
     request_start_ = std::chrono::steady_clock::now();
     in_request_ = true;
     listener_->stats->requests_in_flight->Increment();
+
     info_ = RequestInfo{};
     info_.listener = listener_->config->name;
     info_.start = request_start_;
@@ -283,6 +285,7 @@ private:
     retried_ = false;
     response_started_ = false;
     request_sent_ = false;
+
     if (request_ && request_->is_header_done()) {
       const auto& request = request_->get();
       method_ = request.method_string();
@@ -296,6 +299,7 @@ private:
     info_.method = method_;
     info_.path = path_;
   }
+
 
   // Splits an absolute-form target into authority and origin-form path (a client configured to
   // use deferd as an HTTP proxy sends those). Returns false on a target deferd cannot forward.
@@ -344,7 +348,7 @@ private:
     info_.request_id = request_id_;
   }
 
-  // While a filter holds the request, a client that closes its connection must free the
+  // While a filter keeps the request waiting, a client that closes its connection must free the
   // request's place at once, so watch the socket for readability without consuming data.
   void watchDownstream() {
     watching_ = true;
@@ -569,7 +573,7 @@ private:
       return;
     }
     request_sent_ = true;
-    // The parser, not the serializer, says whether body is left: a request without a body
+    // The parser, not the serializer, tells whether body is left: a request without a body
     // was sent with async_write_header, which leaves the serializer short of its empty body.
     if (!request_->is_done()) {
       readRequestBody();
