@@ -300,7 +300,6 @@ private:
     info_.path = path_;
   }
 
-
   // Splits an absolute-form target into authority and origin-form path (a client configured to
   // use deferd as an HTTP proxy sends those). Returns false on a target deferd cannot forward.
   bool resolveTarget(http::request<http::buffer_body>& request) {
