@@ -94,8 +94,8 @@ struct ListenerLimits {
   uint32_t max_connections = 10000;
   uint32_t max_header_bytes = 60 * 1024; // request line plus headers
   uint32_t max_header_count = 100;
-  Duration header_timeout{10000}; // from the first byte of a request to its last header byte
-  Duration idle_timeout{60000};   // keep-alive connection with no request in progress
+  Duration header_timeout{10000};       // from the first byte of a request to its last header byte
+  Duration idle_timeout{60000};         // keep-alive connection with no request in progress
   Duration stream_idle_timeout{300000}; // no body bytes moving in either direction
 };
 
@@ -120,9 +120,9 @@ struct Cluster {
   UpstreamProtocol protocol = UpstreamProtocol::kHttp1;
   LbPolicy lb = LbPolicy::kRoundRobin;
   Duration connect_timeout{1000};
-  Duration resolve_every{5000};       // for endpoints given as DNS names
-  uint32_t max_connections = 1024;    // per endpoint, across all workers
-  Duration pool_idle_timeout{60000};  // idle upstream keep-alive connections are closed after it
+  Duration resolve_every{5000};      // for endpoints given as DNS names
+  uint32_t max_connections = 1024;   // per endpoint, across all workers
+  Duration pool_idle_timeout{60000}; // idle upstream keep-alive connections are closed after it
   Capacity capacity;
   Location location;
 };

@@ -17,7 +17,7 @@ namespace deferd {
 
 struct AccessLogEntry {
   std::string_view listener;
-  std::string_view cluster;  // empty when no route matched
+  std::string_view cluster; // empty when no route matched
   std::string_view method;
   std::string_view authority;
   std::string_view path;

@@ -10,8 +10,8 @@
 // and written to the other before the next read, so memory per request is bounded whatever
 // the body size. Beast's parser decodes chunked bodies and its serializer re-encodes them.
 //
-// Ownership: the session is kept alive by the shared_ptr captured in every pending handler;
-// when the last handler returns without starting another operation, the session is destroyed.
+// Ownership: every pending handler captures a shared_ptr to the session. When the last handler
+// returns without starting another operation, the session is destroyed.
 // Deadlines are checked by the worker's tick, which cancels the pending operation; its
 // handler then sees `timed_out_` and replies or closes.
 //
@@ -30,6 +30,7 @@
 #include <string>
 
 #include "proxy/filter_chain.h"
+#include "proxy/http1_headers.h"
 #include "proxy/worker.h"
 
 namespace deferd {
@@ -45,122 +46,13 @@ namespace {
 constexpr std::string_view kReasonHeader = "deferd-reason";
 constexpr size_t kMaxResponseHeaderBytes = 64 * 1024;
 
-// Connection-specific fields (RFC 9110, section 7.6.1) that a proxy must not forward.
-// Transfer-Encoding is framing: it is kept and the serializer re-frames the body.
-constexpr std::string_view kHopByHop[] = {"connection", "keep-alive", "proxy-connection", "te",
-                                          "trailer",    "upgrade"};
-
-bool iequals(std::string_view a, std::string_view b) { return beast::iequals(a, b); }
-
-std::string_view trim(std::string_view value) {
-  while (!value.empty() && (value.front() == ' ' || value.front() == '\t')) {
-    value.remove_prefix(1);
-  }
-  while (!value.empty() && (value.back() == ' ' || value.back() == '\t')) {
-    value.remove_suffix(1);
-  }
-  return value;
-}
-
-// Removes hop-by-hop fields and every field that Connection names. Framing fields named in
-// Connection are left alone: dropping Content-Length or Host on a client's say-so would change
-// how the next hop frames or routes the message.
-void removeHopByHop(http::fields& fields) {
-  std::vector<std::string> named;
-  for (auto range = fields.equal_range(http::field::connection); range.first != range.second;
-       ++range.first) {
-    std::string_view value = range.first->value();
-    while (!value.empty()) {
-      size_t comma = value.find(',');
-      std::string_view token = trim(value.substr(0, comma));
-      if (!token.empty() && !iequals(token, "content-length") &&
-          !iequals(token, "transfer-encoding") && !iequals(token, "host")) {
-        named.emplace_back(token);
-      }
-      value = comma == std::string_view::npos ? std::string_view{} : value.substr(comma + 1);
-    }
-  }
-  for (const std::string& name : named) {
-    fields.erase(name);
-  }
-  for (std::string_view name : kHopByHop) {
-    fields.erase(name);
-  }
-}
-
-// Adapts Beast's fields to the filters' HeaderMap.
-class BeastHeaderMap : public HeaderMap {
-public:
-  explicit BeastHeaderMap(http::fields& fields) : fields_(fields) {}
-
-  std::optional<std::string_view> get(std::string_view name) const override {
-    auto found = fields_.find(name);
-    if (found == fields_.end()) {
-      return std::nullopt;
-    }
-    return std::string_view(found->value());
-  }
-  void set(std::string_view name, std::string_view value) override { fields_.set(name, value); }
-  void append(std::string_view name, std::string_view value) override {
-    fields_.insert(name, value);
-  }
-  void remove(std::string_view name) override { fields_.erase(name); }
-  void forEach(const std::function<void(std::string_view, std::string_view)>& visit)
-      const override {
-    for (const auto& field : fields_) {
-      visit(field.name_string(), field.value());
-    }
-  }
-
-private:
-  http::fields& fields_;
-};
-
-// Checks the request's framing against RFC 9112, section 6: a request that a peer could frame
-// differently from deferd is rejected, never forwarded. Returns an empty string when valid.
-std::string_view framingError(const http::request<http::buffer_body>& request) {
-  const http::fields& fields = request;
-  size_t content_lengths = fields.count(http::field::content_length);
-  size_t transfer_encodings = fields.count(http::field::transfer_encoding);
-
-  if (content_lengths > 1) {
-    return "duplicate Content-Length";
-  }
-  if (content_lengths == 1) {
-    std::string_view value = fields[http::field::content_length];
-    if (value.empty() || value.find_first_not_of("0123456789") != std::string_view::npos) {
-      return "invalid Content-Length";
-    }
-  }
-  if (transfer_encodings > 0) {
-    if (content_lengths > 0) {
-      return "both Content-Length and Transfer-Encoding";
-    }
-    if (request.version() < 11) {
-      return "Transfer-Encoding in an HTTP/1.0 request";
-    }
-    if (transfer_encodings > 1 || !iequals(trim(fields[http::field::transfer_encoding]),
-                                           "chunked")) {
-      return "Transfer-Encoding other than chunked";
-    }
-  }
-  size_t hosts = fields.count(http::field::host);
-  if (hosts > 1) {
-    return "duplicate Host";
-  }
-  if (hosts == 0 && request.version() >= 11) {
-    return "missing Host";
-  }
-  return {};
-}
-
 } // namespace
 
 class Http1Session final : public Session,
                            public ChainOwner,
                            public std::enable_shared_from_this<Http1Session> {
 public:
-  Http1Session(Worker& worker, tcp::socket socket, size_t listener_index)
+  Http1Session(Worker& worker, Socket socket, size_t listener_index)
       : worker_(worker), snapshot_(worker.snapshot()),
         listener_(&snapshot_->listeners[listener_index]), socket_(std::move(socket)),
         buffer_(listener_->config->limits.max_header_bytes + Worker::kBodyBufferSize) {}
@@ -273,10 +165,9 @@ private:
     request_.emplace();
     request_->header_limit(listener_->config->limits.max_header_bytes);
     request_->body_limit(boost::none);
-    http::async_read_header(socket_, buffer_, *request_,
-                            [self = shared_from_this()](error_code ec, size_t) {
-                              self->onReadHeader(ec);
-                            });
+    http::async_read_header(
+        socket_, buffer_, *request_,
+        [self = shared_from_this()](error_code ec, size_t) { self->onReadHeader(ec); });
   }
 
   void onReadHeader(error_code ec) {
@@ -297,8 +188,8 @@ private:
         sendLocalReply(LocalReplyReason::kHeaderTooLarge);
         return;
       }
-      spdlog::debug("listener {}: malformed request from {}: {}", listener_->config->name,
-                    peer_ip_, ec.message());
+      spdlog::debug("listener {}: malformed request from {}: {}", listener_->config->name, peer_ip_,
+                    ec.message());
       sendLocalReply(LocalReplyReason::kBadRequest);
       return;
     }
@@ -306,15 +197,20 @@ private:
     beginRequest();
     http::request<http::buffer_body>& request = request_->get();
 
-    std::string_view framing = framingError(request);
+    // Hop-by-hop fields go first, so the rest of the request is judged as it will be sent.
+    // The parser has already worked out the connection's persistence from them.
+    keep_alive_ = request_->keep_alive() && request.version() >= 11;
+    removeHopByHop(request);
+
+    RequestFields fields(request);
+    std::string_view framing = framingError(fields, request.version());
     if (!framing.empty()) {
-      spdlog::debug("listener {}: rejected request from {}: {}", listener_->config->name,
-                    peer_ip_, framing);
+      spdlog::debug("listener {}: rejected request from {}: {}", listener_->config->name, peer_ip_,
+                    framing);
       sendLocalReply(LocalReplyReason::kBadRequest);
       return;
     }
-    if (std::distance(request.begin(), request.end()) >
-        static_cast<std::ptrdiff_t>(listener_->config->limits.max_header_count)) {
+    if (fields.count > listener_->config->limits.max_header_count) {
       sendLocalReply(LocalReplyReason::kTooManyHeaders);
       return;
     }
@@ -323,20 +219,20 @@ private:
       return;
     }
 
-    auto expect = request.find(http::field::expect);
-    if (expect != request.end()) {
-      if (!iequals(trim(expect->value()), "100-continue")) {
+    if (fields.has_expect) {
+      if (!beast::iequals(trimWhitespace(fields.expect), "100-continue")) {
         sendLocalReply(LocalReplyReason::kExpectationFailed);
         return;
       }
-      // deferd answers 100-continue itself once the request may go upstream, as Envoy does.
+      // deferd sends the 100 Continue itself once the request has an upstream connection, as
+      // Envoy does by default, and does not forward the Expect field.
       expect_continue_ = true;
       request.erase(http::field::expect);
     }
 
     headers_.emplace(request);
-    std::optional<size_t> route_index = matchRoute(
-        listener_->config->routes, authority_, path_view(), *headers_);
+    std::optional<size_t> route_index =
+        matchRoute(listener_->config->routes, authority_, path_view(), *headers_);
     if (!route_index) {
       sendLocalReply(LocalReplyReason::kNoRoute);
       return;
@@ -345,7 +241,7 @@ private:
     cluster_name_ = route_->config->cluster;
     info_.route_cluster = cluster_name_;
 
-    prepareUpstreamRequest(request);
+    prepareUpstreamRequest(request, fields);
 
     state_ = State::kFiltering;
     deadline_ = {};
@@ -373,6 +269,7 @@ private:
     request_start_ = std::chrono::steady_clock::now();
     in_request_ = true;
     listener_->stats->requests_in_flight->Increment();
+
     info_ = RequestInfo{};
     info_.listener = listener_->config->name;
     info_.start = request_start_;
@@ -388,6 +285,7 @@ private:
     retried_ = false;
     response_started_ = false;
     request_sent_ = false;
+
     if (request_ && request_->is_header_done()) {
       const auto& request = request_->get();
       method_ = request.method_string();
@@ -424,36 +322,32 @@ private:
     return true;
   }
 
-  void prepareUpstreamRequest(http::request<http::buffer_body>& request) {
-    bool client_keep_alive = request.keep_alive();
-    bool chunked = request.chunked();
-    removeHopByHop(request);
-    keep_alive_ = client_keep_alive && request.version() >= 11;
+  // The views in `fields` point into `request`; nothing before their last use here removes the
+  // fields they view.
+  void prepareUpstreamRequest(http::request<http::buffer_body>& request,
+                              const RequestFields& fields) {
+    // Transfer-Encoding stays as it is: it was checked to be exactly "chunked", and the
+    // serializer frames the body to match.
     request.version(11);
-    if (chunked) {
-      request.chunked(true);
-    }
 
-    auto forwarded = request.find("x-forwarded-for");
-    if (forwarded == request.end()) {
-      request.set("x-forwarded-for", peer_ip_);
+    if (!fields.has_forwarded_for) {
+      request.insert("x-forwarded-for", peer_ip_);
     } else {
-      std::string value(forwarded->value());
+      std::string value(fields.forwarded_for);
       value.append(", ").append(peer_ip_);
       request.set("x-forwarded-for", value);
     }
 
-    auto id = request.find("x-request-id");
-    if (id == request.end() || id->value().empty()) {
+    if (!fields.has_request_id || fields.request_id.empty()) {
       request_id_ = worker_.generateRequestId();
       request.set("x-request-id", request_id_);
     } else {
-      request_id_ = id->value();
+      request_id_ = fields.request_id;
     }
     info_.request_id = request_id_;
   }
 
-  // While a filter holds the request, a client that closes its connection must free the
+  // While a filter keeps the request waiting, a client that closes its connection must free the
   // request's place at once, so watch the socket for readability without consuming data.
   void watchDownstream() {
     watching_ = true;
@@ -502,10 +396,15 @@ private:
     endpoint_->in_flight++;
     counted_in_flight_ = true;
 
-    ConnectionPtr connection = endpoint->acquire(
-        cluster_config.connect_timeout, [self = shared_from_this()](AcquireResult result) {
-          self->onUpstreamAcquired(std::move(result));
-        });
+    bool has_body = !request_->is_done();
+    if (ConnectionPtr idle = endpoint->takeIdle(std::chrono::steady_clock::now(), has_body)) {
+      onUpstreamAcquired(AcquireResult{std::move(idle), UpstreamFailure::kCount});
+      return;
+    }
+    ConnectionPtr connection = endpoint->acquire(cluster_config.connect_timeout,
+                                                 [self = shared_from_this()](AcquireResult result) {
+                                                   self->onUpstreamAcquired(std::move(result));
+                                                 });
     if (connection) {
       onUpstreamAcquired(AcquireResult{std::move(connection), UpstreamFailure::kCount});
     }
@@ -534,11 +433,10 @@ private:
           return;
         }
       }
-      sendLocalReply(result.failure == UpstreamFailure::kConnectTimeout
-                         ? LocalReplyReason::kConnectTimeout
-                     : result.failure == UpstreamFailure::kConnectionLimit
-                         ? LocalReplyReason::kConnectionLimit
-                         : LocalReplyReason::kConnectFailed);
+      sendLocalReply(
+          result.failure == UpstreamFailure::kConnectTimeout    ? LocalReplyReason::kConnectTimeout
+          : result.failure == UpstreamFailure::kConnectionLimit ? LocalReplyReason::kConnectionLimit
+                                                                : LocalReplyReason::kConnectFailed);
       return;
     }
     upstream_ = std::move(result.connection);
@@ -569,10 +467,9 @@ private:
 
     if (request_->is_done()) {
       // No body: the header goes alone.
-      http::async_write_header(upstream_->socket, *request_serializer_,
-                               [self = shared_from_this()](error_code ec, size_t) {
-                                 self->onRequestWritten(ec);
-                               });
+      http::async_write_header(
+          upstream_->socket, *request_serializer_,
+          [self = shared_from_this()](error_code ec, size_t) { self->onRequestWritten(ec); });
       return;
     }
     if (!body_buffer_) {
@@ -585,10 +482,47 @@ private:
     auto& body = request_->get().body();
     body.data = body_buffer_.get();
     body.size = Worker::kBodyBufferSize;
-    http::async_read_some(socket_, buffer_, *request_,
-                          [self = shared_from_this()](error_code ec, size_t) {
-                            self->onRequestBodyRead(ec);
-                          });
+    if (parseBuffered(*request_, buffer_)) {
+      return;
+    }
+    http::async_read_some(
+        socket_, buffer_, *request_,
+        [self = shared_from_this()](error_code ec, size_t) { self->onRequestBodyRead(ec); });
+  }
+
+  // Parses body bytes that already sit in `buffer` (they often arrive with the headers) and, if
+  // that produced data, an error or the end of the body, hands the result on at once. Going
+  // through async_read_some would post the same work to the event loop first. Returns false
+  // when the caller must read from the socket.
+  template <bool IsRequest>
+  bool parseBuffered(http::parser<IsRequest, http::buffer_body>& parser,
+                     beast::flat_buffer& buffer) {
+    if (buffer.size() == 0) {
+      return false;
+    }
+    auto& body = parser.get().body();
+    error_code ec;
+    while (buffer.size() > 0 && !parser.is_done() && body.size > 0) {
+      size_t used = parser.put(buffer.data(), ec);
+      buffer.consume(used);
+      if (ec == http::error::need_more || ec == http::error::need_buffer) {
+        ec = {};
+        break;
+      }
+      if (ec || used == 0) {
+        break;
+      }
+    }
+    bool produced = body.size < Worker::kBodyBufferSize;
+    if (!ec && !produced && !parser.is_done()) {
+      return false;
+    }
+    if constexpr (IsRequest) {
+      onRequestBodyRead(ec);
+    } else {
+      onResponseBodyRead(ec);
+    }
+    return true;
   }
 
   void onRequestBodyRead(error_code ec) {
@@ -612,7 +546,13 @@ private:
     auto& body = request_->get().body();
     size_t received = Worker::kBodyBufferSize - body.size;
     request_bytes_ += received;
-    body.data = body_buffer_.get();
+    if (received == 0 && !request_->is_done()) {
+      // Only framing was parsed (a chunk header, say). An empty chunked piece would go out as
+      // the last-chunk "0\r\n\r\n", so nothing is written until there is data or the end.
+      readRequestBody();
+      return;
+    }
+    body.data = received == 0 ? nullptr : body_buffer_.get();
     body.size = received;
     body.more = !request_->is_done();
     deadline_ = std::chrono::steady_clock::now() + listener_->config->limits.stream_idle_timeout;
@@ -632,7 +572,9 @@ private:
       return;
     }
     request_sent_ = true;
-    if (!request_serializer_->is_done()) {
+    // The parser, not the serializer, tells whether body is left: a request without a body
+    // was sent with async_write_header, which leaves the serializer short of its empty body.
+    if (!request_->is_done()) {
       readRequestBody();
       return;
     }
@@ -651,10 +593,9 @@ private:
     if (request_->get().method() == http::verb::head) {
       response_->skip(true);
     }
-    http::async_read_header(upstream_->socket, upstream_->buffer, *response_,
-                            [self = shared_from_this()](error_code ec, size_t) {
-                              self->onResponseHeader(ec);
-                            });
+    http::async_read_header(
+        upstream_->socket, upstream_->buffer, *response_,
+        [self = shared_from_this()](error_code ec, size_t) { self->onResponseHeader(ec); });
   }
 
   void onResponseHeader(error_code ec) {
@@ -669,18 +610,17 @@ private:
       return;
     }
     upstream_seconds_ =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - upstream_sent_at_)
-            .count();
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - upstream_sent_at_).count();
     response_status_ = response.result_int();
 
-    bool upstream_keep_alive = response.keep_alive();
+    bool upstream_keep_alive = response_->keep_alive();
     removeHopByHop(response);
     upstream_reusable_ = upstream_keep_alive && response.result_int() != 101;
 
     // A body delimited by the upstream closing the connection is re-framed as chunked for an
     // HTTP/1.1 client so its connection can stay open.
     bool has_body = !response_->is_done();
-    bool delimited = response.has_content_length() || response.chunked();
+    bool delimited = response_->content_length().has_value() || response_->chunked();
     if (has_body && !delimited) {
       upstream_reusable_ = false;
       if (request_->get().version() >= 11) {
@@ -693,7 +633,10 @@ private:
       keep_alive_ = false;
     }
     response.version(11);
-    response.keep_alive(keep_alive_);
+    if (!keep_alive_) {
+      // HTTP/1.1 is persistent by default; only closing needs saying.
+      response.set(http::field::connection, "close");
+    }
 
     if (chain_) {
       BeastHeaderMap headers(response);
@@ -722,10 +665,12 @@ private:
     auto& body = response_->get().body();
     body.data = body_buffer_.get();
     body.size = Worker::kBodyBufferSize;
-    http::async_read_some(upstream_->socket, upstream_->buffer, *response_,
-                          [self = shared_from_this()](error_code ec, size_t) {
-                            self->onResponseBodyRead(ec);
-                          });
+    if (parseBuffered(*response_, upstream_->buffer)) {
+      return;
+    }
+    http::async_read_some(
+        upstream_->socket, upstream_->buffer, *response_,
+        [self = shared_from_this()](error_code ec, size_t) { self->onResponseBodyRead(ec); });
   }
 
   void onResponseBodyRead(error_code ec) {
@@ -739,7 +684,13 @@ private:
     auto& body = response_->get().body();
     size_t received = Worker::kBodyBufferSize - body.size;
     response_bytes_ += received;
-    body.data = body_buffer_.get();
+    if (received == 0 && !response_->is_done()) {
+      // Only framing was parsed (a chunk header, say). An empty chunked piece would go out as
+      // the last-chunk "0\r\n\r\n", so nothing is written until there is data or the end.
+      readResponseBody();
+      return;
+    }
+    body.data = received == 0 ? nullptr : body_buffer_.get();
     body.size = received;
     body.more = !response_->is_done();
     deadline_ = std::chrono::steady_clock::now() + listener_->config->limits.stream_idle_timeout;
@@ -759,7 +710,7 @@ private:
       abortRequest(StreamEnd::kDownstreamClosed);
       return;
     }
-    if (!response_serializer_->is_done()) {
+    if (!response_->is_done()) {
       readResponseBody();
       return;
     }
@@ -851,8 +802,7 @@ private:
     if (!request_id_.empty()) {
       reply->set("x-request-id", request_id_);
     }
-    if (request_ && request_->is_header_done() &&
-        request_->get().method() == http::verb::head) {
+    if (request_ && request_->is_header_done() && request_->get().method() == http::verb::head) {
       reply->content_length(spec.reason.size() + 1);
     } else {
       reply->body() = std::string(spec.reason) + "\n";
@@ -864,14 +814,11 @@ private:
       chain_->runResponseHeaders(spec.status, headers);
     }
 
-    if (request_ && request_->is_header_done() &&
-        request_->get().method() == http::verb::head) {
+    if (request_ && request_->is_header_done() && request_->get().method() == http::verb::head) {
       auto serializer = std::make_shared<http::response_serializer<http::string_body>>(*reply);
       http::async_write_header(socket_, *serializer,
-                               [self = shared_from_this(), reply, serializer](error_code ec,
-                                                                             size_t) {
-                                 self->onLocalReplyWritten(ec);
-                               });
+                               [self = shared_from_this(), reply, serializer](
+                                   error_code ec, size_t) { self->onLocalReplyWritten(ec); });
       return;
     }
     http::async_write(socket_, *reply, [self = shared_from_this(), reply](error_code ec, size_t) {
@@ -932,9 +879,8 @@ private:
       entry.request_id = request_id_;
       entry.downstream_address = peer_ip_;
       entry.upstream_endpoint = endpoint_label_;
-      entry.status = end == StreamEnd::kCompleted || end == StreamEnd::kLocalReply
-                         ? response_status_
-                         : 0;
+      entry.status =
+          end == StreamEnd::kCompleted || end == StreamEnd::kLocalReply ? response_status_ : 0;
       entry.request_bytes = request_bytes_;
       entry.response_bytes = response_bytes_;
       entry.duration_seconds = seconds;
@@ -987,7 +933,7 @@ private:
   Worker& worker_;
   std::shared_ptr<const Snapshot> snapshot_;
   const ListenerRuntime* listener_;
-  tcp::socket socket_;
+  Socket socket_;
   beast::flat_buffer buffer_;
   std::string peer_ip_;
 
@@ -1034,7 +980,7 @@ private:
   std::string_view reason_;
 };
 
-void startHttp1Session(Worker& worker, tcp::socket socket, size_t listener_index) {
+void startHttp1Session(Worker& worker, Socket socket, size_t listener_index) {
   auto session = std::make_shared<Http1Session>(worker, std::move(socket), listener_index);
   session->start();
 }

@@ -171,6 +171,11 @@ Metrics::Metrics()
                             .Name("deferd_downstream_connections_total")
                             .Help("Downstream connections accepted.")
                             .Register(*registry_);
+  connections_rejected_ = &prometheus::BuildCounter()
+                               .Name("deferd_downstream_connections_rejected_total")
+                               .Help("Downstream connections closed at once because the "
+                                     "listener was at max_connections.")
+                               .Register(*registry_);
   in_flight_ = &prometheus::BuildGauge()
                     .Name("deferd_requests_in_flight")
                     .Help("Requests received and not yet completed.")
@@ -221,6 +226,7 @@ ListenerStats* Metrics::listener(const std::string& name) {
   auto stats = std::make_unique<ListenerStats>();
   stats->connections_active = &connections_active_->Add({{"listener", name}});
   stats->connections_total = &connections_total_->Add({{"listener", name}});
+  stats->connections_rejected = &connections_rejected_->Add({{"listener", name}});
   stats->requests_in_flight = &in_flight_->Add({{"listener", name}});
   for (size_t i = 0; i < stats->local_replies.size(); ++i) {
     std::string_view reason = localReplySpec(static_cast<LocalReplyReason>(i)).reason;

@@ -38,7 +38,7 @@ enum class UpstreamFailure : uint8_t {
   kConnectTimeout,
   kConnectionLimit,
   kTimeout,
-  kReset,           // closed or reset before the response was complete
+  kReset, // closed or reset before the response was complete
   kBadResponse,
   kCount,
 };
@@ -48,9 +48,8 @@ std::string_view upstreamFailureName(UpstreamFailure failure);
 // A histogram of seconds with fixed buckets, updated with relaxed atomics.
 class LatencyHistogram {
 public:
-  static constexpr std::array<double, 14> kBuckets{0.0005, 0.001, 0.0025, 0.005, 0.01,
-                                                   0.025,  0.05,  0.1,    0.25,  0.5,
-                                                   1,      2.5,   5,      10};
+  static constexpr std::array<double, 14> kBuckets{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                                   0.1,    0.25,  0.5,    1,     2.5,  5,     10};
 
   void observe(double seconds);
 
@@ -118,6 +117,7 @@ private:
 
   prometheus::Family<prometheus::Gauge>* connections_active_;
   prometheus::Family<prometheus::Counter>* connections_total_;
+  prometheus::Family<prometheus::Counter>* connections_rejected_;
   prometheus::Family<prometheus::Gauge>* in_flight_;
   prometheus::Family<prometheus::Counter>* local_replies_;
   prometheus::Family<prometheus::Counter>* requests_;

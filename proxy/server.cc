@@ -31,8 +31,8 @@ namespace {
 constexpr int kListenBacklog = 1024;
 
 // Opens a listening socket with SO_REUSEPORT so every worker can bind the same address.
-std::unique_ptr<tcp::acceptor> bindAcceptor(asio::io_context& io, const config::Address& address,
-                                            std::string* error) {
+std::unique_ptr<Acceptor> bindAcceptor(asio::io_context& io, const config::Address& address,
+                                       std::string* error) {
   boost::system::error_code ec;
   auto ip = asio::ip::make_address(address.host, ec);
   if (ec) {
@@ -40,7 +40,7 @@ std::unique_ptr<tcp::acceptor> bindAcceptor(asio::io_context& io, const config::
     return nullptr;
   }
   tcp::endpoint endpoint(ip, address.port);
-  auto acceptor = std::make_unique<tcp::acceptor>(io);
+  auto acceptor = std::make_unique<Acceptor>(io);
   acceptor->open(endpoint.protocol(), ec);
   if (!ec) {
     acceptor->set_option(asio::socket_base::reuse_address(true), ec);
@@ -78,8 +78,7 @@ class Server::Impl {
 public:
   Impl(std::string config_path, std::string log_level)
       : config_path_(std::move(config_path)), log_level_(std::move(log_level)), signals_(io_),
-        resolve_timer_(io_),
-        drain_timer_(io_) {}
+        resolve_timer_(io_), drain_timer_(io_) {}
 
   int run() {
     config::LoadResult loaded = config::loadFile(config_path_);
@@ -175,7 +174,7 @@ private:
     }
 
     // acceptors[worker][listener]; null where the listener already runs.
-    std::vector<std::vector<std::unique_ptr<tcp::acceptor>>> acceptors(workers_.size());
+    std::vector<std::vector<std::unique_ptr<Acceptor>>> acceptors(workers_.size());
     for (size_t w = 0; w < workers_.size(); w++) {
       for (const config::Listener& listener : config->listeners) {
         if (existing.count(listenerKey(listener)) > 0) {
@@ -194,8 +193,8 @@ private:
     snapshot_ = Snapshot::build(config, metrics_);
     for (size_t w = 0; w < workers_.size(); w++) {
       Worker* worker = workers_[w].get();
-      auto moved = std::make_shared<std::vector<std::unique_ptr<tcp::acceptor>>>(
-          std::move(acceptors[w]));
+      auto moved =
+          std::make_shared<std::vector<std::unique_ptr<Acceptor>>>(std::move(acceptors[w]));
       auto resolved = resolved_;
       asio::post(worker->io(), [worker, snapshot = snapshot_, moved, resolved] {
         for (const auto& [key, entry] : resolved) {
@@ -280,9 +279,8 @@ private:
                                                 tcp::resolver::results_type results) {
           if (ec) {
             // Keep the last known addresses: a DNS outage should not empty a cluster.
-            spdlog::warn("cluster {}: cannot resolve {}: {}; keeping {} known addresses",
-                         cluster, address.toString(), ec.message(),
-                         resolved_[key].endpoints.size());
+            spdlog::warn("cluster {}: cannot resolve {}: {}; keeping {} known addresses", cluster,
+                         address.toString(), ec.message(), resolved_[key].endpoints.size());
             return;
           }
           std::vector<tcp::endpoint> endpoints;
@@ -292,8 +290,8 @@ private:
           if (endpoints == resolved_[key].endpoints) {
             return;
           }
-          spdlog::info("cluster {}: {} now resolves to {} addresses", cluster,
-                       address.toString(), endpoints.size());
+          spdlog::info("cluster {}: {} now resolves to {} addresses", cluster, address.toString(),
+                       endpoints.size());
           resolved_[key] = Resolved{cluster, address, endpoints};
           for (auto& worker : workers_) {
             asio::post(worker->io(), [w = worker.get(), cluster, address, endpoints] {

@@ -25,7 +25,7 @@ namespace {
 
 // Whether an idle keep-alive connection is still usable: the peer has neither closed it nor
 // sent unsolicited bytes. One non-blocking peek, which costs less than a failed request.
-bool stillOpen(tcp::socket& socket) {
+bool stillOpen(Socket& socket) {
   char byte;
   ssize_t received = ::recv(socket.native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
   return received < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
@@ -40,12 +40,12 @@ UpstreamEndpoint::UpstreamEndpoint(asio::io_context& io, tcp::endpoint address, 
 
 UpstreamEndpoint::~UpstreamEndpoint() { closeAllIdle(); }
 
-ConnectionPtr UpstreamEndpoint::acquire(std::chrono::milliseconds connect_timeout,
-                                        AcquireCallback callback) {
+ConnectionPtr UpstreamEndpoint::takeIdle(MonotonicTime now, bool verify) {
   while (!idle_.empty()) {
     ConnectionPtr connection = std::move(idle_.back());
     idle_.pop_back();
-    if (stillOpen(connection->socket)) {
+    bool check = verify || now - connection->idle_since > kVerifyAfterIdle;
+    if (!check || stillOpen(connection->socket)) {
       connection->reused = true;
       return connection;
     }
@@ -55,7 +55,14 @@ ConnectionPtr UpstreamEndpoint::acquire(std::chrono::milliseconds connect_timeou
     stats_->connections_active->Decrement();
     onConnectionClosed();
   }
+  return nullptr;
+}
 
+ConnectionPtr UpstreamEndpoint::acquire(std::chrono::milliseconds connect_timeout,
+                                        AcquireCallback callback) {
+  if (ConnectionPtr idle = takeIdle(std::chrono::steady_clock::now(), true)) {
+    return idle;
+  }
   if (open_connections_ < max_connections_) {
     connect(connect_timeout, std::move(callback));
     return nullptr;

@@ -24,6 +24,7 @@
 
 #include "filters/filter.h"
 #include "proxy/metrics.h"
+#include "proxy/net.h"
 
 namespace deferd {
 
@@ -32,7 +33,7 @@ class UpstreamEndpoint;
 struct UpstreamConnection {
   explicit UpstreamConnection(boost::asio::io_context& io) : socket(io) {}
 
-  boost::asio::ip::tcp::socket socket;
+  Socket socket;
   boost::beast::flat_buffer buffer;
   std::shared_ptr<UpstreamEndpoint> endpoint;
   bool reused = false;      // it served a request before this one
@@ -55,9 +56,20 @@ public:
                    std::string label, ClusterStats* stats, uint32_t max_connections);
   ~UpstreamEndpoint();
 
+  // Returns an idle connection, or null. The fast path of acquire(), with no callback to build.
+  //
+  // A connection idle for over a second, or any connection when `verify` is set, is first
+  // checked to be still open with one non-blocking peek. A connection used within the last
+  // second skips that system call: if its upstream closed it in that second, the request fails
+  // on it and, having no body, is retried on a new connection. Requests with a body cannot be
+  // retried, so callers pass `verify` for them.
+  ConnectionPtr takeIdle(MonotonicTime now, bool verify);
+
   // Returns an idle connection at once if one is open, else null and calls `callback` later,
   // on this worker's thread, with a new connection or the failure.
   ConnectionPtr acquire(std::chrono::milliseconds connect_timeout, AcquireCallback callback);
+
+  static constexpr std::chrono::seconds kVerifyAfterIdle{1};
 
   // Returns a connection. A `reusable` one is kept idle or handed to a waiting request.
   void release(ConnectionPtr connection, bool reusable, MonotonicTime now);
@@ -85,7 +97,7 @@ private:
   std::string label_;
   ClusterStats* stats_;
   uint32_t max_connections_;
-  uint32_t open_connections_ = 0; // idle plus in use, plus connects in progress
+  uint32_t open_connections_ = 0;   // idle plus in use, plus connects in progress
   std::vector<ConnectionPtr> idle_; // most recently used last
   std::deque<std::shared_ptr<Waiter>> waiters_;
 };

@@ -8,6 +8,10 @@
 // is shared between workers except the read-only config snapshot and atomic metrics. The main
 // thread talks to a worker only by posting functions to its io_context.
 //
+// Asio locking: each socket is used only by its worker's thread (the main thread binds new
+// acceptors but starts no operation on them), so the io_context runs with reactor I/O locking
+// off. The scheduler keeps its lock, which is what makes posting from the main thread safe.
+//
 // Timeouts: sessions register in the worker's session list, and a 50 ms tick checks their
 // deadlines. One periodic timer per worker costs less than arming a timer per I/O operation,
 // and timeouts of seconds do not need finer resolution.
@@ -74,7 +78,7 @@ public:
   // Swaps in a new snapshot with the acceptors bound for it (one per listener, same order;
   // null where the listener is unchanged and the current acceptor is kept).
   void applySnapshot(std::shared_ptr<const Snapshot> snapshot,
-                     std::vector<std::unique_ptr<boost::asio::ip::tcp::acceptor>> acceptors);
+                     std::vector<std::unique_ptr<Acceptor>> acceptors);
 
   // Replaces the resolved addresses of one configured endpoint of a cluster.
   void updateEndpoints(const std::string& cluster, const config::Address& configured,
@@ -112,7 +116,7 @@ private:
   struct ListenerSlot {
     std::string key; // name and address
     size_t listener_index = 0;
-    std::unique_ptr<boost::asio::ip::tcp::acceptor> acceptor;
+    std::unique_ptr<Acceptor> acceptor;
   };
 
   void accept(ListenerSlot& slot);
@@ -132,7 +136,7 @@ private:
   std::unique_ptr<AccessLog> access_log_;
   std::unique_ptr<AsioDispatcher> dispatcher_;
   LbRandom random_;
-  std::mt19937_64 id_random_;
+  uint64_t id_state_; // splitmix64 state for request ids
   std::vector<std::unique_ptr<char[]>> free_buffers_;
   boost::intrusive::list<Session, boost::intrusive::constant_time_size<false>> sessions_;
   size_t session_count_ = 0;
@@ -142,7 +146,6 @@ private:
 };
 
 // Starts serving an accepted connection (http1_session.cc).
-void startHttp1Session(Worker& worker, boost::asio::ip::tcp::socket socket,
-                       size_t listener_index);
+void startHttp1Session(Worker& worker, Socket socket, size_t listener_index);
 
 } // namespace deferd

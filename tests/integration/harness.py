@@ -653,7 +653,8 @@ class RawUpstream:
         """Forget everything recorded so far."""
         with self.lock:
             self.requests = []
-            # Open connections keep appending to their records, so clear those in place.
+            # deferd keeps upstream connections alive across tests: empty their records in place
+            # so bytes arriving later on an old connection are still seen.
             for record in self.connection_bytes:
                 del record[:]
             self.total_bytes = 0

@@ -226,7 +226,7 @@ TEST_F(AdminServerTest, LargeBodyRejectedWithResponse) {
   Client client(server_->port());
   std::string body(30000, 'b');
   std::string raw =
-      "POST /metrics HTTP/1.1\r\nhost: x\r\ncontent-length: " + std::to_string(body.size()) +
+      "GET /metrics HTTP/1.1\r\nhost: x\r\ncontent-length: " + std::to_string(body.size()) +
       "\r\n\r\n" + body;
 
   // The server rejects the request after its headers and leaves the body unread.

@@ -123,7 +123,7 @@ listeners:
     routes: [ { match: { prefix: / }, cluster: fast-h2 } ]
 clusters:
   - { name: fast-h1, endpoints: [127.0.0.1:18080], protocol: http1 }
-  - { name: fast-h2, endpoints: [127.0.0.1:18081], protocol: http2 }
+  - { name: fast-h2, endpoints: [127.0.0.1:18081], protocol: http1 }
 )");
 
   EXPECT_EQ(config->service, "bench");
@@ -136,7 +136,7 @@ clusters:
   EXPECT_EQ(config->listeners[2].routes.at(0).cluster, "fast-h2");
   EXPECT_EQ(config->listeners[2].routes.at(0).match.prefix, "/");
   ASSERT_EQ(config->clusters.size(), 2u);
-  EXPECT_EQ(config->clusters[1].protocol, UpstreamProtocol::kHttp2);
+  EXPECT_EQ(config->clusters[1].protocol, UpstreamProtocol::kHttp1);
   EXPECT_EQ(config->clusters[1].endpoints.at(0).toString(), "127.0.0.1:18081");
 }
 
@@ -230,7 +230,7 @@ listeners:
 clusters:
   - name: inventory
     endpoints: [inventory.shop.svc.cluster.local:8080, "[FD00:0::7]:8080", 10.0.0.7:8080]
-    protocol: http2
+    protocol: http1
     lb: least_request
     connect_timeout: 250ms
     resolve_every: 10s
@@ -298,7 +298,7 @@ TEST(ConfigTest, LoadsEveryKey) {
   EXPECT_EQ(cluster->endpoints[0].host, "inventory.shop.svc.cluster.local");
   EXPECT_EQ(cluster->endpoints[1].host, "fd00::7");
   EXPECT_EQ(cluster->endpoints[2].toString(), "10.0.0.7:8080");
-  EXPECT_EQ(cluster->protocol, UpstreamProtocol::kHttp2);
+  EXPECT_EQ(cluster->protocol, UpstreamProtocol::kHttp1);
   EXPECT_EQ(cluster->lb, LbPolicy::kLeastRequest);
   EXPECT_EQ(cluster->connect_timeout, 250ms);
   EXPECT_EQ(cluster->resolve_every, 10s);
@@ -865,6 +865,13 @@ policies: { p: { mode: enforcing } }
                    "enforce, shadow or off"}));
 }
 
+TEST(ConfigTest, Http2NotSupportedYet) {
+  EXPECT_EQ(errors(withEndpoint("127.0.0.1:8080], protocol: http2, x: [1")),
+            (Lines{"test.yaml:3:65: clusters[0].protocol: 'http2' is not supported by this "
+                   "build yet; use http1",
+                   "test.yaml:3:72: unknown key 'x' in clusters[0]"}));
+}
+
 TEST(ConfigTest, EwmaNotSupportedYet) {
   EXPECT_EQ(errors(withEndpoint("127.0.0.1:8080], lb: ewma, x: [1")),
             (Lines{"test.yaml:3:59: clusters[0].lb: 'ewma' is not supported yet; use "
@@ -1167,8 +1174,9 @@ TEST(ConfigTest, PolicyMustBeMap) {
                    "test.yaml:11:6: policies.q: expected a map, found 'shadow'"}));
 }
 
-// The design's full example, whose filter sections this build does not implement yet.
-TEST(ConfigTest, TargetShapeFailsOnlyOnFilterSections) {
+// The design's full example, whose filter sections and HTTP/2 cluster this build does not
+// implement yet.
+TEST(ConfigTest, TargetShapeFailsOnlyOnUnbuiltFeatures) {
   EXPECT_EQ(errors(R"(node:
   service: checkout
 admin:
@@ -1218,7 +1226,9 @@ policies:
     backpressure:
       limiter: aimd
 )"),
-            (Lines{"test.yaml:39:5: policies.protect-app: 'priority' is not supported by this "
+            (Lines{"test.yaml:31:15: clusters[1].protocol: 'http2' is not supported by this "
+                   "build yet; use http1",
+                   "test.yaml:39:5: policies.protect-app: 'priority' is not supported by this "
                    "build yet",
                    "test.yaml:41:5: policies.protect-app: 'backpressure' is not supported by this "
                    "build yet",

@@ -40,8 +40,8 @@ public:
   void remove(std::string_view name) override {
     std::erase_if(fields_, [&](const auto& field) { return same(field.first, name); });
   }
-  void forEach(const std::function<void(std::string_view, std::string_view)>& visit)
-      const override {
+  void
+  forEach(const std::function<void(std::string_view, std::string_view)>& visit) const override {
     for (const auto& [key, value] : fields_) {
       visit(key, value);
     }

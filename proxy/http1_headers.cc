@@ -1,0 +1,150 @@
+#include "proxy/http1_headers.h"
+
+#include <boost/beast/core/string.hpp>
+
+#include <string>
+#include <vector>
+
+namespace deferd {
+
+namespace beast = boost::beast;
+namespace http = beast::http;
+
+namespace {
+
+// Connection-specific fields (RFC 9110, section 7.6.1) that a proxy must not forward.
+// Transfer-Encoding is framing: it is kept and the serializer re-frames the body.
+constexpr http::field kHopByHop[] = {http::field::connection,       http::field::keep_alive,
+                                     http::field::proxy_connection, http::field::te,
+                                     http::field::trailer,          http::field::upgrade};
+
+bool iequals(std::string_view a, std::string_view b) { return beast::iequals(a, b); }
+
+} // namespace
+
+std::string_view trimWhitespace(std::string_view value) {
+  while (!value.empty() && (value.front() == ' ' || value.front() == '\t')) {
+    value.remove_prefix(1);
+  }
+  while (!value.empty() && (value.back() == ' ' || value.back() == '\t')) {
+    value.remove_suffix(1);
+  }
+  return value;
+}
+
+void removeHopByHop(http::fields& fields) {
+  // One pass finds the fixed hop-by-hop fields; most messages have none, and then nothing
+  // else runs.
+  bool has_connection = false;
+  bool found = false;
+  for (const auto& field : fields) {
+    switch (field.name()) {
+    case http::field::connection:
+      has_connection = true;
+      found = true;
+      break;
+    case http::field::keep_alive:
+    case http::field::proxy_connection:
+    case http::field::te:
+    case http::field::trailer:
+    case http::field::upgrade:
+      found = true;
+      break;
+    default:
+      break;
+    }
+  }
+  if (!found) {
+    return;
+  }
+
+  std::vector<std::string> named;
+  if (has_connection) {
+    for (auto range = fields.equal_range(http::field::connection); range.first != range.second;
+         ++range.first) {
+      std::string_view value = range.first->value();
+      while (!value.empty()) {
+        size_t comma = value.find(',');
+        std::string_view token = trimWhitespace(value.substr(0, comma));
+        if (!token.empty() && !iequals(token, "content-length") &&
+            !iequals(token, "transfer-encoding") && !iequals(token, "host")) {
+          named.emplace_back(token);
+        }
+        value = comma == std::string_view::npos ? std::string_view{} : value.substr(comma + 1);
+      }
+    }
+  }
+  for (const std::string& name : named) {
+    fields.erase(name);
+  }
+  for (http::field name : kHopByHop) {
+    fields.erase(name);
+  }
+}
+
+RequestFields::RequestFields(const http::fields& fields) {
+  for (const auto& field : fields) {
+    count++;
+    switch (field.name()) {
+    case http::field::content_length:
+      content_lengths++;
+      content_length = field.value();
+      break;
+    case http::field::transfer_encoding:
+      transfer_encodings++;
+      transfer_encoding = field.value();
+      break;
+    case http::field::host:
+      hosts++;
+      break;
+    case http::field::expect:
+      has_expect = true;
+      expect = field.value();
+      break;
+    case http::field::unknown:
+      if (iequals(field.name_string(), "x-forwarded-for")) {
+        has_forwarded_for = true;
+        forwarded_for = field.value();
+      } else if (iequals(field.name_string(), "x-request-id")) {
+        has_request_id = true;
+        request_id = field.value();
+      }
+      break;
+    default:
+      break;
+    }
+  }
+}
+
+std::string_view framingError(const RequestFields& fields, unsigned version) {
+  if (fields.content_lengths > 1) {
+    return "duplicate Content-Length";
+  }
+  if (fields.content_lengths == 1) {
+    std::string_view value = fields.content_length;
+    if (value.empty() || value.find_first_not_of("0123456789") != std::string_view::npos) {
+      return "invalid Content-Length";
+    }
+  }
+  if (fields.transfer_encodings > 0) {
+    if (fields.content_lengths > 0) {
+      return "both Content-Length and Transfer-Encoding";
+    }
+    if (version < 11) {
+      return "Transfer-Encoding in an HTTP/1.0 request";
+    }
+    if (fields.transfer_encodings > 1 ||
+        !iequals(trimWhitespace(fields.transfer_encoding), "chunked")) {
+      return "Transfer-Encoding other than chunked";
+    }
+  }
+  if (fields.hosts > 1) {
+    return "duplicate Host";
+  }
+  if (fields.hosts == 0 && version >= 11) {
+    return "missing Host";
+  }
+  return {};
+}
+
+} // namespace deferd

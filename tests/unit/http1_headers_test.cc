@@ -1,0 +1,204 @@
+#include "proxy/http1_headers.h"
+
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+namespace deferd {
+namespace {
+
+namespace http = boost::beast::http;
+
+http::fields makeFields(std::vector<std::pair<std::string, std::string>> entries) {
+  http::fields fields;
+  for (const auto& [name, value] : entries) {
+    fields.insert(name, value);
+  }
+  return fields;
+}
+
+std::vector<std::string> names(const http::fields& fields) {
+  std::vector<std::string> result;
+  for (const auto& field : fields) {
+    result.emplace_back(field.name_string());
+  }
+  return result;
+}
+
+TEST(HopByHopTest, RemovesFixedHopByHopFields) {
+  http::fields fields = makeFields({{"Host", "a"},
+                                    {"Connection", "keep-alive"},
+                                    {"Keep-Alive", "timeout=5"},
+                                    {"Proxy-Connection", "keep-alive"},
+                                    {"TE", "trailers"},
+                                    {"Trailer", "x-checksum"},
+                                    {"Upgrade", "websocket"},
+                                    {"Accept", "*/*"}});
+
+  removeHopByHop(fields);
+
+  EXPECT_EQ(names(fields), (std::vector<std::string>{"Host", "Accept"}));
+}
+
+TEST(HopByHopTest, RemovesFieldsNamedInConnection) {
+  http::fields fields = makeFields({{"Connection", "x-secret , X-Other"},
+                                    {"Connection", "x-third"},
+                                    {"x-secret", "1"},
+                                    {"X-Other", "2"},
+                                    {"x-third", "3"},
+                                    {"x-kept", "4"}});
+
+  removeHopByHop(fields);
+
+  EXPECT_EQ(names(fields), (std::vector<std::string>{"x-kept"}));
+}
+
+TEST(HopByHopTest, KeepsFramingFieldsNamedInConnection) {
+  http::fields fields = makeFields({{"Connection", "content-length, transfer-encoding, host"},
+                                    {"Host", "a"},
+                                    {"Content-Length", "5"}});
+
+  removeHopByHop(fields);
+
+  EXPECT_EQ(names(fields), (std::vector<std::string>{"Host", "Content-Length"}));
+}
+
+TEST(HopByHopTest, LeavesOrdinaryMessageAlone) {
+  http::fields fields = makeFields({{"Host", "a"}, {"Content-Length", "0"}});
+
+  removeHopByHop(fields);
+
+  EXPECT_EQ(names(fields), (std::vector<std::string>{"Host", "Content-Length"}));
+}
+
+struct FramingCase {
+  std::string name;
+  std::vector<std::pair<std::string, std::string>> fields;
+  unsigned version;
+  std::string expected; // empty: valid
+};
+
+TEST(FramingTest, RejectsAmbiguousFraming) {
+  const std::vector<FramingCase> cases = {
+      {"plain GET", {{"Host", "a"}}, 11, ""},
+      {"content-length", {{"Host", "a"}, {"Content-Length", "12"}}, 11, ""},
+      {"chunked", {{"Host", "a"}, {"Transfer-Encoding", "chunked"}}, 11, ""},
+      {"chunked with spaces", {{"Host", "a"}, {"Transfer-Encoding", " Chunked "}}, 11, ""},
+      {"duplicate content-length",
+       {{"Host", "a"}, {"Content-Length", "5"}, {"Content-Length", "5"}},
+       11,
+       "duplicate Content-Length"},
+      {"content-length list",
+       {{"Host", "a"}, {"Content-Length", "5, 5"}},
+       11,
+       "invalid Content-Length"},
+      {"negative content-length",
+       {{"Host", "a"}, {"Content-Length", "-1"}},
+       11,
+       "invalid Content-Length"},
+      {"plus content-length",
+       {{"Host", "a"}, {"Content-Length", "+1"}},
+       11,
+       "invalid Content-Length"},
+      {"empty content-length",
+       {{"Host", "a"}, {"Content-Length", ""}},
+       11,
+       "invalid Content-Length"},
+      {"both",
+       {{"Host", "a"}, {"Content-Length", "5"}, {"Transfer-Encoding", "chunked"}},
+       11,
+       "both Content-Length and Transfer-Encoding"},
+      {"gzip",
+       {{"Host", "a"}, {"Transfer-Encoding", "gzip"}},
+       11,
+       "Transfer-Encoding other than chunked"},
+      {"gzip then chunked",
+       {{"Host", "a"}, {"Transfer-Encoding", "gzip, chunked"}},
+       11,
+       "Transfer-Encoding other than chunked"},
+      {"two transfer-encodings",
+       {{"Host", "a"}, {"Transfer-Encoding", "chunked"}, {"Transfer-Encoding", "chunked"}},
+       11,
+       "Transfer-Encoding other than chunked"},
+      {"chunked in HTTP/1.0",
+       {{"Host", "a"}, {"Transfer-Encoding", "chunked"}},
+       10,
+       "Transfer-Encoding in an HTTP/1.0 request"},
+      {"missing host", {}, 11, "missing Host"},
+      {"missing host in HTTP/1.0", {}, 10, ""},
+      {"duplicate host", {{"Host", "a"}, {"Host", "b"}}, 11, "duplicate Host"},
+  };
+
+  for (const FramingCase& c : cases) {
+    http::fields fields = makeFields(c.fields);
+    RequestFields scanned(fields);
+    EXPECT_EQ(framingError(scanned, c.version), c.expected) << c.name;
+  }
+}
+
+TEST(RequestFieldsTest, GathersProxyFields) {
+  http::fields fields = makeFields({{"Host", "a"},
+                                    {"Expect", "100-continue"},
+                                    {"X-Forwarded-For", "10.0.0.1"},
+                                    {"X-Request-Id", "abc"},
+                                    {"Accept", "*/*"}});
+
+  RequestFields scanned(fields);
+
+  EXPECT_EQ(scanned.count, 5u);
+  EXPECT_EQ(scanned.hosts, 1u);
+  EXPECT_TRUE(scanned.has_expect);
+  EXPECT_EQ(scanned.expect, "100-continue");
+  EXPECT_TRUE(scanned.has_forwarded_for);
+  EXPECT_EQ(scanned.forwarded_for, "10.0.0.1");
+  EXPECT_TRUE(scanned.has_request_id);
+  EXPECT_EQ(scanned.request_id, "abc");
+}
+
+TEST(RequestFieldsTest, AbsentFieldsAreFlagged) {
+  http::fields fields = makeFields({{"Host", "a"}});
+
+  RequestFields scanned(fields);
+
+  EXPECT_FALSE(scanned.has_expect);
+  EXPECT_FALSE(scanned.has_forwarded_for);
+  EXPECT_FALSE(scanned.has_request_id);
+}
+
+TEST(BeastHeaderMapTest, SetReplacesEveryValue) {
+  http::fields fields = makeFields({{"X-Role", "a"}, {"x-role", "b"}});
+  BeastHeaderMap headers(fields);
+
+  headers.set("x-role", "c");
+
+  EXPECT_EQ(fields.count("x-role"), 1u);
+  EXPECT_EQ(headers.get("X-ROLE"), "c");
+}
+
+TEST(BeastHeaderMapTest, AppendRemoveAndVisit) {
+  http::fields fields;
+  BeastHeaderMap headers(fields);
+
+  headers.append("x-a", "1");
+  headers.append("x-a", "2");
+  headers.append("x-b", "3");
+  headers.remove("x-b");
+  std::vector<std::string> seen;
+  headers.forEach([&](std::string_view name, std::string_view value) {
+    seen.push_back(std::string(name) + "=" + std::string(value));
+  });
+
+  EXPECT_EQ(seen, (std::vector<std::string>{"x-a=1", "x-a=2"}));
+  EXPECT_FALSE(headers.get("x-b").has_value());
+}
+
+TEST(TrimTest, TrimsSpacesAndTabs) {
+  EXPECT_EQ(trimWhitespace(" \tchunked\t "), "chunked");
+  EXPECT_EQ(trimWhitespace(""), "");
+  EXPECT_EQ(trimWhitespace("   "), "");
+  EXPECT_EQ(trimWhitespace("a b"), "a b");
+}
+
+} // namespace
+} // namespace deferd
