@@ -109,36 +109,41 @@ step "Starting deferd with $config"
 deferd_pid=$!
 wait_http "http://127.0.0.1:$admin_port/ready" deferd
 
-step "Sending $requests requests to 127.0.0.1:$listener_port"
+step "Sending $requests requests to 127.0.0.1:$listener_port (at most 60 s)"
 base=http://127.0.0.1:$listener_port
 statuses=$workdir/statuses
 : >"$statuses"
+deadline=$((SECONDS + 60))
 for i in $(seq "$requests"); do
+  if ((SECONDS >= deadline)); then
+    echo "demo: stopped after $((i - 1)) requests: the 60 s budget ran out"
+    break
+  fi
   case $((i % 20)) in
     0) path=/error ;;
     1 | 2) path=/missing ;;
     3 | 4 | 5 | 6) path=/api/items ;;
     *) path=/ ;;
   esac
-  curl -s -o /dev/null --max-time 5 -w '%{http_code}\n' "$base$path" >>"$statuses" || echo 000 >>"$statuses"
+  curl -s -o /dev/null --max-time 5 -w '%{http_code}\n' "$base$path" >>"$statuses" || true
 done
 # A few requests with headers a real caller sends.
 curl -s -o /dev/null --max-time 5 -w '%{http_code}\n' -H 'x-request-id: demo-request-1' \
-  "$base/api/items" >>"$statuses" || echo 000 >>"$statuses"
+  "$base/api/items" >>"$statuses" || true
 curl -s -o /dev/null --max-time 5 -w '%{http_code}\n' -H 'X-Forwarded-For: 203.0.113.7' \
-  "$base/" >>"$statuses" || echo 000 >>"$statuses"
+  "$base/" >>"$statuses" || true
 curl -s -o /dev/null --max-time 5 -w '%{http_code}\n' -H 'Expect: 100-continue' \
-  --data-binary 'hello' "$base/api/items" >>"$statuses" || echo 000 >>"$statuses"
+  --data-binary 'hello' "$base/api/items" >>"$statuses" || true
 
 step "Report"
 echo "Responses by status (000: no response):"
 sort "$statuses" | uniq -c | sed 's/^/  /'
 
 echo
-echo "Metrics excerpt (http://127.0.0.1:$admin_port/metrics):"
+echo "Metrics excerpt, non-zero samples only (http://127.0.0.1:$admin_port/metrics):"
 curl -s --max-time 5 "http://127.0.0.1:$admin_port/metrics" |
   grep -E '^deferd_(requests_total|local_replies_total|upstream_connections_created_total|upstream_failures_total|request_duration_seconds_count)' |
-  sed 's/^/  /' || echo "  (no deferd_ samples found)"
+  awk '$NF != 0 { print "  " $0 }' | sort || echo "  (no deferd_ samples found)"
 
 # The effective config names the access log file; "-" means deferd's standard output.
 access_log=$(curl -s --max-time 5 "http://127.0.0.1:$admin_port/config" |

@@ -38,7 +38,10 @@ jobs=$(nproc)
 
 if ((sanitize)); then
   build_dir=build-asan
-  cmake_args=(-DDEFERD_WERROR=ON -DDEFERD_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo)
+  # Warnings stay errors in the regular build only. The GCC manual (-fsanitize options)
+  # recommends against combining -Werror with sanitizers, because they cause false positive
+  # warnings, and GCC 12 does report -Wmaybe-uninitialized inside std::regex here.
+  cmake_args=(-DDEFERD_WERROR=OFF -DDEFERD_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo)
 else
   build_dir=build
   cmake_args=(-DDEFERD_WERROR=ON)
@@ -58,8 +61,13 @@ cmake -S . -B "$build_dir" "${generator[@]}" "${cmake_args[@]}"
 step "Building with $jobs jobs"
 cmake --build "$build_dir" -j "$jobs"
 
+# A formatting failure does not stop the tests, so one run reports both.
+failed=()
+
 step "Checking formatting"
-bash tests/check-format.sh
+if ! bash tests/check-format.sh; then
+  failed+=("formatting (tests/check-format.sh)")
+fi
 
 step "Running unit and integration tests"
 # Leaks and undefined behaviour fail the sanitized run; the settings are harmless otherwise.
@@ -67,6 +75,12 @@ export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 # Streaming and load tests are marked RUN_SERIAL in tests/CMakeLists.txt, so -j2 never runs
 # them beside another test.
-ctest --test-dir "$build_dir" --output-on-failure -j2 -L 'unit|integration'
+if ! ctest --test-dir "$build_dir" --output-on-failure -j2 -L 'unit|integration'; then
+  failed+=("tests (ctest in $build_dir)")
+fi
 
+if ((${#failed[@]} > 0)); then
+  step "Failed: ${failed[*]}"
+  exit 1
+fi
 step "All checks passed"

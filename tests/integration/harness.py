@@ -9,7 +9,7 @@ Everything here uses the Python standard library only, so the tests run with Deb
 - Deferd: writes a config, starts build/proxy/deferd, waits for /ready, scrapes /metrics.
 - Nginx: a real upstream from a generated config in a temporary prefix directory.
 - RawUpstream: a scripted upstream that records the exact bytes it received and replies as
-  told (status, headers, delay, reset, half-written response, garbage).
+  the test specifies (status, headers, delay, reset, half-written response, garbage).
 - RawClient: a client socket that sends exact bytes and parses what comes back.
 
 Network traffic stays on 127.0.0.1.
@@ -45,7 +45,7 @@ _tmp_root = None
 
 
 def tmp_root():
-    """Return the directory that holds this run's configs and logs, creating it once."""
+    """Return the directory that contains this run's configs and logs, creating it once."""
     global _tmp_root
     if _tmp_root is None:
         base = os.environ.get("DEFERD_TEST_TMPDIR")
@@ -242,6 +242,10 @@ def http_request(port, method="GET", path="/", headers=None, body=None, timeout=
         resp = conn.getresponse()
         data = resp.read()
         return Response(resp.status, resp.getheaders(), data)
+    except socket.timeout:
+        raise AssertionError(
+            f"{method} {path} to port {port}: no complete response within {timeout}s"
+        ) from None
     finally:
         conn.close()
 
@@ -663,6 +667,7 @@ class RawUpstream:
             return list(self.requests), self.total_bytes, self.connections_accepted
 
     def all_bytes(self):
+        """Return the bytes received since the last reset(), connection after connection."""
         with self.lock:
             return b"".join(bytes(b) for b in self.connection_bytes)
 
@@ -911,6 +916,10 @@ class RawClient:
         self.sock.sendall(data)
 
     def _fill(self):
+        """Read more bytes into the buffer; return False at the end of the stream.
+
+        Raises socket.timeout when nothing arrives within the socket's timeout.
+        """
         if self.eof:
             return False
         try:
@@ -923,11 +932,23 @@ class RawClient:
         self.buf += data
         return True
 
-    def read_head(self):
-        """Read one response head; return (status, headers) or raise when the peer closes."""
-        while b"\r\n\r\n" not in self.buf:
+    def _fill_or_fail(self, what):
+        """Read more bytes; fail the test when the peer closes or stays silent."""
+        try:
             if not self._fill():
-                raise AssertionError(f"connection closed before a response head; got {bytes(self.buf)!r}")
+                raise AssertionError(
+                    f"connection closed while waiting for {what}; buffered {bytes(self.buf[:300])!r}"
+                )
+        except socket.timeout:
+            raise AssertionError(
+                f"nothing arrived within {self.sock.gettimeout()}s while waiting for {what}; "
+                f"buffered {bytes(self.buf[:300])!r}"
+            ) from None
+
+    def read_head(self):
+        """Read one response head and return (status, headers)."""
+        while b"\r\n\r\n" not in self.buf:
+            self._fill_or_fail("a response head")
         end = self.buf.index(b"\r\n\r\n") + 4
         head = bytes(self.buf[:end]).decode("latin-1")
         del self.buf[:end]
@@ -944,16 +965,14 @@ class RawClient:
 
     def read_exact(self, n):
         while len(self.buf) < n:
-            if not self._fill():
-                raise AssertionError(f"connection closed with {n - len(self.buf)} body bytes missing")
+            self._fill_or_fail(f"{n - len(self.buf)} more body bytes")
         out = bytes(self.buf[:n])
         del self.buf[:n]
         return out
 
     def _read_line(self):
         while b"\r\n" not in self.buf:
-            if not self._fill():
-                raise AssertionError("connection closed inside a chunked body")
+            self._fill_or_fail("a chunk-size line")
         end = self.buf.index(b"\r\n") + 2
         line = bytes(self.buf[:end])
         del self.buf[:end]
@@ -984,9 +1003,10 @@ class RawClient:
         elif length is not None:
             resp.body = self.read_exact(int(length))
         else:
-            while self._fill():
-                pass
-            resp.body = bytes(self.buf)
+            body, closed = self.read_to_close()
+            if not closed:
+                raise AssertionError(f"a response without framing was not ended by a close: {resp!r}")
+            resp.body = body
             self.buf.clear()
         return resp
 
