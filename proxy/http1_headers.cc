@@ -147,4 +147,56 @@ std::string_view framingError(const RequestFields& fields, unsigned version) {
   return {};
 }
 
+namespace {
+
+void appendFields(std::string& out, const http::fields& fields) {
+  for (const auto& field : fields) {
+    out.append(field.name_string());
+    out.append(": ");
+    out.append(field.value());
+    out.append("\r\n");
+  }
+  out.append("\r\n");
+}
+
+} // namespace
+
+void appendRequestHead(std::string& out, const http::request_header<>& head) {
+  out.append(head.method_string());
+  out.push_back(' ');
+  out.append(head.target());
+  out.append(head.version() == 10 ? " HTTP/1.0\r\n" : " HTTP/1.1\r\n");
+  appendFields(out, head);
+}
+
+void appendResponseHead(std::string& out, const http::response_header<>& head) {
+  unsigned status = head.result_int();
+  char code[4] = {static_cast<char>('0' + status / 100 % 10),
+                  static_cast<char>('0' + status / 10 % 10), static_cast<char>('0' + status % 10),
+                  ' '};
+  out.append("HTTP/1.1 ");
+  out.append(code, sizeof(code));
+  out.append(head.reason());
+  out.append("\r\n");
+  appendFields(out, head);
+}
+
+size_t formatChunkLine(char* out, size_t size) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  char digits[16];
+  size_t count = 0;
+  do {
+    digits[count++] = kHex[size & 0xf];
+    size >>= 4;
+  } while (size > 0);
+
+  size_t length = 0;
+  while (count > 0) {
+    out[length++] = digits[--count];
+  }
+  out[length++] = '\r';
+  out[length++] = '\n';
+  return length;
+}
+
 } // namespace deferd

@@ -8,7 +8,8 @@
 //
 // Bodies stream in both directions through one 64 KiB buffer: a piece is read from one side
 // and written to the other before the next read, so memory per request is bounded whatever
-// the body size. Beast's parser decodes chunked bodies and its serializer re-encodes them.
+// the body size. Beast's parser decodes chunked bodies; OutgoingMessage writes the head and
+// re-encodes the chunks.
 //
 // Ownership: every pending handler captures a shared_ptr to the session. When the last handler
 // returns without starting another operation, the session is destroyed.
@@ -24,6 +25,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <array>
 #include <chrono>
 #include <memory>
 #include <optional>
@@ -45,6 +47,56 @@ namespace {
 
 constexpr std::string_view kReasonHeader = "deferd-reason";
 constexpr size_t kMaxResponseHeaderBytes = 64 * 1024;
+
+// One outgoing message: its head, written together with the first body piece, and its body,
+// chunk-encoded when the message is chunked. Each write is one gather write of at most five
+// buffers.
+class OutgoingMessage {
+public:
+  using Buffers = std::array<asio::const_buffer, 5>;
+
+  void start(bool chunked) {
+    head.clear();
+    head_pending_ = true;
+    chunked_ = chunked;
+  }
+
+  // Frames `size` bytes at `data` (none is fine) for the next write, after the head if it is
+  // still unsent. `last` ends a chunked body with the last-chunk.
+  const Buffers& frame(const char* data, size_t size, bool last) {
+    buffers_ = {};
+    size_t count = 0;
+    if (head_pending_) {
+      buffers_[count++] = asio::buffer(head);
+      head_pending_ = false;
+    }
+    if (chunked_) {
+      if (size > 0) {
+        size_t length = formatChunkLine(chunk_line_, size);
+        buffers_[count++] = asio::buffer(chunk_line_, length);
+        buffers_[count++] = asio::buffer(data, size);
+        buffers_[count++] = asio::buffer(kCrlf.data(), kCrlf.size());
+      }
+      if (last) {
+        buffers_[count++] = asio::buffer(kLastChunk.data(), kLastChunk.size());
+      }
+    } else if (size > 0) {
+      buffers_[count++] = asio::buffer(data, size);
+    }
+    return buffers_;
+  }
+
+  std::string head; // filled by appendRequestHead or appendResponseHead after start()
+
+private:
+  static constexpr std::string_view kCrlf = "\r\n";
+  static constexpr std::string_view kLastChunk = "0\r\n\r\n";
+
+  bool head_pending_ = false;
+  bool chunked_ = false;
+  char chunk_line_[kChunkLineMax];
+  Buffers buffers_;
+};
 
 } // namespace
 
@@ -290,8 +342,10 @@ private:
       const auto& request = request_->get();
       method_ = request.method_string();
       path_ = request.target();
-      protocol_ = request.version() == 10 ? "HTTP/1.0" : "HTTP/1.1";
+      client_http10_ = request.version() < 11;
+      protocol_ = client_http10_ ? "HTTP/1.0" : "HTTP/1.1";
     } else {
+      client_http10_ = false;
       method_.clear();
       path_.clear();
       protocol_ = "HTTP/1.1";
@@ -326,8 +380,8 @@ private:
   // fields they view.
   void prepareUpstreamRequest(http::request<http::buffer_body>& request,
                               const RequestFields& fields) {
-    // Transfer-Encoding stays as it is: it was checked to be exactly "chunked", and the
-    // serializer frames the body to match.
+    // Transfer-Encoding stays as it is: it was checked to be exactly "chunked", and
+    // OutgoingMessage frames the body to match.
     request.version(11);
 
     if (!fields.has_forwarded_for) {
@@ -463,12 +517,13 @@ private:
   void sendRequest() {
     state_ = State::kSendingRequest;
     deadline_ = std::chrono::steady_clock::now() + listener_->config->limits.stream_idle_timeout;
-    request_serializer_.emplace(request_->get());
+    request_out_.start(request_->chunked());
+    appendRequestHead(request_out_.head, request_->get());
 
     if (request_->is_done()) {
-      // No body: the header goes alone.
-      http::async_write_header(
-          upstream_->socket, *request_serializer_,
+      // No body: the head goes alone.
+      asio::async_write(
+          upstream_->socket, request_out_.frame(nullptr, 0, false),
           [self = shared_from_this()](error_code ec, size_t) { self->onRequestWritten(ec); });
       return;
     }
@@ -547,33 +602,25 @@ private:
     size_t received = Worker::kBodyBufferSize - body.size;
     request_bytes_ += received;
     if (received == 0 && !request_->is_done()) {
-      // Only framing was parsed (a chunk header, say). An empty chunked piece would go out as
-      // the last-chunk "0\r\n\r\n", so nothing is written until there is data or the end.
+      // Only framing was parsed (a chunk header, say): read on before writing anything.
       readRequestBody();
       return;
     }
-    body.data = received == 0 ? nullptr : body_buffer_.get();
-    body.size = received;
-    body.more = !request_->is_done();
     deadline_ = std::chrono::steady_clock::now() + listener_->config->limits.stream_idle_timeout;
 
-    http::async_write(upstream_->socket, *request_serializer_,
+    asio::async_write(upstream_->socket,
+                      request_out_.frame(body_buffer_.get(), received, request_->is_done()),
                       [self = shared_from_this()](error_code write_ec, size_t) {
                         self->onRequestWritten(write_ec);
                       });
   }
 
   void onRequestWritten(error_code ec) {
-    if (ec == http::error::need_buffer) {
-      ec = {};
-    }
     if (ec) {
       onUpstreamError(ec);
       return;
     }
     request_sent_ = true;
-    // The parser, not the serializer, tells whether body is left: a request without a body
-    // was sent with async_write_header, which leaves the serializer short of its empty body.
     if (!request_->is_done()) {
       readRequestBody();
       return;
@@ -620,14 +667,22 @@ private:
     // A body delimited by the upstream closing the connection is re-framed as chunked for an
     // HTTP/1.1 client so its connection can stay open.
     bool has_body = !response_->is_done();
-    bool delimited = response_->content_length().has_value() || response_->chunked();
+    bool chunked = response_->chunked();
+    bool delimited = response_->content_length().has_value() || chunked;
     if (has_body && !delimited) {
       upstream_reusable_ = false;
-      if (request_->get().version() >= 11) {
-        response.chunked(true);
+      if (!client_http10_) {
+        response.set(http::field::transfer_encoding, "chunked");
+        chunked = true;
       } else {
         keep_alive_ = false;
       }
+    }
+    if (chunked && client_http10_) {
+      // HTTP/1.0 has no chunked coding: the body goes as it is, ended by closing.
+      response.erase(http::field::transfer_encoding);
+      chunked = false;
+      keep_alive_ = false;
     }
     if (draining_ || worker_.draining()) {
       keep_alive_ = false;
@@ -646,13 +701,14 @@ private:
     state_ = State::kSendingResponse;
     deadline_ = std::chrono::steady_clock::now() + listener_->config->limits.stream_idle_timeout;
     response_started_ = true;
-    response_serializer_.emplace(response);
+    response_out_.start(chunked && has_body);
+    appendResponseHead(response_out_.head, response);
 
     if (response_->is_done()) {
-      http::async_write_header(socket_, *response_serializer_,
-                               [self = shared_from_this()](error_code write_ec, size_t) {
-                                 self->onResponseWritten(write_ec);
-                               });
+      asio::async_write(socket_, response_out_.frame(nullptr, 0, false),
+                        [self = shared_from_this()](error_code write_ec, size_t) {
+                          self->onResponseWritten(write_ec);
+                        });
       return;
     }
     if (!body_buffer_) {
@@ -685,26 +741,20 @@ private:
     size_t received = Worker::kBodyBufferSize - body.size;
     response_bytes_ += received;
     if (received == 0 && !response_->is_done()) {
-      // Only framing was parsed (a chunk header, say). An empty chunked piece would go out as
-      // the last-chunk "0\r\n\r\n", so nothing is written until there is data or the end.
+      // Only framing was parsed (a chunk header, say): read on before writing anything.
       readResponseBody();
       return;
     }
-    body.data = received == 0 ? nullptr : body_buffer_.get();
-    body.size = received;
-    body.more = !response_->is_done();
     deadline_ = std::chrono::steady_clock::now() + listener_->config->limits.stream_idle_timeout;
 
-    http::async_write(socket_, *response_serializer_,
+    asio::async_write(socket_,
+                      response_out_.frame(body_buffer_.get(), received, response_->is_done()),
                       [self = shared_from_this()](error_code write_ec, size_t) {
                         self->onResponseWritten(write_ec);
                       });
   }
 
   void onResponseWritten(error_code ec) {
-    if (ec == http::error::need_buffer) {
-      ec = {};
-    }
     if (ec) {
       releaseUpstream(false);
       abortRequest(StreamEnd::kDownstreamClosed);
@@ -897,8 +947,6 @@ private:
     endRequest(end);
     chain_.reset();
     headers_.reset();
-    request_serializer_.reset();
-    response_serializer_.reset();
     response_.reset();
     if (body_buffer_) {
       worker_.returnBuffer(std::move(body_buffer_));
@@ -945,9 +993,9 @@ private:
 
   // The current request.
   std::optional<http::request_parser<http::buffer_body>> request_;
-  std::optional<http::request_serializer<http::buffer_body>> request_serializer_;
+  OutgoingMessage request_out_;
   std::optional<http::response_parser<http::buffer_body>> response_;
-  std::optional<http::response_serializer<http::buffer_body>> response_serializer_;
+  OutgoingMessage response_out_;
   std::optional<BeastHeaderMap> headers_;
   std::unique_ptr<FilterChain> chain_;
   std::unique_ptr<char[]> body_buffer_;
@@ -959,6 +1007,7 @@ private:
   bool in_request_ = false;
   bool keep_alive_ = true;
   bool expect_continue_ = false;
+  bool client_http10_ = false; // the request said HTTP/1.0; the upstream always gets HTTP/1.1
   bool counted_in_flight_ = false;
   bool retried_ = false;
   bool request_sent_ = false;

@@ -202,3 +202,62 @@ TEST(TrimTest, TrimsSpacesAndTabs) {
 
 } // namespace
 } // namespace deferd
+
+namespace deferd {
+namespace {
+
+TEST(MessageHeadTest, RequestHead) {
+  http::request_header<> head;
+  head.method(http::verb::post);
+  head.target("/items?id=3");
+  head.version(11);
+  head.insert("Host", "inventory");
+  head.insert("x-request-id", "abc");
+  std::string out;
+
+  appendRequestHead(out, head);
+
+  EXPECT_EQ(out, "POST /items?id=3 HTTP/1.1\r\nHost: inventory\r\nx-request-id: abc\r\n\r\n");
+}
+
+TEST(MessageHeadTest, ResponseHeadKeepsReasonPhrase) {
+  http::response_header<> head;
+  head.result(404);
+  head.reason("Nope");
+  head.version(10);
+  head.insert("Content-Length", "0");
+  std::string out;
+
+  appendResponseHead(out, head);
+
+  EXPECT_EQ(out, "HTTP/1.1 404 Nope\r\nContent-Length: 0\r\n\r\n");
+}
+
+TEST(MessageHeadTest, ResponseHeadDefaultReason) {
+  http::response_header<> head;
+  head.result(503);
+  std::string out;
+
+  appendResponseHead(out, head);
+
+  EXPECT_EQ(out, "HTTP/1.1 503 Service Unavailable\r\n\r\n");
+}
+
+TEST(ChunkLineTest, FormatsHexSizes) {
+  char line[kChunkLineMax];
+  const std::vector<std::pair<size_t, std::string>> cases = {
+      {1, "1\r\n"},
+      {15, "f\r\n"},
+      {16, "10\r\n"},
+      {65536, "10000\r\n"},
+      {SIZE_MAX, "ffffffffffffffff\r\n"},
+  };
+
+  for (const auto& [size, expected] : cases) {
+    size_t length = formatChunkLine(line, size);
+    EXPECT_EQ(std::string(line, length), expected) << size;
+  }
+}
+
+} // namespace
+} // namespace deferd
