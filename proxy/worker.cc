@@ -16,6 +16,7 @@ namespace {
 constexpr std::chrono::milliseconds kTickInterval{50};
 constexpr std::chrono::seconds kIdleSweepInterval{1};
 constexpr size_t kMaxFreeBuffers = 64;
+constexpr std::chrono::milliseconds kAcceptRetryDelay{100};
 
 class AsioTimer : public Timer {
 public:
@@ -155,11 +156,11 @@ void Worker::applySnapshot(std::shared_ptr<const Snapshot> snapshot,
   snapshot_ = std::move(snapshot);
 
   // Keep acceptors whose listener survived, open the new ones, close the rest.
-  std::vector<std::unique_ptr<ListenerSlot>> next;
+  std::vector<std::shared_ptr<ListenerSlot>> next;
   for (size_t i = 0; i < snapshot_->listeners.size(); i++) {
     const config::Listener& listener = *snapshot_->listeners[i].config;
     std::string key = listener.name + "@" + listener.address.toString();
-    std::unique_ptr<ListenerSlot> slot;
+    std::shared_ptr<ListenerSlot> slot;
     for (auto& current : listeners_) {
       if (current && current->key == key) {
         slot = std::move(current);
@@ -170,13 +171,13 @@ void Worker::applySnapshot(std::shared_ptr<const Snapshot> snapshot,
         spdlog::error("worker {}: no acceptor for new listener {}", index_, listener.name);
         continue;
       }
-      slot = std::make_unique<ListenerSlot>();
+      slot = std::make_shared<ListenerSlot>(io_);
       slot->key = key;
       slot->acceptor = std::move(acceptors[i]);
       slot->listener_index = i;
       next.push_back(std::move(slot));
       if (!draining_) {
-        accept(*next.back());
+        accept(next.back());
       }
       continue;
     }
@@ -187,32 +188,42 @@ void Worker::applySnapshot(std::shared_ptr<const Snapshot> snapshot,
     if (stale && stale->acceptor) {
       boost::system::error_code ignored;
       stale->acceptor->close(ignored);
+      stale->retry_timer.cancel();
     }
   }
   listeners_ = std::move(next);
   rebuildClusters();
 }
 
-void Worker::accept(ListenerSlot& slot) {
-  slot.acceptor->async_accept([this, &slot](const boost::system::error_code& ec, Socket socket) {
-    if (ec == asio::error::operation_aborted || !slot.acceptor->is_open()) {
+void Worker::accept(std::shared_ptr<ListenerSlot> slot) {
+  slot->acceptor->async_accept([this, slot](const boost::system::error_code& ec, Socket socket) {
+    if (ec == asio::error::operation_aborted || !slot->acceptor->is_open()) {
       return;
     }
     if (ec) {
-      // Out of descriptors or similar: log, and keep accepting after a pause would be ideal;
-      // accepting again at once is what keeps the listener alive.
-      spdlog::warn("worker {}: accept failed: {}", index_, ec.message());
-      accept(slot);
+      // Out of file descriptors, most likely. Accepting again at once would spin on the same
+      // error, so pause; the first failure of a run is logged, later ones every 100th.
+      if (slot->failed_accepts++ % 100 == 0) {
+        spdlog::warn("worker {}: accept on {} failed: {}; retrying in {} ms ({} failures)", index_,
+                     slot->key, ec.message(), kAcceptRetryDelay.count(), slot->failed_accepts);
+      }
+      slot->retry_timer.expires_after(kAcceptRetryDelay);
+      slot->retry_timer.async_wait([this, slot](const boost::system::error_code& timer_ec) {
+        if (!timer_ec && slot->acceptor->is_open()) {
+          accept(slot);
+        }
+      });
       return;
     }
-    const ListenerRuntime& listener = snapshot_->listeners[slot.listener_index];
+    slot->failed_accepts = 0;
+    const ListenerRuntime& listener = snapshot_->listeners[slot->listener_index];
     if (listener.stats->connections_active->Value() >= listener.config->limits.max_connections) {
       // Over the listener's connection limit: close at once and count it.
       boost::system::error_code ignored;
       socket.close(ignored);
       listener.stats->connections_rejected->Increment();
     } else {
-      startHttp1Session(*this, std::move(socket), slot.listener_index);
+      startHttp1Session(*this, std::move(socket), slot->listener_index);
     }
     accept(slot);
   });

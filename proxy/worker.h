@@ -114,12 +114,17 @@ public:
 
 private:
   struct ListenerSlot {
+    explicit ListenerSlot(boost::asio::io_context& io) : retry_timer(io) {}
+
     std::string key; // name and address
     size_t listener_index = 0;
     std::unique_ptr<Acceptor> acceptor;
+    boost::asio::steady_timer retry_timer; // pause after a failed accept
+    uint64_t failed_accepts = 0;           // since the last successful one
   };
 
-  void accept(ListenerSlot& slot);
+  // Handlers hold the slot, so a slot retired by a reload outlives its pending accept.
+  void accept(std::shared_ptr<ListenerSlot> slot);
   void tick();
   void rebuildClusters();
 
@@ -128,7 +133,7 @@ private:
   boost::asio::io_context io_;
   std::thread thread_;
   std::shared_ptr<const Snapshot> snapshot_;
-  std::vector<std::unique_ptr<ListenerSlot>> listeners_;
+  std::vector<std::shared_ptr<ListenerSlot>> listeners_;
   std::map<std::string, WorkerCluster> clusters_;
   // Addresses of endpoints configured by DNS name, keyed by "host:port", set by the resolver.
   std::map<std::string, std::vector<boost::asio::ip::tcp::endpoint>> resolved_;
