@@ -96,6 +96,7 @@ RequestFields::RequestFields(const http::fields& fields) {
       break;
     case http::field::host:
       hosts++;
+      host = field.value();
       break;
     case http::field::expect:
       has_expect = true;
@@ -104,6 +105,7 @@ RequestFields::RequestFields(const http::fields& fields) {
     case http::field::unknown:
       if (iequals(field.name_string(), "x-forwarded-for")) {
         has_forwarded_for = true;
+        forwarded_for_lines++;
         forwarded_for = field.value();
       } else if (iequals(field.name_string(), "x-request-id")) {
         has_request_id = true;
@@ -144,10 +146,32 @@ std::string_view framingError(const RequestFields& fields, unsigned version) {
   if (fields.hosts == 0 && version >= 11) {
     return "missing Host";
   }
+  if (fields.hosts == 1 && !validHost(fields.host)) {
+    return "invalid Host";
+  }
   return {};
 }
 
 namespace {
+
+bool isRegNameChar(char c) {
+  if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) {
+    return true;
+  }
+  // unreserved, pct-encoded's '%' (its digits are checked by the caller) and sub-delims
+  return std::string_view("-._~%!$&'()*+,;=").find(c) != std::string_view::npos;
+}
+
+bool isHexDigit(char c) {
+  return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+}
+
+bool validPort(std::string_view port) {
+  if (port.size() > 5 || port.find_first_not_of("0123456789") != std::string_view::npos) {
+    return false;
+  }
+  return port.empty() || std::stoul(std::string(port)) <= 65535;
+}
 
 void appendFields(std::string& out, const http::fields& fields) {
   for (const auto& field : fields) {
@@ -160,6 +184,47 @@ void appendFields(std::string& out, const http::fields& fields) {
 }
 
 } // namespace
+
+bool validHost(std::string_view value) {
+  std::string_view host = value;
+  std::string_view port;
+  if (value.starts_with('[')) {
+    size_t close = value.find(']');
+    if (close == std::string_view::npos || close == 1) {
+      return false;
+    }
+    std::string_view address = value.substr(1, close - 1);
+    for (char c : address) {
+      if (!isHexDigit(c) && c != ':' && c != '.') {
+        return false;
+      }
+    }
+    std::string_view rest = value.substr(close + 1);
+    if (!rest.empty()) {
+      if (rest.front() != ':') {
+        return false;
+      }
+      port = rest.substr(1);
+    }
+    return validPort(port);
+  }
+
+  size_t colon = value.rfind(':');
+  if (colon != std::string_view::npos) {
+    host = value.substr(0, colon);
+    port = value.substr(colon + 1);
+  }
+  for (size_t i = 0; i < host.size(); i++) {
+    if (!isRegNameChar(host[i])) {
+      return false;
+    }
+    if (host[i] == '%' &&
+        (i + 2 >= host.size() || !isHexDigit(host[i + 1]) || !isHexDigit(host[i + 2]))) {
+      return false;
+    }
+  }
+  return validPort(port);
+}
 
 void appendRequestHead(std::string& out, const http::request_header<>& head) {
   out.append(head.method_string());

@@ -37,6 +37,8 @@ struct RequestFields {
   bool has_expect = false;
   bool has_forwarded_for = false;
   bool has_request_id = false;
+  size_t forwarded_for_lines = 0;
+  std::string_view host;
   std::string_view expect;
   std::string_view forwarded_for;
   std::string_view request_id;
@@ -44,8 +46,14 @@ struct RequestFields {
   explicit RequestFields(const boost::beast::http::fields& fields);
 };
 
-// Checks the request's framing against RFC 9112, section 6: a request that a peer could frame
-// differently from deferd is rejected, never forwarded. Returns an empty string when valid.
+// Whether `value` is a valid Host field value or authority: `uri-host [ ":" port ]` of RFC 3986,
+// with a reg-name or a bracketed IPv6 address, and a port of at most 65535. Empty is valid
+// (a request target without an authority).
+bool validHost(std::string_view value);
+
+// Checks the request's framing against RFC 9112, section 6, and its Host field: a request that a
+// peer could frame differently from deferd is rejected, never forwarded. Returns an empty string
+// when valid.
 std::string_view framingError(const RequestFields& fields, unsigned version);
 
 // Appends an HTTP/1.1 request line and header block to `out`, ending with the empty line.

@@ -222,7 +222,26 @@ private:
         [self = shared_from_this()](error_code ec, size_t) { self->onReadHeader(ec); });
   }
 
+  // Drops the empty lines a client may send before a request line, which RFC 9112 section 2.2
+  // says a server should ignore (some clients add CRLF after a POST body). Returns whether any
+  // were dropped.
+  bool skipLeadingEmptyLines() {
+    size_t skipped = 0;
+    auto data = static_cast<const char*>(buffer_.data().data());
+    size_t size = buffer_.size();
+    while (skipped < size && (data[skipped] == '\r' || data[skipped] == '\n') && skipped < 4) {
+      skipped++;
+    }
+    buffer_.consume(skipped);
+    return skipped > 0;
+  }
+
   void onReadHeader(error_code ec) {
+    if (ec && ec.category() == http::make_error_code(http::error::bad_method).category() &&
+        skipLeadingEmptyLines()) {
+      readHeader();
+      return;
+    }
     if (ec) {
       if (timed_out_ && state_ == State::kReadingHeader) {
         beginRequest();
@@ -271,7 +290,10 @@ private:
       return;
     }
 
-    if (fields.has_expect) {
+    if (fields.has_expect && client_http10_) {
+      // HTTP/1.0 has no expectations: a server must ignore them (RFC 9110, section 10.1.1).
+      request.erase(http::field::expect);
+    } else if (fields.has_expect) {
       if (!beast::iequals(trimWhitespace(fields.expect), "100-continue")) {
         sendLocalReply(LocalReplyReason::kExpectationFailed);
         return;
@@ -360,7 +382,7 @@ private:
     std::string_view target = request.target();
     if (!target.starts_with('/')) {
       std::optional<AbsoluteTarget> absolute = parseAbsoluteTarget(target);
-      if (!absolute) {
+      if (!absolute || !validHost(absolute->authority)) {
         return false;
       }
       authority_ = absolute->authority;
@@ -387,7 +409,15 @@ private:
     if (!fields.has_forwarded_for) {
       request.insert("x-forwarded-for", peer_ip_);
     } else {
-      std::string value(fields.forwarded_for);
+      // Several field lines form one list (RFC 9110, section 5.3): keep every hop.
+      std::string value;
+      for (auto range = request.equal_range("x-forwarded-for"); range.first != range.second;
+           ++range.first) {
+        if (!value.empty()) {
+          value.append(", ");
+        }
+        value.append(range.first->value());
+      }
       value.append(", ").append(peer_ip_);
       request.set("x-forwarded-for", value);
     }
@@ -517,8 +547,14 @@ private:
   void sendRequest() {
     state_ = State::kSendingRequest;
     deadline_ = std::chrono::steady_clock::now() + listener_->config->limits.stream_idle_timeout;
+    auto& request = request_->get();
+    if (request.find(http::field::host) == request.end()) {
+      // Only an HTTP/1.0 request can lack Host, and HTTP/1.1 requires it: name the upstream,
+      // as a proxy that was given no authority does.
+      request.set(http::field::host, endpoint_label_);
+    }
     request_out_.start(request_->chunked());
-    appendRequestHead(request_out_.head, request_->get());
+    appendRequestHead(request_out_.head, request);
 
     if (request_->is_done()) {
       // No body: the head goes alone.
@@ -651,7 +687,12 @@ private:
       return;
     }
     http::response<http::buffer_body>& response = response_->get();
-    if (response.result_int() < 200 && response.result_int() != 101) {
+    if (response.result_int() == 101) {
+      // deferd strips Upgrade, so the upstream had no request to switch protocols.
+      onUpstreamError(http::make_error_code(http::error::bad_status));
+      return;
+    }
+    if (response.result_int() < 200) {
       // Interim responses (103 Early Hints and the like) are not forwarded.
       readResponseHeader();
       return;
@@ -857,6 +898,7 @@ private:
     } else {
       reply->body() = std::string(spec.reason) + "\n";
       reply->prepare_payload();
+      response_bytes_ = reply->body().size();
     }
     reply->keep_alive(keep_alive_);
     if (chain_) {

@@ -98,8 +98,13 @@ int main(int argc, char** argv) {
   // The peer closing a socket mid-write must be an error code, not a signal that kills us.
   std::signal(SIGPIPE, SIG_IGN);
 
-  deferd::Server server(config_path, log_level);
-  int code = server.run();
+  int code = 0;
+  {
+    // The server, and with it every worker, is gone before the logger: handlers that run while
+    // the workers close their last connections still log.
+    deferd::Server server(config_path, log_level);
+    code = server.run();
+  }
   spdlog::shutdown();
   return code;
 }

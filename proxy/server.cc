@@ -120,6 +120,7 @@ public:
       spdlog::error("not starting: admin listener: {}", error);
       return 1;
     }
+    admin_address_ = config_->admin.address.toString();
 
     for (auto& worker : workers_) {
       worker->start();
@@ -143,6 +144,8 @@ public:
     for (auto& worker : workers_) {
       worker->join();
     }
+    // Each worker closes what is still open and runs the last handlers in its destructor.
+    workers_.clear();
     spdlog::info("deferd stopped");
     return 0;
   }
@@ -334,9 +337,10 @@ private:
     }
 
     std::string error;
-    if (loaded.config->admin.address.toString() != config_->admin.address.toString()) {
-      spdlog::warn("reload: admin address change to {} takes effect at the next restart",
-                   loaded.config->admin.address.toString());
+    if (loaded.config->admin.address.toString() != admin_address_) {
+      spdlog::warn("reload: admin listener stays on {}; the new address {} takes effect at the "
+                   "next restart",
+                   admin_address_, loaded.config->admin.address.toString());
     }
     if (loaded.config->workers != config_->workers) {
       spdlog::warn("reload: worker count change takes effect at the next restart");
@@ -385,12 +389,24 @@ private:
       }
     });
 
-    // A second signal during drain stops at once.
-    signals_.async_wait([this](const boost::system::error_code& ec, int) {
-      if (!ec) {
-        spdlog::warn("second signal during drain: stopping now");
-        finish();
+    waitForSecondSignal();
+  }
+
+  // During a drain, SIGHUP is ignored (a reload would only be dropped) and a second SIGTERM or
+  // SIGINT stops at once.
+  void waitForSecondSignal() {
+    signals_.async_wait([this](const boost::system::error_code& ec, int signal) {
+      if (ec) {
+        return;
       }
+      if (signal == SIGHUP) {
+        spdlog::warn("SIGHUP during drain: ignored, no reload while draining");
+        waitForSecondSignal();
+        return;
+      }
+      spdlog::warn("{} during drain: stopping now, closing in-flight requests",
+                   signal == SIGTERM ? "second SIGTERM" : "SIGINT");
+      finish();
     });
   }
 
@@ -414,6 +430,7 @@ private:
   std::shared_ptr<const Snapshot> snapshot_;
   std::vector<std::unique_ptr<Worker>> workers_;
   std::unique_ptr<AdminServer> admin_;
+  std::string admin_address_; // where the admin listener runs; a reload does not move it
   std::atomic<bool> ready_{false};
   std::map<std::string, Resolved> resolved_;
   std::map<std::string, std::chrono::steady_clock::time_point> last_resolved_;

@@ -261,3 +261,56 @@ TEST(ChunkLineTest, FormatsHexSizes) {
 
 } // namespace
 } // namespace deferd
+
+namespace deferd {
+namespace {
+
+TEST(HostTest, ValidAndInvalidHosts) {
+  const std::vector<std::pair<std::string, bool>> cases = {
+      {"inventory", true},
+      {"inventory:8080", true},
+      {"inventory:", true}, // an empty port is allowed by RFC 3986
+      {"", true},
+      {"a-b.c_d~e", true},
+      {"%41bc", true},
+      {"127.0.0.1:80", true},
+      {"[::1]", true},
+      {"[::1]:443", true},
+      {"[2001:db8::1]:8080", true},
+      {"a b", false},
+      {"a/b", false},
+      {"inventory:80@evil", false},
+      {"a@evil", false},
+      {"inventory:abc", false},
+      {"inventory:99999999", false},
+      {"inventory:65536", false},
+      {"[::1", false},
+      {"[]", false},
+      {"[::1]x", false},
+      {"[zz::1]", false},
+      {"%4", false},
+      {"%zz", false},
+  };
+
+  for (const auto& [value, valid] : cases) {
+    EXPECT_EQ(validHost(value), valid) << "'" << value << "'";
+  }
+}
+
+TEST(FramingTest, InvalidHostRejected) {
+  http::fields fields = makeFields({{"Host", "inventory:80@evil"}});
+
+  EXPECT_EQ(framingError(RequestFields(fields), 11), "invalid Host");
+}
+
+TEST(RequestFieldsTest, CountsForwardedForLines) {
+  http::fields fields =
+      makeFields({{"Host", "a"}, {"X-Forwarded-For", "6.6.6.6"}, {"x-forwarded-for", "7.7.7.7"}});
+
+  RequestFields scanned(fields);
+
+  EXPECT_EQ(scanned.forwarded_for_lines, 2u);
+}
+
+} // namespace
+} // namespace deferd
