@@ -88,6 +88,29 @@ class DrainTest(harness.DeferdTestCase):
             self.fail_with_log(f"deferd exited with status {status} after draining, expected 0")
         self.assertLess(elapsed, DRAIN_TIMEOUT_SECONDS + 1, "time from SIGTERM to exit")
 
+    def test_sighup_during_drain_ignored(self):
+        self.start_deferd(f"{DRAIN_TIMEOUT_SECONDS}s")
+        threads, results = self.start_requests(["/slow/hup"])
+        self.upstream.wait_for_requests(1)
+
+        self.deferd.signal(signal.SIGTERM)
+        harness.wait_until(
+            lambda: self.deferd.admin_get("/ready", timeout=1).status == 503, 1.0,
+            "/ready to return 503 after SIGTERM",
+        )
+        self.deferd.signal(signal.SIGHUP)
+
+        threads[0].join(timeout=SLOW_DELAY_SECONDS + DRAIN_TIMEOUT_SECONDS)
+        resp = results.get("/slow/hup")
+        self.assertIsInstance(resp, harness.Response, f"/slow/hup: {resp!r}")
+        self.assertStatus(resp, 200, "in-flight request after SIGHUP during drain")
+        try:
+            status = self.deferd.proc.wait(timeout=DRAIN_TIMEOUT_SECONDS + 2)
+        except subprocess.TimeoutExpired:
+            self.fail_with_log("deferd still running after the drain")
+        if status != 0:
+            self.fail_with_log(f"deferd exited with status {status}, expected 0")
+
     def test_drain_timeout_bounds_shutdown(self):
         drain_timeout = 1
         self.start_deferd(f"{drain_timeout}s")
@@ -105,6 +128,12 @@ class DrainTest(harness.DeferdTestCase):
             )
         elapsed = time.monotonic() - sent_at
         self.assertGreaterEqual(elapsed, drain_timeout - 0.2, "exited before drain_timeout")
+        # Closing the stuck request at the deadline runs its handlers during shutdown.
+        if self.deferd.proc.returncode != 0:
+            self.fail_with_log(
+                f"deferd exited with status {self.deferd.proc.returncode} after the drain "
+                "timeout, expected 0"
+            )
         threads[0].join(timeout=5)
         self.assertNotIsInstance(
             results.get("/stuck"), harness.Response,
