@@ -121,7 +121,7 @@ struct Cluster {
   LbPolicy lb = LbPolicy::kRoundRobin;
   Duration connect_timeout{1000};
   Duration resolve_every{5000};      // for endpoints given as DNS names
-  uint32_t max_connections = 1024;   // per endpoint, across all workers
+  uint32_t max_connections = 1024;   // per endpoint; each worker gets ceil(limit / workers)
   Duration pool_idle_timeout{60000}; // idle upstream keep-alive connections are closed after it
   Capacity capacity;
   Location location;
