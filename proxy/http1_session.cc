@@ -576,9 +576,49 @@ private:
     if (parseBuffered(*request_, buffer_)) {
       return;
     }
-    http::async_read_some(
-        socket_, buffer_, *request_,
-        [self = shared_from_this()](error_code ec, size_t) { self->onRequestBodyRead(ec); });
+    if (error_code ec = stalledFraming(*request_, buffer_)) {
+      onRequestBodyRead(ec);
+      return;
+    }
+    socket_.async_read_some(buffer_.prepare(readSize(buffer_)),
+                            [self = shared_from_this()](error_code ec, size_t received) {
+                              self->buffer_.commit(received);
+                              if (ec == asio::error::eof) {
+                                // A request body must be framed: EOF inside it is an error.
+                                self->request_->put_eof(ec);
+                              }
+                              if (ec) {
+                                self->onRequestBodyRead(ec);
+                                return;
+                              }
+                              self->readRequestBody();
+                            });
+  }
+
+  // How much to read into `buffer`: up to a body buffer's worth, within the buffer's limit.
+  static size_t readSize(const beast::flat_buffer& buffer) {
+    return std::min(Worker::kBodyBufferSize, buffer.max_size() - buffer.size());
+  }
+
+  // Returns an error when the bytes `parser` left in `buffer` can never complete a message: a
+  // full buffer, or chunk framing with a bare LF, which RFC 9112 does not allow and which the
+  // parser would wait on for a CRLF until the idle timeout. Empty when more bytes may help.
+  template <bool IsRequest>
+  static error_code stalledFraming(const http::parser<IsRequest, http::buffer_body>& parser,
+                                   const beast::flat_buffer& buffer) {
+    if (buffer.size() >= buffer.max_size()) {
+      return http::make_error_code(http::error::buffer_overflow);
+    }
+    if (!parser.chunked() || buffer.size() == 0) {
+      return {};
+    }
+    auto data = static_cast<const char*>(buffer.data().data());
+    for (size_t i = 0; i < buffer.size(); i++) {
+      if (data[i] == '\n' && (i == 0 || data[i - 1] != '\r')) {
+        return http::make_error_code(http::error::bad_chunk);
+      }
+    }
+    return {};
   }
 
   // Parses body bytes that already sit in `buffer` (they often arrive with the headers) and, if
@@ -765,9 +805,28 @@ private:
     if (parseBuffered(*response_, upstream_->buffer)) {
       return;
     }
-    http::async_read_some(
-        upstream_->socket, upstream_->buffer, *response_,
-        [self = shared_from_this()](error_code ec, size_t) { self->onResponseBodyRead(ec); });
+    if (error_code ec = stalledFraming(*response_, upstream_->buffer)) {
+      onResponseBodyRead(ec);
+      return;
+    }
+    upstream_->socket.async_read_some(upstream_->buffer.prepare(readSize(upstream_->buffer)),
+                                      [self = shared_from_this()](error_code ec, size_t received) {
+                                        self->upstream_->buffer.commit(received);
+                                        if (ec == asio::error::eof) {
+                                          // Ends a body delimited by the close; any other body is
+                                          // cut short.
+                                          self->response_->put_eof(ec);
+                                          if (!ec) {
+                                            self->onResponseBodyRead(ec);
+                                            return;
+                                          }
+                                        }
+                                        if (ec) {
+                                          self->onResponseBodyRead(ec);
+                                          return;
+                                        }
+                                        self->readResponseBody();
+                                      });
   }
 
   void onResponseBodyRead(error_code ec) {

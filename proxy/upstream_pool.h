@@ -31,7 +31,11 @@ namespace deferd {
 class UpstreamEndpoint;
 
 struct UpstreamConnection {
-  explicit UpstreamConnection(boost::asio::io_context& io) : socket(io) {}
+  // The read buffer is bounded so a peer that never finishes a framing element (a header or
+  // a chunk-size line) cannot grow it without limit: 64 KiB of response head plus a body piece.
+  static constexpr size_t kReadBufferLimit = 128 * 1024;
+
+  explicit UpstreamConnection(boost::asio::io_context& io) : socket(io), buffer(kReadBufferLimit) {}
 
   Socket socket;
   boost::beast::flat_buffer buffer;

@@ -89,6 +89,19 @@ class HardeningTest(harness.DeferdTestCase):
             request.header("host"), f"127.0.0.1:{self.upstream.port}", repr(request)
         )
 
+    def test_chunked_body_with_bare_lf_rejected(self):
+        # Chunk lines ended by LF alone never complete under RFC 9112: deferd must answer at
+        # once instead of waiting for a CRLF until the stream idle timeout.
+        with RawClient(self.port, timeout=3) as c:
+            c.send(
+                b"POST /lf HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"3\nabc\n0\n\n"
+            )
+            resp = c.read_response()
+        self.assertLocalReply(resp, 400, "bad-request", "chunked body with bare LF")
+        requests, _, _ = self.upstream.snapshot()
+        self.assertEqual(requests, [], "the request with a bare-LF body reached the upstream")
+
     def test_unsolicited_switching_protocols(self):
         with RawClient(self.port) as c:
             c.send(b"GET /switch HTTP/1.1\r\nHost: t\r\n\r\n")
