@@ -20,12 +20,36 @@
 
 namespace deferd::config {
 
+namespace {
+
+// Writes control characters as \xNN, so a value quoted in a message can neither cut the line
+// short (NUL), nor start a line that looks like another diagnostic (CR, LF), nor send terminal
+// escapes.
+std::string escapeControlCharacters(const std::string& text) {
+  std::string escaped;
+  escaped.reserve(text.size());
+  for (unsigned char c : text) {
+    if (c < 0x20 || c == 0x7f) {
+      static constexpr char kHex[] = "0123456789abcdef";
+      escaped.append("\\x");
+      escaped.push_back(kHex[c >> 4]);
+      escaped.push_back(kHex[c & 0xf]);
+    } else {
+      escaped.push_back(static_cast<char>(c));
+    }
+  }
+  return escaped;
+}
+
+} // namespace
+
 std::string Diagnostic::toString() const {
+  std::string text = escapeControlCharacters(message);
   if (location.line <= 0) {
-    return location.file + ": " + message;
+    return location.file + ": " + text;
   }
   return location.file + ":" + std::to_string(location.line) + ":" +
-         std::to_string(location.column) + ": " + message;
+         std::to_string(location.column) + ": " + text;
 }
 
 namespace {

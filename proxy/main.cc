@@ -26,7 +26,8 @@ void printUsage(FILE* out) {
                "       deferd --version\n"
                "\n"
                "  --config FILE      run the proxy with the YAML config in FILE\n"
-               "  --log-level LEVEL  trace, debug, info, warn, error or off; overrides log.level\n"
+               "  --log-level LEVEL  trace, debug, info, warn, error, critical or off; overrides\n"
+               "                     log.level\n"
                "  validate FILE...   check each file and print file:line:column: message for\n"
                "                     every problem; exit 0 when all are valid, 1 otherwise\n");
 }

@@ -1240,3 +1240,16 @@ policies:
 
 } // namespace
 } // namespace deferd::config
+
+namespace deferd::config {
+namespace {
+
+TEST(DiagnosticTest, ControlCharactersEscaped) {
+  Diagnostic diagnostic{Location{"test.yaml", 2, 5},
+                        std::string("bad value 'a\nb\x1b[31m\0c'", 22)};
+
+  EXPECT_EQ(diagnostic.toString(), "test.yaml:2:5: bad value 'a\\x0ab\\x1b[31m\\x00c'");
+}
+
+} // namespace
+} // namespace deferd::config
