@@ -504,6 +504,7 @@ private:
       return;
     }
     if (!result.connection) {
+      warnUpstreamFailure(std::string(upstreamFailureName(result.failure)));
       recordUpstreamFailure(result.failure);
       releaseEndpoint();
 
@@ -901,8 +902,7 @@ private:
       failure = UpstreamFailure::kBadResponse;
       reason = LocalReplyReason::kBadUpstreamResponse;
     }
-    spdlog::debug("cluster {}: upstream {} failed: {}", cluster_name_, endpoint_label_,
-                  timed_out ? "timed out" : ec.message());
+    warnUpstreamFailure(timed_out ? std::string("timed out") : ec.message());
     recordUpstreamFailure(failure);
     releaseUpstream(false);
 
@@ -913,6 +913,23 @@ private:
       return;
     }
     sendLocalReply(reason);
+  }
+
+  // Logs an upstream failure at warn level, at most once a second per worker; the counter
+  // deferd_upstream_failures_total has every one, and the line says how many it stood for.
+  void warnUpstreamFailure(const std::string& cause) {
+    thread_local MonotonicTime last_warning{};
+    thread_local uint64_t suppressed = 0;
+    auto now = std::chrono::steady_clock::now();
+    if (now - last_warning < std::chrono::seconds(1)) {
+      suppressed++;
+      return;
+    }
+    last_warning = now;
+    spdlog::warn("cluster {}: upstream {} failed: {} ({} more failures on this worker since the "
+                 "last message)",
+                 cluster_name_, endpoint_label_, cause, suppressed);
+    suppressed = 0;
   }
 
   void recordUpstreamFailure(UpstreamFailure failure) {
