@@ -20,7 +20,7 @@ namespace deferd::config {
 
 using Duration = std::chrono::milliseconds;
 
-// Where a value came from, for messages that point at the YAML.
+// The file position of a value, for messages that point at the YAML.
 struct Location {
   std::string file;
   int line = 0;   // 1-based

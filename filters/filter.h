@@ -68,7 +68,7 @@ enum class FilterStatus { kContinue, kStop };
 // Why a stream ended, as a filter's onStreamEnd() sees it.
 enum class StreamEnd {
   kCompleted,        // the response was sent completely
-  kLocalReply,       // deferd answered itself
+  kLocalReply,       // deferd sent a local reply
   kDownstreamClosed, // the client went away before the response was complete
   kUpstreamFailed,   // the upstream failed after the response had started
 };

@@ -24,8 +24,8 @@ std::string_view trimWhitespace(std::string_view value);
 // how the next hop frames or routes the message.
 void removeHopByHop(boost::beast::http::fields& fields);
 
-// What the proxy needs to know of a request's fields, gathered in one pass: looking each up
-// by name would walk Beast's field index once per question.
+// The request fields the proxy acts on, gathered in one pass, because looking each up by name
+// would walk Beast's field index once per question.
 struct RequestFields {
   size_t count = 0;
   size_t content_lengths = 0;
@@ -64,7 +64,7 @@ std::string_view framingError(const RequestFields& fields, unsigned version);
 void appendRequestHead(std::string& out, const boost::beast::http::request_header<>& head);
 
 // Appends an HTTP/1.1 status line and header block to `out`, ending with the empty line. The
-// status line always says HTTP/1.1, the version deferd speaks.
+// status line always names HTTP/1.1, the version deferd speaks.
 void appendResponseHead(std::string& out, const boost::beast::http::response_header<>& head);
 
 // Writes the chunk-size line of a chunk of `size` bytes ("1f4\r\n") into `out`, which must

@@ -13,8 +13,8 @@
 //
 // Ownership: every pending handler captures a shared_ptr to the session. When the last handler
 // returns without starting another operation, the session is destroyed.
-// Deadlines are checked by the worker's tick, which cancels the pending operation; its
-// handler then sees `timed_out_` and replies or closes.
+// Deadlines are checked by the worker's tick, which cancels the pending operation. Its
+// handler then finds `timed_out_` set and replies or closes.
 //
 // Local replies are built in one place, sendLocalReply(), from the table in local_reply.h.
 
@@ -223,7 +223,7 @@ private:
   }
 
   // Drops the empty lines a client may send before a request line, which RFC 9112 section 2.2
-  // says a server should ignore (some clients add CRLF after a POST body). Returns whether any
+  // tells a server to ignore (some clients add CRLF after a POST body). Returns whether any
   // were dropped.
   bool skipLeadingEmptyLines() {
     size_t skipped = 0;
@@ -915,8 +915,9 @@ private:
     sendLocalReply(reason);
   }
 
-  // Logs an upstream failure at warn level, at most once a second per worker; the counter
-  // deferd_upstream_failures_total has every one, and the line says how many it stood for.
+  // Logs an upstream failure at warn level, at most once a second per worker. The counter
+  // deferd_upstream_failures_total counts every one, and each line gives the number it stands
+  // for.
   void warnUpstreamFailure(const std::string& cause) {
     thread_local MonotonicTime last_warning{};
     thread_local uint64_t suppressed = 0;
@@ -1125,7 +1126,7 @@ private:
   bool in_request_ = false;
   bool keep_alive_ = true;
   bool expect_continue_ = false;
-  bool client_http10_ = false; // the request said HTTP/1.0; the upstream always gets HTTP/1.1
+  bool client_http10_ = false; // an HTTP/1.0 request; the upstream always gets HTTP/1.1
   bool counted_in_flight_ = false;
   bool retried_ = false;
   bool request_sent_ = false;

@@ -167,7 +167,7 @@ private:
   }
 
   // Binds what the new config needs and hands it to every worker. On a bind error nothing
-  // changes and `error` says why.
+  // changes and `error` holds the reason.
   bool applyConfig(std::shared_ptr<const config::Config> config, std::string* error) {
     std::set<std::string> existing;
     if (snapshot_) {
