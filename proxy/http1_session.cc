@@ -111,6 +111,7 @@ public:
 
   ~Http1Session() override {
     endRequest(StreamEnd::kDownstreamClosed);
+    releaseUpstream(false);
     listener_->stats->connections_active->Decrement();
     worker_.onSessionClosed();
   }
@@ -1090,8 +1091,12 @@ private:
     state_ = State::kClosed;
     deadline_ = {};
     watching_ = false;
-    releaseUpstream(false);
     error_code ignored;
+    if (upstream_) {
+      // An operation on the connection may still be pending and refers to its buffer: close
+      // the socket to end it, and leave returning the connection to the destructor.
+      upstream_->socket.close(ignored);
+    }
     socket_.shutdown(tcp::socket::shutdown_send, ignored);
     socket_.close(ignored);
     unlink(); // leaves the worker's session list; the destructor runs with the last handler

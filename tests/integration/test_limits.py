@@ -117,6 +117,10 @@ class FileDescriptorExhaustionTest(harness.DeferdTestCase):
         cls.addClassCleanup(cls.deferd.stop)
 
     def test_recovers_after_descriptor_flood(self):
+        if harness.sanitized_build():
+            # The sanitizers' runtime needs descriptors of its own to check memory, and
+            # reports false errors when none are left.
+            self.skipTest("descriptor exhaustion cannot be tested under ASan and UBSan")
         flood = open_idle_connections(self.port, FILE_LIMIT * 2)
         self.addCleanup(lambda: [s.close() for s in flood])
         # Let deferd hit the limit: some of the flood stays in the kernel's accept queue.
