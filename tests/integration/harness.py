@@ -163,11 +163,24 @@ signal.signal(signal.SIGTERM, _exit_on_sigterm)
 # --- ports and polling ------------------------------------------------------------------------
 
 
+_handed_out_ports = set()
+
+
 def free_port():
-    """Return a loopback TCP port that nothing listens on at the moment of the call."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
+    """Return a loopback TCP port that nothing listens on at the moment of the call.
+
+    The kernel may offer a port again once its probe socket is closed, so two calls made before
+    either port is bound (a listener and the admin address, say) could get the same one. Ports
+    already returned by this process are skipped.
+    """
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((LOOPBACK, 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out_ports:
+            _handed_out_ports.add(port)
+            return port
+    raise AssertionError("no unused loopback port after 100 tries")
 
 
 def wait_until(condition, timeout, what, interval=0.02):
