@@ -65,7 +65,7 @@ public:
 
 enum class FilterStatus { kContinue, kStop };
 
-// Why a stream ended, as a filter's onStreamEnd() sees it.
+// Why a stream ended, as passed to a filter's onStreamEnd().
 enum class StreamEnd {
   kCompleted,        // the response was sent completely
   kLocalReply,       // deferd sent a local reply

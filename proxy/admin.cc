@@ -136,7 +136,7 @@ private:
       return;
     }
     if (ec == http::error::body_limit || ec == http::error::unexpected_body) {
-      // A method the path does not allow is the more useful answer than the body's size. The
+      // A method the path does not allow is the more useful reply than the body's size. The
       // request line is parsed before any header, so the method is known here.
       const auto& request = parser_->get();
       if (request.method() != http::verb::get && request.method() != http::verb::head) {

@@ -38,7 +38,8 @@ public:
   // Runs the response headers through every filter that saw the request, in reverse order.
   void runResponseHeaders(int status, HeaderMap& headers);
 
-  // Tells every filter the stream ended. Idempotent; the destructor calls it if nobody did.
+  // Tells every filter the stream ended. Idempotent, and called by the destructor if it was
+  // not called before.
   void endStream(StreamEnd end);
 
   bool held() const { return held_; }

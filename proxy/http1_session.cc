@@ -224,7 +224,7 @@ private:
   }
 
   // Drops the empty lines a client may send before a request line, which RFC 9112 section 2.2
-  // tells a server to ignore (some clients add CRLF after a POST body). Returns whether any
+  // recommends a server ignore (some clients add CRLF after a POST body). Returns whether any
   // were dropped.
   bool skipLeadingEmptyLines() {
     size_t skipped = 0;
@@ -602,9 +602,9 @@ private:
     return std::min(Worker::kBodyBufferSize, buffer.max_size() - buffer.size());
   }
 
-  // Returns an error when the bytes `parser` left in `buffer` can never complete a message: a
-  // full buffer, or chunk framing with a bare LF, which RFC 9112 does not allow and which the
-  // parser would wait on for a CRLF until the idle timeout. Empty when more bytes may help.
+  // Returns an error when the bytes `parser` left in `buffer` can never complete a message.
+  // That is a full buffer, or chunk framing with a bare LF: RFC 9112 does not allow it, and the
+  // parser would wait for a CRLF until the idle timeout. Empty when more bytes may help.
   template <bool IsRequest>
   static error_code stalledFraming(const http::parser<IsRequest, http::buffer_body>& parser,
                                    const beast::flat_buffer& buffer) {

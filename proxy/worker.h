@@ -36,7 +36,7 @@
 
 namespace deferd {
 
-// A downstream connection as the worker sees it: something with deadlines that drains.
+// A downstream connection as the worker handles it: something with deadlines that drains.
 class Session : public boost::intrusive::list_base_hook<
                     boost::intrusive::link_mode<boost::intrusive::auto_unlink>> {
 public:

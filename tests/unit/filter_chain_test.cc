@@ -153,7 +153,7 @@ TEST(FilterChainTest, ClientGoneWhileHeldEndsHold) {
   chain->runRequestHeaders(f.headers);
   ASSERT_TRUE(chain->held());
 
-  // The stream sees the client disconnect and ends the chain.
+  // The stream detects the client disconnect and ends the chain.
   chain->endStream(StreamEnd::kDownstreamClosed);
 
   ASSERT_EQ(queue->ends.size(), 1u);
