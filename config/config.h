@@ -16,6 +16,8 @@
 #include <utility>
 #include <vector>
 
+#include "config/cidr.h"
+
 namespace deferd::config {
 
 using Duration = std::chrono::milliseconds;
@@ -80,6 +82,10 @@ struct Route {
   std::string cluster;
   std::optional<std::string> policy;
 
+  // Default urgency of the route's requests (`priority:`, a class of its policy or 0..7);
+  // unset means the policy's default. Needs a policy with a priority section.
+  std::optional<int> urgency;
+
   // Time allowed for the upstream to send response headers once the request is sent.
   Duration timeout{15000};
 
@@ -104,6 +110,12 @@ struct Listener {
   Address address;
   Direction direction = Direction::kInbound;
   Trust trust = Trust::kTrusted;
+
+  // On an untrusted listener, peers in these ranges are trusted all the same.
+  std::vector<CidrRange> trusted_cidrs;
+  // On an untrusted listener, the most urgent urgency an outside caller may ask for; a more
+  // urgent one is raised to it. Unset (`priority_floor: strip`) ignores their header.
+  std::optional<int> priority_floor = 3;
   ListenerLimits limits;
   std::vector<Route> routes;
   Location location;
@@ -127,6 +139,36 @@ struct Cluster {
   Location location;
 };
 
+// The urgency scale of RFC 9218: 0 is the most urgent, 7 the least.
+inline constexpr int kMostUrgent = 0;
+inline constexpr int kLeastUrgent = 7;
+
+// The priority section of a policy: how a request's urgency is read, defaulted and inherited.
+struct PriorityPolicy {
+  std::string header = "deferd-priority"; // lower-case
+  std::map<std::string, int> classes = {
+      {"critical", 0}, {"high", 1}, {"normal", 3}, {"low", 5}, {"sheddable", 7}};
+  int default_urgency = 3;
+
+  // Inheritance: inbound requests are recorded under their correlation id, and outbound
+  // calls carrying a known id and no priority of their own inherit it with hop + 1.
+  bool inherit = true;
+  // Correlation sources, tried in order: "traceparent" or a lower-case header name.
+  std::vector<std::string> correlation = {"traceparent", "x-request-id"};
+  uint32_t max_depth = 3; // an outbound call whose hop would exceed it gets the route default
+
+  // Holders of a backpressure slot that block a more urgent request waiting longer than this
+  // are boosted to its urgency. Unset: no boost.
+  std::optional<Duration> boost_after;
+};
+
+// The process-wide table behind priority inheritance.
+struct InheritanceConfig {
+  uint32_t max_entries = 65536;
+  Duration ttl{30000};          // an entry never released is forgotten after it
+  Duration release_grace{1000}; // kept after the inbound request ends, for late sub-calls
+};
+
 // A named policy. Its filter sections are stored as parsed by the loader.
 struct Policy {
   std::string name;
@@ -134,6 +176,7 @@ struct Policy {
   double rollout = 1.0; // share of requests the policy is enforced on, 0..1
   HeaderMutation request_headers;
   HeaderMutation response_headers;
+  std::optional<PriorityPolicy> priority;
   Location location;
 };
 
@@ -145,6 +188,7 @@ struct Config {
   Duration drain_timeout{20000};
   LogConfig log;
   AccessLogConfig access_log;
+  InheritanceConfig inheritance;
   std::vector<Listener> listeners;
   std::vector<Cluster> clusters;
   std::map<std::string, Policy> policies;

@@ -55,15 +55,16 @@ std::string Diagnostic::toString() const {
 namespace {
 
 const Keys kRootKeys = {"node",       "admin",     "workers",  "drain_timeout", "log",
-                        "access_log", "listeners", "clusters", "policies"};
+                        "access_log", "listeners", "clusters", "policies",      "inheritance"};
 const Keys kNodeKeys = {"service"};
 const Keys kAdminKeys = {"address"};
 const Keys kLogKeys = {"level"};
 const Keys kAccessLogKeys = {"path"};
-const Keys kListenerKeys = {"name", "address", "direction", "trust", "routes", "limits"};
+const Keys kListenerKeys = {"name",   "address", "direction",     "trust",
+                            "routes", "limits",  "trusted_cidrs", "priority_floor"};
 const Keys kLimitsKeys = {"max_connections", "max_header_bytes", "max_header_count",
                           "header_timeout",  "idle_timeout",     "stream_idle_timeout"};
-const Keys kRouteKeys = {"match",   "cluster",         "policy",
+const Keys kRouteKeys = {"match",   "cluster",         "policy",          "priority",
                          "timeout", "request_headers", "response_headers"};
 const Keys kMatchKeys = {"prefix", "authority", "headers"};
 const Keys kHeaderMatcherKeys = {"name", "exact", "invert"};
@@ -75,9 +76,18 @@ const Keys kCapacityKeys = {"max_concurrent", "max_rps"};
 const Keys kPolicyKeys = {"mode",     "rollout",      "request_headers", "response_headers",
                           "priority", "backpressure", "breaker",         "fault"};
 
+const Keys kPriorityKeys = {"header", "default", "classes", "inherit", "boost"};
+const Keys kInheritKeys = {"from", "max_depth", "ttl"};
+const Keys kBoostKeys = {"after"};
+const Keys kInheritanceKeys = {"max_entries", "ttl", "release_grace"};
+
 // Policy sections of the design that this build does not implement. They are known keys so a
 // typo near them gets a suggestion, but each one present is rejected.
-const Keys kUnsupportedPolicySections = {"priority", "backpressure", "breaker", "fault"};
+const Keys kUnsupportedPolicySections = {"backpressure", "breaker", "fault"};
+
+// Urgency names every listener understands, whatever classes the policies define.
+const std::map<std::string, int, std::less<>> kStandardClasses = {
+    {"critical", 0}, {"high", 1}, {"normal", 3}, {"low", 5}, {"sheddable", 7}};
 
 // Headers that the proxy derives from the connection or the message framing. A mutation that
 // changed them could make deferd and its peers disagree on where a message ends.
@@ -146,6 +156,15 @@ private:
   void parseCapacity(const Field& field, Capacity* capacity);
   void parsePolicies(const Field& field);
   void parsePolicy(const Field& field, Policy* policy);
+  void parsePriority(const Field& field, PriorityPolicy* priority);
+  void parseClasses(const Field& field, std::map<std::string, int>* classes);
+  void parseInherit(const Field& field, PriorityPolicy* priority);
+  void parseInheritance(const Field& field);
+  void parseTrustedCidrs(const Field& field, Listener* listener);
+  void parsePriorityFloor(const Field& field, Listener* listener);
+  void parseRoutePriority(const Field& field, Route* route);
+  // Reads an urgency given as a class name of `classes` or as a number from 0 to 7.
+  std::optional<int> readUrgency(const Field& field, const std::map<std::string, int>& classes);
   void checkReferences();
 
   Config config_;
@@ -228,6 +247,9 @@ void Loader::parseRoot(const Field& root) {
   }
   if (const Field* field = section->find("access_log")) {
     parseAccessLog(*field);
+  }
+  if (const Field* field = section->find("inheritance")) {
+    parseInheritance(*field);
   }
 
   if (const Field* field = section->find("clusters")) {
@@ -354,6 +376,12 @@ void Loader::parseListener(const Field& field) {
   if (const Field* limits = section->find("limits")) {
     parseLimits(*limits, &listener.limits);
   }
+  if (const Field* cidrs = section->find("trusted_cidrs")) {
+    parseTrustedCidrs(*cidrs, &listener);
+  }
+  if (const Field* floor = section->find("priority_floor")) {
+    parsePriorityFloor(*floor, &listener);
+  }
 
   if (const Field* routes = require(*section, "routes")) {
     if (auto items = listItems(*routes, "routes")) {
@@ -456,6 +484,9 @@ void Loader::parseRoute(const Field& field, Route* route) {
       route->policy = *name;
       policy_references_.push_back(Reference{*name, *policy});
     }
+  }
+  if (const Field* priority = section->find("priority")) {
+    parseRoutePriority(*priority, route);
   }
   if (const Field* timeout = section->find("timeout")) {
     setIfValid(readDuration(*timeout), &route->timeout);
@@ -799,6 +830,10 @@ void Loader::parsePolicy(const Field& field, Policy* policy) {
   if (const Field* headers = section->find("response_headers")) {
     parseHeaderMutation(*headers, &policy->response_headers);
   }
+  if (const Field* priority = section->find("priority")) {
+    policy->priority.emplace();
+    parsePriority(*priority, &*policy->priority);
+  }
 
   for (std::string_view key : kUnsupportedPolicySections) {
     if (const Field* unsupported = section->find(key)) {
@@ -806,6 +841,194 @@ void Loader::parsePolicy(const Field& field, Policy* policy) {
             field.path + ": '" + std::string(key) + "' is not supported by this build yet");
     }
   }
+}
+
+// --- Priority --------------------------------------------------------------------------------
+
+void Loader::parsePriority(const Field& field, PriorityPolicy* priority) {
+  if (field.value.IsNull()) {
+    return; // `priority:` alone turns the filter on with every default
+  }
+  std::optional<Section> section = openSection(field, kPriorityKeys);
+  if (!section) {
+    return;
+  }
+
+  if (const Field* header = section->find("header")) {
+    setIfValid(readHeaderName(*header), &priority->header);
+  }
+  // Classes first: the default may name one of them.
+  if (const Field* classes = section->find("classes")) {
+    parseClasses(*classes, &priority->classes);
+  }
+  if (const Field* fallback = section->find("default")) {
+    setIfValid(readUrgency(*fallback, priority->classes), &priority->default_urgency);
+  }
+  if (const Field* inherit = section->find("inherit")) {
+    parseInherit(*inherit, priority);
+  }
+  if (const Field* boost = section->find("boost")) {
+    if (std::optional<Section> boost_section = openSection(*boost, kBoostKeys)) {
+      if (const Field* after = require(*boost_section, "after")) {
+        std::optional<Duration> duration = readDuration(*after);
+        if (duration) {
+          priority->boost_after = *duration;
+        }
+      }
+    }
+  }
+}
+
+void Loader::parseClasses(const Field& field, std::map<std::string, int>* classes) {
+  if (!field.value.IsMap()) {
+    error(field,
+          "expected a map of class names to urgencies 0 to 7, found " + describeNode(field.value));
+    return;
+  }
+  classes->clear();
+  for (const auto& pair : field.value) {
+    Field key{pair.first, pair.first.Mark(), field.path, pair.first.Mark()};
+    std::optional<std::string> name = readName(key);
+    if (!name) {
+      continue;
+    }
+    Field value{pair.second, pair.second.IsNull() ? pair.first.Mark() : pair.second.Mark(),
+                joinPath(field.path, *name), pair.first.Mark()};
+    std::optional<uint64_t> urgency = readUnsigned(value, kMostUrgent, kLeastUrgent);
+    if (!urgency) {
+      continue;
+    }
+    if (!classes->emplace(*name, static_cast<int>(*urgency)).second) {
+      error(key, "duplicate class name '" + *name + "'");
+    }
+  }
+  if (classes->empty()) {
+    error(field, "must name at least one class");
+  }
+}
+
+void Loader::parseInherit(const Field& field, PriorityPolicy* priority) {
+  if (field.value.IsScalar()) {
+    setIfValid(readBool(field), &priority->inherit);
+    return;
+  }
+  std::optional<Section> section = openSection(field, kInheritKeys);
+  if (!section) {
+    return;
+  }
+  priority->inherit = true;
+
+  if (const Field* from = section->find("from")) {
+    if (auto items = listItems(*from, "correlation sources")) {
+      if (items->empty()) {
+        error(*from, "must name at least one source, such as traceparent or x-request-id");
+      }
+      priority->correlation.clear();
+      for (const Field& item : *items) {
+        std::optional<std::string> source = readHeaderName(item);
+        if (source) {
+          priority->correlation.push_back(*source);
+        }
+      }
+    }
+  }
+  if (const Field* depth = section->find("max_depth")) {
+    setIfValid(readUnsigned(*depth, 0, 64), &priority->max_depth);
+  }
+  if (const Field* ttl = section->find("ttl")) {
+    error(ttl->key_mark, ttl->path +
+                             ": one inheritance table serves every policy; set its ttl in the "
+                             "top-level 'inheritance' section");
+  }
+}
+
+void Loader::parseInheritance(const Field& field) {
+  std::optional<Section> section = openSection(field, kInheritanceKeys);
+  if (!section) {
+    return;
+  }
+  InheritanceConfig& table = config_.inheritance;
+  if (const Field* value = section->find("max_entries")) {
+    setIfValid(readUnsigned(*value, 1, 16 * 1024 * 1024), &table.max_entries);
+  }
+  if (const Field* value = section->find("ttl")) {
+    setIfValid(readDuration(*value), &table.ttl);
+  }
+  if (const Field* value = section->find("release_grace")) {
+    setIfValid(readDuration(*value), &table.release_grace);
+  }
+}
+
+void Loader::parseTrustedCidrs(const Field& field, Listener* listener) {
+  auto items = listItems(field, "CIDR ranges");
+  if (!items) {
+    return;
+  }
+  for (const Field& item : *items) {
+    std::optional<std::string> text = readString(item);
+    if (!text) {
+      continue;
+    }
+    std::string problem;
+    if (std::optional<CidrRange> range = CidrRange::parse(*text, problem)) {
+      listener->trusted_cidrs.push_back(*range);
+    } else {
+      error(item, problem);
+    }
+  }
+}
+
+void Loader::parsePriorityFloor(const Field& field, Listener* listener) {
+  if (isPlainScalar(field.value) && field.value.Scalar() == "strip") {
+    listener->priority_floor.reset();
+    return;
+  }
+  std::optional<int> floor = readUrgency(field, {kStandardClasses.begin(), kStandardClasses.end()});
+  if (floor) {
+    listener->priority_floor = *floor;
+  }
+}
+
+void Loader::parseRoutePriority(const Field& field, Route* route) {
+  // The route's policy names the classes. Policies are parsed before listeners, so the policy
+  // is known here unless its name is wrong, which checkReferences reports.
+  const PriorityPolicy* priority = nullptr;
+  if (route->policy) {
+    auto policy = config_.policies.find(*route->policy);
+    if (policy == config_.policies.end()) {
+      return;
+    }
+    if (policy->second.priority) {
+      priority = &*policy->second.priority;
+    }
+  }
+  if (!priority) {
+    error(field.key_mark, field.path + ": a route's priority needs a policy with a 'priority' "
+                                       "section, which reads and uses it");
+    return;
+  }
+  setIfValid(readUrgency(field, priority->classes), &route->urgency);
+}
+
+std::optional<int> Loader::readUrgency(const Field& field,
+                                       const std::map<std::string, int>& classes) {
+  if (isPlainScalar(field.value)) {
+    const std::string& text = field.value.Scalar();
+    if (auto found = classes.find(text); found != classes.end()) {
+      return found->second;
+    }
+    std::string problem;
+    if (std::optional<uint64_t> number = parseUnsigned(text, kMostUrgent, kLeastUrgent, &problem)) {
+      return static_cast<int>(*number);
+    }
+  }
+  std::string names;
+  for (const auto& [name, urgency] : classes) {
+    names += (names.empty() ? "" : ", ") + name;
+  }
+  error(field, "expected a class (" + names + ") or an urgency from 0 to 7, found " +
+                   describeNode(field.value));
+  return std::nullopt;
 }
 
 void Loader::checkReferences() {

@@ -110,6 +110,9 @@ void emitRoute(YAML::Emitter& out, const Route& route) {
   if (route.policy) {
     emitPair(out, "policy", *route.policy);
   }
+  if (route.urgency) {
+    emitPair(out, "priority", static_cast<uint32_t>(*route.urgency));
+  }
   emitPair(out, "timeout", route.timeout);
   emitMutation(out, "request_headers", route.request_headers);
   emitMutation(out, "response_headers", route.response_headers);
@@ -123,6 +126,16 @@ void emitListener(YAML::Emitter& out, const Listener& listener) {
   emitPair(out, "address", listener.address.toString());
   emitPair(out, "direction", directionName(listener.direction));
   emitPair(out, "trust", trustName(listener.trust));
+  out << YAML::Key << "trusted_cidrs" << YAML::Value << YAML::Flow << YAML::BeginSeq;
+  for (const CidrRange& range : listener.trusted_cidrs) {
+    out << range.toString();
+  }
+  out << YAML::EndSeq;
+  if (listener.priority_floor) {
+    emitPair(out, "priority_floor", static_cast<uint32_t>(*listener.priority_floor));
+  } else {
+    emitPair(out, "priority_floor", "strip");
+  }
 
   const ListenerLimits& limits = listener.limits;
   out << YAML::Key << "limits" << YAML::Value << YAML::BeginMap;
@@ -168,12 +181,44 @@ void emitCluster(YAML::Emitter& out, const Cluster& cluster) {
   out << YAML::EndMap;
 }
 
+void emitPriority(YAML::Emitter& out, const PriorityPolicy& priority) {
+  out << YAML::Key << "priority" << YAML::Value << YAML::BeginMap;
+  emitPair(out, "header", priority.header);
+  emitPair(out, "default", static_cast<uint32_t>(priority.default_urgency));
+  out << YAML::Key << "classes" << YAML::Value << YAML::Flow << YAML::BeginMap;
+  for (const auto& [name, urgency] : priority.classes) {
+    emitPair(out, name, static_cast<uint32_t>(urgency));
+  }
+  out << YAML::EndMap;
+  if (priority.inherit) {
+    out << YAML::Key << "inherit" << YAML::Value << YAML::BeginMap;
+    out << YAML::Key << "from" << YAML::Value << YAML::Flow << YAML::BeginSeq;
+    for (const std::string& source : priority.correlation) {
+      out << source;
+    }
+    out << YAML::EndSeq;
+    emitPair(out, "max_depth", priority.max_depth);
+    out << YAML::EndMap;
+  } else {
+    out << YAML::Key << "inherit" << YAML::Value << false;
+  }
+  if (priority.boost_after) {
+    out << YAML::Key << "boost" << YAML::Value << YAML::BeginMap;
+    emitPair(out, "after", *priority.boost_after);
+    out << YAML::EndMap;
+  }
+  out << YAML::EndMap;
+}
+
 void emitPolicy(YAML::Emitter& out, const Policy& policy) {
   out << YAML::Key << policy.name << YAML::Value << YAML::BeginMap;
   emitPair(out, "mode", modeName(policy.mode));
   emitPair(out, "rollout", formatPercent(policy.rollout));
   emitMutation(out, "request_headers", policy.request_headers);
   emitMutation(out, "response_headers", policy.response_headers);
+  if (policy.priority) {
+    emitPriority(out, *policy.priority);
+  }
   out << YAML::EndMap;
 }
 
@@ -210,6 +255,12 @@ std::string toYaml(const Config& config) {
   } else {
     out << false;
   }
+
+  out << YAML::Key << "inheritance" << YAML::Value << YAML::BeginMap;
+  emitPair(out, "max_entries", config.inheritance.max_entries);
+  emitPair(out, "ttl", config.inheritance.ttl);
+  emitPair(out, "release_grace", config.inheritance.release_grace);
+  out << YAML::EndMap;
 
   out << YAML::Key << "listeners" << YAML::Value << YAML::BeginSeq;
   for (const Listener& listener : config.listeners) {

@@ -248,6 +248,142 @@ policies:
     rollout: 0%
 )";
 
+// Priority options in every position: listener trust, route default, policy section, table.
+const std::string kPriority = R"(node: { service: checkout }
+inheritance: { max_entries: 1000, ttl: 2m, release_grace: 500ms }
+listeners:
+  - name: inbound
+    address: 127.0.0.1:15006
+    trust: untrusted
+    trusted_cidrs: [10.0.0.0/8, "fd00::/8", "::ffff:192.168.0.0/112"]
+    priority_floor: low
+    routes:
+      - { match: { prefix: /admin }, cluster: app, policy: classes, priority: urgent }
+      - { cluster: app, policy: defaults }
+  - name: outbound
+    address: 127.0.0.1:15001
+    direction: outbound
+    priority_floor: strip
+    routes: [ { cluster: app, policy: classes, priority: 6 } ]
+clusters:
+  - name: app
+    endpoints: [127.0.0.1:8080]
+policies:
+  defaults:
+    priority:
+  classes:
+    priority:
+      header: X-Urgency
+      classes: { urgent: 0, bulk: 6 }
+      default: bulk
+      inherit: { from: [x-request-id, traceparent], max_depth: 2 }
+      boost: { after: 50ms }
+)";
+
+TEST(ConfigTest, LoadsPrioritySections) {
+  std::shared_ptr<const Config> config = loadValid(kPriority);
+  ASSERT_EQ(config->listeners.size(), 2u);
+
+  EXPECT_EQ(config->inheritance.max_entries, 1000u);
+  EXPECT_EQ(config->inheritance.ttl, 120s);
+  EXPECT_EQ(config->inheritance.release_grace, 500ms);
+
+  const Listener& inbound = config->listeners[0];
+  ASSERT_EQ(inbound.trusted_cidrs.size(), 3u);
+  EXPECT_EQ(inbound.trusted_cidrs[0].toString(), "10.0.0.0/8");
+  EXPECT_EQ(inbound.trusted_cidrs[1].toString(), "fd00::/8");
+  EXPECT_EQ(inbound.trusted_cidrs[2].toString(), "192.168.0.0/16");
+  EXPECT_EQ(inbound.priority_floor, 5);
+  EXPECT_EQ(inbound.routes[0].urgency, 0);
+  EXPECT_EQ(inbound.routes[1].urgency, std::nullopt);
+  EXPECT_EQ(config->listeners[1].priority_floor, std::nullopt);
+  EXPECT_EQ(config->listeners[1].routes[0].urgency, 6);
+
+  const PriorityPolicy& defaults = *config->policies.at("defaults").priority;
+  EXPECT_EQ(defaults.header, "deferd-priority");
+  EXPECT_EQ(defaults.default_urgency, 3);
+  EXPECT_EQ(defaults.classes.at("sheddable"), 7);
+  EXPECT_TRUE(defaults.inherit);
+  EXPECT_EQ(defaults.correlation, (std::vector<std::string>{"traceparent", "x-request-id"}));
+  EXPECT_EQ(defaults.max_depth, 3u);
+  EXPECT_EQ(defaults.boost_after, std::nullopt);
+
+  const PriorityPolicy& classes = *config->policies.at("classes").priority;
+  EXPECT_EQ(classes.header, "x-urgency");
+  EXPECT_EQ(classes.classes, (std::map<std::string, int>{{"bulk", 6}, {"urgent", 0}}));
+  EXPECT_EQ(classes.default_urgency, 6);
+  EXPECT_EQ(classes.correlation, (std::vector<std::string>{"x-request-id", "traceparent"}));
+  EXPECT_EQ(classes.max_depth, 2u);
+  EXPECT_EQ(classes.boost_after, 50ms);
+}
+
+TEST(ConfigTest, PriorityDefaultsWithoutSection) {
+  std::shared_ptr<const Config> config = loadValid(kMinimal);
+  EXPECT_EQ(config->listeners.at(0).priority_floor, 3);
+  EXPECT_TRUE(config->listeners.at(0).trusted_cidrs.empty());
+  EXPECT_EQ(config->inheritance.max_entries, 65536u);
+  EXPECT_EQ(config->inheritance.ttl, 30s);
+}
+
+TEST(ConfigTest, PriorityRoundTrips) {
+  std::shared_ptr<const Config> first = loadValid(kPriority);
+  std::string yaml = toYaml(*first);
+  std::shared_ptr<const Config> second = loadValid(yaml);
+  EXPECT_EQ(toYaml(*second), yaml);
+  EXPECT_EQ(second->listeners.at(0).routes.at(0).urgency, 0);
+  EXPECT_EQ(second->policies.at("classes").priority->default_urgency, 6);
+}
+
+TEST(ConfigTest, PriorityErrors) {
+  EXPECT_EQ(errors(R"(node: { service: demo }
+inheritance: { ttl: 0s, max_entries: 0 }
+listeners:
+  - name: inbound
+    address: 127.0.0.1:15006
+    trusted_cidrs: [10.0.0.1/8, nonsense, 7]
+    priority_floor: urgent
+    routes:
+      - { cluster: app, policy: p, priority: 9 }
+      - { cluster: app, priority: high }
+clusters: [ { name: app, endpoints: [127.0.0.1:8080] } ]
+policies:
+  p:
+    priority:
+      classes: { gold: 8, silver: 1 }
+      default: bronze
+      inherit: { from: [], max_depth: 100, ttl: 5s }
+      boost: {}
+)"),
+            (Lines{"test.yaml:2:21: inheritance.ttl: invalid duration '0s': must be greater "
+                   "than 0",
+                   "test.yaml:2:38: inheritance.max_entries: 0 is out of range; expected 1 to "
+                   "16777216",
+                   "test.yaml:6:21: listeners[0].trusted_cidrs[0]: invalid CIDR range "
+                   "'10.0.0.1/8': bits past the prefix length are set; did you mean 10.0.0.0/8?",
+                   "test.yaml:6:33: listeners[0].trusted_cidrs[1]: invalid CIDR range "
+                   "'nonsense': missing prefix length; write a single address as /32 (IPv4) or "
+                   "/128 (IPv6)",
+                   "test.yaml:6:43: listeners[0].trusted_cidrs[2]: invalid CIDR range '7': "
+                   "missing prefix length; write a single address as /32 (IPv4) or /128 (IPv6)",
+                   "test.yaml:7:21: listeners[0].priority_floor: expected a class (critical, high, "
+                   "low, normal, sheddable) or an urgency from 0 to 7, found 'urgent'",
+                   "test.yaml:9:46: listeners[0].routes[0].priority: expected a class (silver) or "
+                   "an urgency from 0 to 7, found '9'",
+                   "test.yaml:10:25: listeners[0].routes[1].priority: a route's priority needs a "
+                   "policy with a 'priority' section, which reads and uses it",
+                   "test.yaml:15:24: policies.p.priority.classes.gold: 8 is out of range; "
+                   "expected 0 to 7",
+                   "test.yaml:16:16: policies.p.priority.default: expected a class (silver) or an "
+                   "urgency from 0 to 7, found 'bronze'",
+                   "test.yaml:17:24: policies.p.priority.inherit.from: must name at least one "
+                   "source, such as traceparent or x-request-id",
+                   "test.yaml:17:39: policies.p.priority.inherit.max_depth: 100 is out of range; "
+                   "expected 0 to 64",
+                   "test.yaml:17:44: policies.p.priority.inherit.ttl: one inheritance table "
+                   "serves every policy; set its ttl in the top-level 'inheritance' section",
+                   "test.yaml:18:14: missing required key 'after' in policies.p.priority.boost"}));
+}
+
 TEST(ConfigTest, LoadsEveryKey) {
   std::shared_ptr<const Config> config = loadValid(kFull);
 
@@ -1160,8 +1296,7 @@ TEST(ConfigTest, UnsupportedPolicySections) {
     fault: { abort: 1% }
     backpresure: {}
 )"),
-            (Lines{"test.yaml:12:5: policies.p: 'priority' is not supported by this build yet",
-                   "test.yaml:13:5: policies.p: 'backpressure' is not supported by this build yet",
+            (Lines{"test.yaml:13:5: policies.p: 'backpressure' is not supported by this build yet",
                    "test.yaml:14:5: policies.p: 'breaker' is not supported by this build yet",
                    "test.yaml:15:5: policies.p: 'fault' is not supported by this build yet",
                    "test.yaml:16:5: unknown key 'backpresure' in policies.p; did you mean "
@@ -1228,8 +1363,6 @@ policies:
 )"),
             (Lines{"test.yaml:31:15: clusters[1].protocol: 'http2' is not supported by this "
                    "build yet; use http1",
-                   "test.yaml:39:5: policies.protect-app: 'priority' is not supported by this "
-                   "build yet",
                    "test.yaml:41:5: policies.protect-app: 'backpressure' is not supported by this "
                    "build yet",
                    "test.yaml:45:5: policies.call-inventory: 'breaker' is not supported by this "
