@@ -81,7 +81,16 @@ struct RequestInfo {
   std::string_view authority;
   std::string_view path;
   std::string_view request_id;
+  std::string_view downstream_address; // the peer's IP address as text
   MonotonicTime start;
+
+  // Set by the priority filter: the urgency the request runs at (0 most urgent .. 7), the
+  // urgency its header asked for, where the effective one came from ("header", "inherited",
+  // "boosted" or "default"), and its correlation id. Unset without a priority filter.
+  std::optional<int> urgency;
+  std::optional<int> requested_urgency;
+  std::string_view priority_source;
+  std::string correlation_id;
 
   // Short code for the access log, set by the filter that decided something
   // (for example "queued" or "shed"). Empty when nothing was decided.

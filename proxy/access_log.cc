@@ -130,6 +130,15 @@ void appendStringField(std::string& out, std::string_view key, std::string_view 
   appendJsonString(out, value);
 }
 
+// Writes a small number, or null when it is unset.
+void appendOptional(std::string& out, const std::optional<int>& value) {
+  if (value) {
+    appendUnsigned(out, static_cast<uint64_t>(*value));
+  } else {
+    out += "null";
+  }
+}
+
 } // namespace
 
 // The file that every worker's AccessLog writes to. write() is safe to call from any thread,
@@ -248,6 +257,11 @@ void AccessLog::record(const AccessLogEntry& entry) {
 
   appendStringField(buffer_, "reason", entry.reason);
   appendStringField(buffer_, "decision", entry.decision);
+  appendKey(buffer_, "urgency");
+  appendOptional(buffer_, entry.urgency);
+  appendKey(buffer_, "requested_urgency");
+  appendOptional(buffer_, entry.requested_urgency);
+  appendStringField(buffer_, "priority_source", entry.priority_source);
   buffer_ += "}\n";
 
   if (buffer_.size() > kFlushThresholdBytes) {

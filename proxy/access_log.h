@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -24,14 +25,17 @@ struct AccessLogEntry {
   std::string_view protocol; // "HTTP/1.1", "HTTP/1.0"
   std::string_view request_id;
   std::string_view downstream_address;
-  std::string_view upstream_endpoint; // "host:port", empty when none was used
-  unsigned status = 0;                // 0 when no response was sent
-  uint64_t request_bytes = 0;         // body bytes received from the client
-  uint64_t response_bytes = 0;        // body bytes sent to the client
-  double duration_seconds = 0;        // first request byte to last response byte
-  double upstream_seconds = -1;       // request sent to response headers; -1 if none
-  std::string_view reason;            // local reply reason or upstream failure, if any
-  std::string_view decision;          // filter decision code, if any
+  std::string_view upstream_endpoint;   // "host:port", empty when none was used
+  unsigned status = 0;                  // 0 when no response was sent
+  uint64_t request_bytes = 0;           // body bytes received from the client
+  uint64_t response_bytes = 0;          // body bytes sent to the client
+  double duration_seconds = 0;          // first request byte to last response byte
+  double upstream_seconds = -1;         // request sent to response headers; -1 if none
+  std::string_view reason;              // local reply reason or upstream failure, if any
+  std::string_view decision;            // filter decision code, if any
+  std::optional<int> urgency;           // effective urgency, when a priority filter ran
+  std::optional<int> requested_urgency; // urgency the priority header asked for
+  std::string_view priority_source;     // where the effective urgency came from
 };
 
 class AccessLogFile;

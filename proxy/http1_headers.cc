@@ -66,7 +66,8 @@ void removeHopByHop(http::fields& fields) {
       while (!value.empty()) {
         size_t comma = value.find(',');
         std::string_view token = trimWhitespace(value.substr(0, comma));
-        if (!token.empty() && !iequals(token, "content-length") &&
+        bool own = token.size() > 7 && iequals(token.substr(0, 7), "deferd-");
+        if (!token.empty() && !own && !iequals(token, "content-length") &&
             !iequals(token, "transfer-encoding") && !iequals(token, "host")) {
           named.emplace_back(token);
         }

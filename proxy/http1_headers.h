@@ -21,7 +21,9 @@ std::string_view trimWhitespace(std::string_view value);
 
 // Removes hop-by-hop fields and every field that Connection names. Framing fields named in
 // Connection are left alone: dropping Content-Length or Host on a client's say-so would change
-// how the next hop frames or routes the message.
+// how the next hop frames or routes the message. Neither are deferd's own `deferd-` fields: a
+// peer that names them could otherwise strip the priority or load signal that the filters
+// read and write, so the filters decide about them instead.
 void removeHopByHop(boost::beast::http::fields& fields);
 
 // The request fields the proxy acts on, gathered in one pass, because looking each up by name

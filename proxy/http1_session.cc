@@ -347,6 +347,7 @@ private:
 
     info_ = RequestInfo{};
     info_.listener = listener_->config->name;
+    info_.downstream_address = peer_ip_;
     info_.start = request_start_;
     route_ = nullptr;
     cluster_name_.clear();
@@ -1059,6 +1060,9 @@ private:
                          ? std::string_view("downstream-closed")
                          : reason_;
       entry.decision = info_.decision;
+      entry.urgency = info_.urgency;
+      entry.requested_urgency = info_.requested_urgency;
+      entry.priority_source = info_.priority_source;
       log->record(entry);
     }
   }

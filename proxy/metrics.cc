@@ -210,6 +210,37 @@ Metrics::Metrics()
                 .Register(*registry_)
                 .Add({});
 
+  priority_requests_ = &prometheus::BuildCounter()
+                            .Name("deferd_priority_requests_total")
+                            .Help("Requests by effective urgency (0 most urgent) and by where "
+                                  "it came from: header, inherited, boosted or default.")
+                            .Register(*registry_);
+  priority_clamped_ = &prometheus::BuildCounter()
+                           .Name("deferd_priority_clamped_total")
+                           .Help("Priority headers clamped to the floor or stripped at an "
+                                 "untrusted listener.")
+                           .Register(*registry_);
+  priority_malformed_ = &prometheus::BuildCounter()
+                             .Name("deferd_priority_malformed_total")
+                             .Help("Priority headers that failed to parse; the route default "
+                                   "applied.")
+                             .Register(*registry_);
+  priority_depth_exceeded_ = &prometheus::BuildCounter()
+                                  .Name("deferd_priority_depth_exceeded_total")
+                                  .Help("Outbound calls that got the route default because "
+                                        "inheriting would exceed max_depth.")
+                                  .Register(*registry_);
+  table_entries_ = &prometheus::BuildGauge()
+                        .Name("deferd_priority_table_entries")
+                        .Help("Entries in the priority inheritance table.")
+                        .Register(*registry_)
+                        .Add({});
+  table_evictions_ = &prometheus::BuildCounter()
+                          .Name("deferd_priority_table_evictions_total")
+                          .Help("Live inheritance entries evicted to make room for new ones.")
+                          .Register(*registry_)
+                          .Add({});
+
   // Both results are exported from the start, so queries see 0 instead of no data before the
   // first reload.
   reloads_->Add({{"result", "success"}});
@@ -276,6 +307,44 @@ RouteStats* Metrics::route(const std::string& listener, const std::string& clust
 
   slot = std::move(stats);
   return slot.get();
+}
+
+filters::priority::PriorityStats* Metrics::priority(const std::string& listener) {
+  using filters::priority::PrioritySource;
+  std::lock_guard lock(mutex_);
+  auto& slot = priority_[listener];
+  if (slot != nullptr) {
+    return slot.get();
+  }
+
+  auto stats = std::make_unique<filters::priority::PriorityStats>();
+  for (size_t urgency = 0; urgency < stats->requests.size(); ++urgency) {
+    for (size_t source = 0; source < stats->requests[urgency].size(); ++source) {
+      std::string_view name = prioritySourceName(static_cast<PrioritySource>(source));
+      stats->requests[urgency][source] =
+          &priority_requests_->Add({{"listener", listener},
+                                    {"urgency", std::to_string(urgency)},
+                                    {"source", std::string(name)}});
+    }
+  }
+  stats->clamped = &priority_clamped_->Add({{"listener", listener}});
+  stats->malformed = &priority_malformed_->Add({{"listener", listener}});
+  stats->depth_exceeded = &priority_depth_exceeded_->Add({{"listener", listener}});
+
+  slot = std::move(stats);
+  return slot.get();
+}
+
+void Metrics::recordInheritanceTable(size_t entries, uint64_t evictions) {
+  std::lock_guard lock(mutex_);
+  table_entries_->Set(static_cast<double>(entries));
+  if (evictions < table_evictions_seen_) {
+    table_evictions_seen_ = 0; // a new table, after a reload changed its bounds
+  }
+  if (evictions > table_evictions_seen_) {
+    table_evictions_->Increment(static_cast<double>(evictions - table_evictions_seen_));
+    table_evictions_seen_ = evictions;
+  }
 }
 
 void Metrics::recordReload(bool success) {

@@ -28,6 +28,7 @@
 #include <prometheus/gauge.h>
 #include <prometheus/registry.h>
 
+#include "filters/priority/priority_filter.h"
 #include "proxy/local_reply.h"
 
 namespace deferd {
@@ -97,6 +98,10 @@ public:
   ListenerStats* listener(const std::string& name);
   ClusterStats* cluster(const std::string& name);
   RouteStats* route(const std::string& listener, const std::string& cluster);
+  filters::priority::PriorityStats* priority(const std::string& listener);
+
+  // Exports the inheritance table's size and its total evictions so far.
+  void recordInheritanceTable(size_t entries, uint64_t evictions);
 
   // deferd_config_reloads_total{result="success"|"failure"}.
   void recordReload(bool success);
@@ -126,11 +131,19 @@ private:
   prometheus::Family<prometheus::Counter>* upstream_failures_;
   prometheus::Family<prometheus::Counter>* reloads_;
   prometheus::Gauge* ready_;
+  prometheus::Family<prometheus::Counter>* priority_requests_;
+  prometheus::Family<prometheus::Counter>* priority_clamped_;
+  prometheus::Family<prometheus::Counter>* priority_malformed_;
+  prometheus::Family<prometheus::Counter>* priority_depth_exceeded_;
+  prometheus::Gauge* table_entries_;
+  prometheus::Counter* table_evictions_;
+  uint64_t table_evictions_seen_ = 0; // guarded by mutex_
 
   std::mutex mutex_; // guards the maps below; never taken on the request path
   std::map<std::string, std::unique_ptr<ListenerStats>> listeners_;
   std::map<std::string, std::unique_ptr<ClusterStats>> clusters_;
   std::map<std::pair<std::string, std::string>, std::unique_ptr<RouteStats>> routes_;
+  std::map<std::string, std::unique_ptr<filters::priority::PriorityStats>> priority_;
 };
 
 } // namespace deferd

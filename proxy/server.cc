@@ -193,7 +193,7 @@ private:
       }
     }
 
-    snapshot_ = Snapshot::build(config, metrics_);
+    snapshot_ = Snapshot::build(config, metrics_, filter_state_);
     for (size_t w = 0; w < workers_.size(); w++) {
       Worker* worker = workers_[w].get();
       auto moved =
@@ -247,13 +247,15 @@ private:
     }
   }
 
-  // Re-resolves DNS names on a one-second tick, each at its cluster's resolve_every.
+  // Re-resolves DNS names on a one-second tick, each at its cluster's resolve_every. The same
+  // tick expires shared filter state.
   void scheduleResolve() {
     resolve_timer_.expires_after(std::chrono::seconds(1));
     resolve_timer_.async_wait([this](const boost::system::error_code& ec) {
       if (ec) {
         return;
       }
+      filter_state_.tick(metrics_);
       auto now = std::chrono::steady_clock::now();
       for (const config::Cluster& cluster : config_->clusters) {
         for (const config::Address& address : cluster.endpoints) {
@@ -426,6 +428,7 @@ private:
   asio::steady_timer resolve_timer_;
   asio::steady_timer drain_timer_;
   Metrics metrics_;
+  FilterState filter_state_;
   std::shared_ptr<const config::Config> config_;
   std::shared_ptr<const Snapshot> snapshot_;
   std::vector<std::unique_ptr<Worker>> workers_;

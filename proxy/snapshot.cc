@@ -1,9 +1,48 @@
 #include "proxy/snapshot.h"
 
 #include "filters/headers/header_mutation.h"
+#include "filters/priority/priority_filter.h"
 
 namespace deferd {
 namespace {
+
+const config::Policy* policyOf(const config::Config& config, const config::Route& route) {
+  if (!route.policy) {
+    return nullptr;
+  }
+  auto policy = config.policies.find(*route.policy);
+  return policy == config.policies.end() ? nullptr : &policy->second;
+}
+
+// The priority filter runs first, so every later filter sees the request's effective urgency.
+void addPriorityFilter(const config::Config& config, const config::Listener& listener,
+                       const config::Route& route, RouteRuntime& runtime, Metrics& metrics,
+                       FilterState& state) {
+  const config::Policy* policy = policyOf(config, route);
+  if (policy == nullptr || !policy->priority || policy->mode == config::PolicyMode::kOff) {
+    return;
+  }
+  const config::PriorityPolicy& priority = *policy->priority;
+
+  filters::priority::PriorityRouteConfig filter;
+  filter.policy = &priority;
+  filter.direction = listener.direction;
+  filter.default_urgency = route.urgency.value_or(priority.default_urgency);
+  filter.trust.listener = listener.trust == config::Trust::kTrusted
+                              ? filters::priority::ListenerTrust::kTrusted
+                              : filters::priority::ListenerTrust::kUntrusted;
+  filter.trust.untrusted_floor = listener.priority_floor;
+  filter.trusted_cidrs = &listener.trusted_cidrs;
+  filter.enforce = policy->mode == config::PolicyMode::kEnforce;
+  filter.rollout = policy->rollout;
+  if (priority.inherit) {
+    filter.correlation = filters::priority::correlationSources(priority.correlation);
+    filter.table = state.inheritanceTable(config.inheritance);
+  }
+  filter.stats = metrics.priority(listener.name);
+  runtime.filters.push_back(
+      std::make_shared<filters::priority::PriorityFilterFactory>(std::move(filter)));
+}
 
 // The policy's header mutations run first, then the route's, so a route can override a
 // policy. A policy in shadow or off mode changes no headers.
@@ -30,7 +69,7 @@ void addHeaderFilters(const config::Config& config, const config::Route& route,
 } // namespace
 
 std::shared_ptr<const Snapshot> Snapshot::build(std::shared_ptr<const config::Config> config,
-                                                Metrics& metrics) {
+                                                Metrics& metrics, FilterState& state) {
   auto snapshot = std::make_shared<Snapshot>();
   snapshot->config = config;
 
@@ -51,6 +90,7 @@ std::shared_ptr<const Snapshot> Snapshot::build(std::shared_ptr<const config::Co
         }
       }
       route_runtime.stats = metrics.route(listener.name, route.cluster);
+      addPriorityFilter(*config, listener, route, route_runtime, metrics, state);
       addHeaderFilters(*config, route, route_runtime);
       runtime.routes.push_back(std::move(route_runtime));
     }

@@ -14,6 +14,7 @@
 
 #include "config/config.h"
 #include "filters/filter.h"
+#include "proxy/filter_state.h"
 #include "proxy/metrics.h"
 
 namespace deferd {
@@ -41,9 +42,10 @@ struct Snapshot {
   std::vector<ListenerRuntime> listeners; // same order as config->listeners
   std::vector<ClusterRuntime> clusters;   // same order as config->clusters
 
-  // Builds the runtime view; metric handles are looked up here, once.
+  // Builds the runtime view; metric handles are looked up here, once, and state that outlives
+  // the snapshot comes from `state`.
   static std::shared_ptr<const Snapshot> build(std::shared_ptr<const config::Config> config,
-                                               Metrics& metrics);
+                                               Metrics& metrics, FilterState& state);
 };
 
 } // namespace deferd

@@ -81,6 +81,10 @@ bool InheritanceTable::release(std::string_view id) {
 }
 
 OutboundPriority InheritanceTable::lookupForOutbound(std::string_view id) {
+  return lookupForOutbound(id, options_.max_depth);
+}
+
+OutboundPriority InheritanceTable::lookupForOutbound(std::string_view id, int max_depth) {
   Shard& shard = shardFor(id);
   std::lock_guard lock(shard.mutex);
   MonotonicTime now = clock_();
@@ -91,10 +95,11 @@ OutboundPriority InheritanceTable::lookupForOutbound(std::string_view id) {
     return OutboundPriority{};
   }
   const Entry& entry = *found->second;
-  if (entry.hop + 1 > options_.max_depth) {
+  if (entry.hop + 1 > max_depth) {
     depth_exceeded_.fetch_add(1, std::memory_order_relaxed);
     OutboundPriority result;
     result.status = InheritanceStatus::kDepthExceeded;
+    result.priority.hop = entry.hop + 1;
     return result;
   }
 

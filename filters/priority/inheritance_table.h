@@ -94,8 +94,11 @@ public:
   // Ends one inbound request of the id. Returns false when the id has no live in-flight entry.
   bool release(std::string_view id);
 
-  // Returns the priority an outbound call with this id inherits.
+  // Returns the priority an outbound call with this id inherits. On kDepthExceeded, only the
+  // priority's hop is set: the hop the call would have had.
   OutboundPriority lookupForOutbound(std::string_view id);
+  // The same with the depth limit of the calling route's policy instead of the table's.
+  OutboundPriority lookupForOutbound(std::string_view id, int max_depth);
 
   // Makes the in-flight entry of the id at least as urgent as urgency until it is released.
   // Returns true when that raised its urgency, false when it was already as urgent or the id

@@ -76,6 +76,9 @@ AccessLogEntry sampleEntry() {
   entry.upstream_seconds = 0.01;
   entry.reason = "";
   entry.decision = "queued";
+  entry.urgency = 1;
+  entry.requested_urgency = 0;
+  entry.priority_source = "header";
   return entry;
 }
 
@@ -150,7 +153,8 @@ TEST_F(AccessLogTest, RecordWritesExactLine) {
             R"("authority":"example.com","path":"/items?id=7","protocol":"HTTP/1.1",)"
             R"("request_id":"req-1","downstream":"127.0.0.1:50000","upstream":"10.0.0.2:8080",)"
             R"("status":200,"request_bytes":12,"response_bytes":345,"duration_ms":12.500,)"
-            R"("upstream_ms":10.000,"reason":"","decision":"queued"})");
+            R"("upstream_ms":10.000,"reason":"","decision":"queued","urgency":1,)"
+            R"("requested_urgency":0,"priority_source":"header"})");
 }
 
 TEST_F(AccessLogTest, UpstreamTimeNullWhenUnused) {

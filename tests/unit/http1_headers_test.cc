@@ -64,6 +64,15 @@ TEST(HopByHopTest, KeepsFramingFieldsNamedInConnection) {
   EXPECT_EQ(names(fields), (std::vector<std::string>{"Host", "Content-Length"}));
 }
 
+TEST(HopByHopTest, KeepsOwnFieldsNamedInConnection) {
+  http::fields fields = makeFields(
+      {{"Connection", "Deferd-Priority, x-gone"}, {"deferd-priority", "u=0"}, {"x-gone", "1"}});
+
+  removeHopByHop(fields);
+
+  EXPECT_EQ(names(fields), (std::vector<std::string>{"deferd-priority"}));
+}
+
 TEST(HopByHopTest, LeavesOrdinaryMessageAlone) {
   http::fields fields = makeFields({{"Host", "a"}, {"Content-Length", "0"}});
 

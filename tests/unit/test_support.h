@@ -109,4 +109,18 @@ private:
   std::vector<FakeTimer*> timers_;
 };
 
+// Filter callbacks that record what a filter asked for, for tests that drive one filter.
+class FakeFilterCallbacks : public FilterCallbacks {
+public:
+  void continueRequest() override { ++continued; }
+  void sendLocalReply(LocalReplyReason reason) override { replies.push_back(reason); }
+  RequestInfo& requestInfo() override { return info; }
+  Dispatcher& dispatcher() override { return fake_dispatcher; }
+
+  RequestInfo info;
+  FakeDispatcher fake_dispatcher;
+  int continued = 0;
+  std::vector<LocalReplyReason> replies;
+};
+
 } // namespace deferd::testing
