@@ -979,7 +979,7 @@ void Loader::parseTrustedCidrs(const Field& field, Listener* listener) {
 }
 
 void Loader::parsePriorityFloor(const Field& field, Listener* listener) {
-  if (isPlainScalar(field.value) && field.value.Scalar() == "strip") {
+  if (field.value.IsScalar() && field.value.Scalar() == "strip") {
     listener->priority_floor.reset();
     return;
   }
@@ -1012,13 +1012,18 @@ void Loader::parseRoutePriority(const Field& field, Route* route) {
 
 std::optional<int> Loader::readUrgency(const Field& field,
                                        const std::map<std::string, int>& classes) {
-  if (isPlainScalar(field.value)) {
+  // A class name may be quoted like any string; a number must be plain, as YAML types it.
+  if (field.value.IsScalar()) {
     const std::string& text = field.value.Scalar();
     if (auto found = classes.find(text); found != classes.end()) {
       return found->second;
     }
     std::string problem;
-    if (std::optional<uint64_t> number = parseUnsigned(text, kMostUrgent, kLeastUrgent, &problem)) {
+    std::optional<uint64_t> number;
+    if (isPlainScalar(field.value)) {
+      number = parseUnsigned(text, kMostUrgent, kLeastUrgent, &problem);
+    }
+    if (number) {
       return static_cast<int>(*number);
     }
   }

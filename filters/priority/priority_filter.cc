@@ -111,7 +111,7 @@ Priority PriorityFilter::decideOutbound(const PriorityParseResult& parsed,
     source_ = inherited.boosted ? PrioritySource::kBoosted : PrioritySource::kInherited;
     return inherited.priority;
   case InheritanceStatus::kDepthExceeded:
-    // The chain ends: the callee sees the route default with the hop it would have had, so
+    // The chain ends: the callee gets the route default with the hop it would have had, so
     // its own sub-calls are past the depth as well.
     config_.stats->depth_exceeded->Increment();
     fallback.hop = std::min(inherited.priority.hop, kMaxHop);

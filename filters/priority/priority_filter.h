@@ -8,7 +8,7 @@
 //      urgency clamped to the listener's floor (or its header stripped) and its hop reset.
 //   3. Record the result in the inheritance table under the request's correlation id, until
 //      the stream ends, so the app's sub-calls made for this request can inherit it.
-//   4. Rewrite the header to the effective value, so the app sees exactly what deferd decided.
+//   4. Rewrite the header to the effective value, so the app gets exactly what deferd decided.
 //
 // Outbound (the local app calls another service):
 //   1. A priority header set by the app wins, after the listener's trust rules.
@@ -44,7 +44,7 @@
 
 namespace deferd::filters::priority {
 
-// Where a request's effective urgency came from.
+// The origin of a request's effective urgency.
 enum class PrioritySource : uint8_t { kHeader, kInherited, kBoosted, kDefault, kCount };
 
 std::string_view prioritySourceName(PrioritySource source);
