@@ -31,6 +31,10 @@
 
 namespace deferd {
 
+namespace filters {
+struct SharedEndpoint;
+} // namespace filters
+
 using MonotonicTime = std::chrono::steady_clock::time_point;
 
 // A timer on the worker's event loop. Destroying it cancels it.
@@ -91,6 +95,14 @@ struct RequestInfo {
   std::optional<int> requested_urgency;
   std::string_view priority_source;
   std::string correlation_id;
+
+  // The endpoint the request was sent to, once one was picked; null before.
+  const filters::SharedEndpoint* upstream = nullptr;
+  // Set when deferd answered the request itself, before the response filters run.
+  std::optional<LocalReplyReason> local_reply;
+  // The retry-after of a 503 local reply, when a filter knows better than the default (a
+  // breaker's time until its next probe, for example).
+  std::optional<std::chrono::seconds> retry_after;
 
   // Short code for the access log, set by the filter that decided something
   // (for example "queued" or "shed"). Empty when nothing was decided.

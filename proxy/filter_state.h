@@ -15,6 +15,7 @@
 #include <optional>
 
 #include "config/config.h"
+#include "filters/common/endpoint.h"
 #include "filters/priority/inheritance_table.h"
 #include "proxy/metrics.h"
 
@@ -29,7 +30,11 @@ public:
   // Removes expired state and exports gauges that are read rather than counted.
   void tick(Metrics& metrics);
 
+  // Shared endpoint state; the registry locks itself, so workers call it directly.
+  filters::EndpointRegistry& endpoints() { return endpoints_; }
+
 private:
+  filters::EndpointRegistry endpoints_;
   std::shared_ptr<filters::priority::InheritanceTable> table_;
   std::optional<config::InheritanceConfig> table_options_;
 };

@@ -479,6 +479,7 @@ private:
     }
     endpoint_ = endpoint->shared_from_this();
     endpoint_label_ = endpoint->label();
+    info_.upstream = endpoint->shared.get();
     endpoint_->in_flight++;
     counted_in_flight_ = true;
 
@@ -945,6 +946,7 @@ private:
 
   void sendLocalReply(LocalReplyReason reason) {
     const LocalReplySpec& spec = localReplySpec(reason);
+    info_.local_reply = reason;
     listener_->stats->local_replies[static_cast<size_t>(reason)]->Increment();
     reason_ = spec.reason;
     response_status_ = spec.status;
@@ -967,7 +969,8 @@ private:
     reply->set(http::field::content_type, "text/plain");
     reply->set(kReasonHeader, spec.reason);
     if (spec.status == 503) {
-      reply->set(http::field::retry_after, std::to_string(kRetryAfterSeconds));
+      int64_t seconds = info_.retry_after ? info_.retry_after->count() : kRetryAfterSeconds;
+      reply->set(http::field::retry_after, std::to_string(seconds));
     }
     if (!request_id_.empty()) {
       reply->set("x-request-id", request_id_);

@@ -27,6 +27,12 @@ enum class LocalReplyReason : uint8_t {
   kUpstreamReset,       // the upstream closed or reset before the response headers
   kBadUpstreamResponse, // the upstream's response could not be parsed
   kDraining,            // deferd is shutting down
+  kLoadShed,            // backpressure: the queue was full and this request was the least urgent
+  kQueueTimeout,        // backpressure: waited max_wait for a slot
+  kDeadlineExceeded,    // backpressure: the request's deadline could not be met
+  kBreakerOpen,         // breaker: open, and no fallback
+  kFallbackCapacity,    // breaker: open, and the fallback is at its capacity
+  kFallbackLoop,        // breaker: the request already passed this service's fallback
   kCount,
 };
 
@@ -52,6 +58,12 @@ inline constexpr std::array<LocalReplySpec, static_cast<size_t>(LocalReplyReason
         {502, "upstream-reset", false},
         {502, "bad-upstream-response", false},
         {503, "draining", true},
+        {503, "load-shed", false},
+        {503, "queue-timeout", false},
+        {504, "deadline-exceeded", false},
+        {503, "breaker-open", false},
+        {503, "fallback-capacity", false},
+        {503, "fallback-loop", false},
     }};
 
 inline const LocalReplySpec& localReplySpec(LocalReplyReason reason) {

@@ -72,6 +72,7 @@ std::shared_ptr<const Snapshot> Snapshot::build(std::shared_ptr<const config::Co
                                                 Metrics& metrics, FilterState& state) {
   auto snapshot = std::make_shared<Snapshot>();
   snapshot->config = config;
+  snapshot->state = &state;
 
   for (const config::Cluster& cluster : config->clusters) {
     snapshot->clusters.push_back(ClusterRuntime{&cluster, metrics.cluster(cluster.name)});

@@ -41,6 +41,7 @@ struct Snapshot {
   std::shared_ptr<const config::Config> config;
   std::vector<ListenerRuntime> listeners; // same order as config->listeners
   std::vector<ClusterRuntime> clusters;   // same order as config->clusters
+  FilterState* state = nullptr;           // outlives every snapshot
 
   // Builds the runtime view; metric handles are looked up here, once, and state that outlives
   // the snapshot comes from `state`.

@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "filters/common/endpoint.h"
 #include "filters/filter.h"
 #include "proxy/metrics.h"
 #include "proxy/net.h"
@@ -88,6 +89,9 @@ public:
   const std::string& label() const { return label_; }
 
   uint32_t in_flight = 0; // requests using this endpoint on this worker
+
+  // What every worker knows of this address; set by the worker when it creates the endpoint.
+  std::shared_ptr<filters::SharedEndpoint> shared;
 
 private:
   struct Waiter;

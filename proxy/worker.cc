@@ -5,6 +5,7 @@
 #include <spdlog/spdlog.h>
 
 #include <cstring>
+#include <sstream>
 
 namespace deferd {
 
@@ -89,12 +90,21 @@ UpstreamEndpoint* WorkerCluster::pick(config::LbPolicy policy, LbRandom& random,
     return endpoints[0].get();
   }
 
-  // Small clusters are the rule; copying their state is cheaper than indirection.
+  // Small clusters are the rule; copying their state is cheaper than indirection. Endpoints
+  // that defer or are ejected are skipped while any other remains.
   std::vector<uint32_t> in_flight(count);
   std::vector<uint8_t> available(count);
+  MonotonicTime now = std::chrono::steady_clock::now();
+  bool any = false;
   for (size_t i = 0; i < count; i++) {
     in_flight[i] = endpoints[i]->in_flight;
-    available[i] = endpoints[i].get() != exclude;
+    available[i] = endpoints[i].get() != exclude && !endpoints[i]->shared->avoid(now);
+    any = any || available[i];
+  }
+  if (!any) {
+    for (size_t i = 0; i < count; i++) {
+      available[i] = endpoints[i].get() != exclude;
+    }
   }
 
   std::optional<size_t> chosen = policy == config::LbPolicy::kLeastRequest
@@ -261,13 +271,23 @@ void Worker::rebuildClusters() {
         }
       }
       for (const tcp::endpoint& endpoint : resolved) {
-        cluster.endpoints.push_back(std::make_shared<UpstreamEndpoint>(
-            io_, endpoint, address.toString(), runtime.stats, per_worker_limit));
+        cluster.endpoints.push_back(makeEndpoint(config.name, endpoint, address.toString(),
+                                                 runtime.stats, per_worker_limit));
       }
     }
     next.emplace(config.name, std::move(cluster));
   }
   clusters_ = std::move(next);
+}
+
+std::shared_ptr<UpstreamEndpoint>
+Worker::makeEndpoint(const std::string& cluster_name, const tcp::endpoint& address,
+                     const std::string& label, ClusterStats* stats, uint32_t max_connections) {
+  auto endpoint = std::make_shared<UpstreamEndpoint>(io_, address, label, stats, max_connections);
+  std::ostringstream text;
+  text << address;
+  endpoint->shared = snapshot_->state->endpoints().get(cluster_name, text.str());
+  return endpoint;
 }
 
 void Worker::updateEndpoints(const std::string& cluster_name, const config::Address& configured,
@@ -309,8 +329,7 @@ void Worker::updateEndpoints(const std::string& cluster_name, const config::Addr
       known = known || (endpoint->label() == label && endpoint->address() == address);
     }
     if (!known) {
-      next.push_back(std::make_shared<UpstreamEndpoint>(io_, address, label, runtime->stats,
-                                                        per_worker_limit));
+      next.push_back(makeEndpoint(cluster_name, address, label, runtime->stats, per_worker_limit));
     }
   }
   cluster->endpoints = std::move(next);

@@ -113,6 +113,12 @@ public:
   void setAccessLog(std::shared_ptr<AccessLogFile> file);
 
 private:
+  // Creates a pool for one resolved address, tied to the address's shared endpoint state.
+  std::shared_ptr<UpstreamEndpoint> makeEndpoint(const std::string& cluster_name,
+                                                 const boost::asio::ip::tcp::endpoint& address,
+                                                 const std::string& label, ClusterStats* stats,
+                                                 uint32_t max_connections);
+
   struct ListenerSlot {
     explicit ListenerSlot(boost::asio::io_context& io) : retry_timer(io) {}
 
