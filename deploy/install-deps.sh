@@ -16,7 +16,7 @@ build_packages=(
 
 # Tests and demo: unit test framework, formatter, real peers, clients and checkers.
 # prometheus provides promtool and the server that tests/integration/test_prometheus.py
-# scrapes deferd with; python3-yaml reads the manifests in test_deploy_manifests.py.
+# scrapes deferd with. python3-yaml reads the manifests in test_deploy_manifests.py.
 test_packages=(
   googletest libgtest-dev clang-format-16
   nginx-light curl wrk nghttp2-client nghttp2-server prometheus haproxy time

@@ -501,7 +501,8 @@ class MetricNamesTest(harness.DeferdTestCase):
             cls.dashboard = yaml.safe_load(f)  # JSON is YAML
         cls.rules = load_yaml_documents(ALERTS)[0]
         cls.expressions = (
-            [(f"dashboard panel {title!r}", e) for title, e in expressions_of_dashboard(cls.dashboard)]
+            [(f"dashboard panel {title!r}", e)
+             for title, e in expressions_of_dashboard(cls.dashboard)]
             + [(f"rule {name}", e) for name, e in expressions_of_rules(cls.rules)]
         )
 

@@ -91,7 +91,7 @@ class Prometheus:
         return resp.status, json.loads(resp.body)
 
     def query(self, expr):
-        """Run an instant query and return its result list; fail on an API error."""
+        """Run an instant query and return its result list. Fails the test on an API error."""
         status, body = self.api("/api/v1/query", query=expr)
         if status != 200 or body.get("status") != "success":
             raise AssertionError(f"query {expr!r} failed with HTTP {status}: {body}")
@@ -138,7 +138,7 @@ class PrometheusTest(harness.DeferdTestCase):
 
     @classmethod
     def wait_for_value(cls, expr, expected):
-        """Wait until `expr` has the single value `expected`; return it."""
+        """Wait until `expr` has the single value `expected`, and return it."""
 
         def reached():
             return cls.prometheus.scalar(expr) == expected
@@ -218,8 +218,8 @@ class PrometheusTest(harness.DeferdTestCase):
                          "docs/operations.md#deferdconfigreloadfailed")
 
     def test_no_other_alert_fires(self):
-        # A healthy deferd under light traffic: no alert other than the reload one, which
-        # test_reload_failure_fires_alert may have set off, may even be pending.
+        # On a healthy deferd under light traffic no alert fires or is even pending, except
+        # DeferdConfigReloadFailed, which test_reload_failure_fires_alert sets off.
         self.wait_for_value('count(up{job="deferd"} == 1)', 1)
         alerts = self.prometheus.api("/api/v1/alerts")[1]["data"]["alerts"]
         unexpected = [a for a in alerts
