@@ -448,6 +448,33 @@ class DockerfileTest(harness.DeferdTestCase):
         args = yaml.safe_load(cmd[0])  # the JSON form of CMD
         self.assertEqual(args, self.sidecar["args"])
 
+    def healthcheck_command(self, port):
+        """Return the HEALTHCHECK command with the admin port replaced by `port`."""
+        checks = self.final("HEALTHCHECK")
+        self.assertEqual(len(checks), 1)
+        command = yaml.safe_load(checks[0].partition("CMD")[2].strip())  # the JSON form
+        admin_port = str(split_address(self.config["admin"]["address"])[1])
+        self.assertIn(admin_port, command[-1], "HEALTHCHECK should probe the admin port")
+        return [part.replace(admin_port, str(port)) for part in command]
+
+    def test_healthcheck_passes_on_running_deferd(self):
+        nginx = harness.Nginx().start()
+        self.addCleanup(nginx.stop)
+        routes = [{"match": {"prefix": "/"}, "cluster": "web"}]
+        deferd = harness.Deferd(
+            listeners=[harness.listener_config("inbound", harness.free_port(), routes)],
+            clusters=[harness.cluster_config("web", [nginx.port])],
+        ).start()
+        self.addCleanup(deferd.stop)
+        result = subprocess.run(self.healthcheck_command(deferd.admin_port),
+                                capture_output=True, text=True, timeout=10)
+        self.assertEqual(result.returncode, 0, f"HEALTHCHECK failed: {result.stderr}")
+
+    def test_healthcheck_fails_without_deferd(self):
+        result = subprocess.run(self.healthcheck_command(harness.free_port()),
+                                capture_output=True, text=True, timeout=10)
+        self.assertNotEqual(result.returncode, 0, "HEALTHCHECK passed with nothing listening")
+
     def test_runtime_has_linked_libraries(self):
         # Every shared library the built binary links must come from a package the final stage
         # installs, or from the base image.
