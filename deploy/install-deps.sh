@@ -1,19 +1,36 @@
 #!/usr/bin/env bash
 # Install everything deferd needs to build, test and run its demo on Debian 12 (bookworm).
 #
+#   deploy/install-deps.sh               build, test and demo packages
+#   deploy/install-deps.sh --build-only  only what building the deferd binary needs, as the
+#                                        build stage of deploy/Dockerfile uses it
+#
 # Run as root. Safe to run again: when every package is already installed it only checks
 # with dpkg-query and exits, without touching the network.
 set -euo pipefail
 
-packages=(
-  # Build
+build_packages=(
   build-essential cmake ninja-build pkg-config ccache
   libboost1.81-dev libnghttp2-dev libyaml-cpp-dev libspdlog-dev prometheus-cpp-dev
-  googletest libgtest-dev clang-format-16
-  # Tests and demo: real peers, clients and checkers
-  nginx-light curl wrk nghttp2-client nghttp2-server prometheus haproxy time
-  python3 python3-h2
 )
+
+# Tests and demo: unit test framework, formatter, real peers, clients and checkers.
+# prometheus provides promtool and the server that tests/integration/test_prometheus.py
+# scrapes deferd with. python3-yaml reads the manifests in test_deploy_manifests.py.
+test_packages=(
+  googletest libgtest-dev clang-format-16
+  nginx-light curl wrk nghttp2-client nghttp2-server prometheus haproxy time
+  python3 python3-h2 python3-yaml
+)
+
+case "${1:-}" in
+  "") packages=("${build_packages[@]}" "${test_packages[@]}") ;;
+  --build-only) packages=("${build_packages[@]}") ;;
+  *)
+    echo "install-deps: unknown option '$1'; expected no option or --build-only" >&2
+    exit 2
+    ;;
+esac
 
 missing=()
 for package in "${packages[@]}"; do
