@@ -120,10 +120,12 @@ class PrometheusTest(harness.DeferdTestCase):
         cls.nginx = harness.Nginx().start()
         cls.addClassCleanup(cls.nginx.stop)
         cls.port = harness.free_port()
-        routes = [{"match": {"prefix": "/static/"}, "cluster": "web"}]
+        # The route's policy turns on the priority filter, whose families the dashboard uses.
+        routes = [{"match": {"prefix": "/static/"}, "cluster": "web", "policy": "serve"}]
         cls.deferd = harness.Deferd(
             listeners=[harness.listener_config("inbound", cls.port, routes)],
             clusters=[harness.cluster_config("web", [cls.nginx.port])],
+            extra={"policies": {"serve": {"priority": None}}},
         ).start()
         cls.addClassCleanup(cls.deferd.stop)
         cls.prometheus = Prometheus(cls.deferd.admin_port, [manifests.ALERTS]).start()
