@@ -162,6 +162,46 @@ struct PriorityPolicy {
   std::optional<Duration> boost_after;
 };
 
+enum class LimiterKind { kGradient, kAimd, kFixed };
+enum class MaxWaitAction { kReject, kProceed };
+
+// Load signals read from the responses of a cluster's endpoints (outbound side).
+struct SignalPolicy {
+  Duration ttl{10000};           // a signal older than this is forgotten
+  Duration ewma_half_life{1000}; // time for a new level to move the average half way
+  double defer_above = 0.9;      // smoothed load above which an endpoint starts deferring
+  Duration hold_above{500};      // ... after staying above for this long
+  double resume_below = 0.7;     // smoothed load below which it stops deferring
+  Duration hold_below{2000};     // ... after staying below for this long
+};
+
+// The backpressure section of a policy: an adaptive concurrency limit per route cluster, a
+// priority queue for requests over it, and load signals between sidecars.
+struct BackpressurePolicy {
+  LimiterKind limiter = LimiterKind::kGradient;
+  uint32_t initial_limit = 20;
+  uint32_t min_limit = 5;
+  uint32_t max_limit = 1000;
+  double tolerance = 1.5; // gradient: how much slower than the baseline a window may be
+  double smoothing = 0.2; // gradient: weight of a window's proposed limit
+  uint32_t increase = 1;  // aimd: added per window while the limit is in use
+  double backoff = 0.9;   // aimd: factor per window with a drop
+  std::optional<Duration> latency_threshold; // aimd: a response slower than this is a drop
+
+  uint32_t queue_max_length = 1000; // 0: requests over the limit are shed at once
+  Duration max_wait{1000};
+  Duration aging{200}; // a waiting request gains one level of urgency per interval
+  MaxWaitAction on_max_wait = MaxWaitAction::kReject;
+
+  // Header whose value (a duration, such as 250ms) is the request's remaining deadline, read
+  // when the request has no grpc-timeout.
+  std::optional<std::string> deadline_header;
+
+  bool emit_signal = false;           // inbound: report this cluster's load in every response
+  std::optional<SignalPolicy> signal; // outbound: read the endpoints' signals
+  double all_deferring_scale = 0.5;   // limit factor while every endpoint defers
+};
+
 // The process-wide table behind priority inheritance.
 struct InheritanceConfig {
   uint32_t max_entries = 65536;
@@ -177,6 +217,7 @@ struct Policy {
   HeaderMutation request_headers;
   HeaderMutation response_headers;
   std::optional<PriorityPolicy> priority;
+  std::optional<BackpressurePolicy> backpressure;
   Location location;
 };
 

@@ -83,7 +83,23 @@ const Keys kInheritanceKeys = {"max_entries", "ttl", "release_grace"};
 
 // Policy sections of the design that this build does not implement. They are known keys so a
 // typo near them gets a suggestion, but each one present is rejected.
-const Keys kUnsupportedPolicySections = {"backpressure", "breaker", "fault"};
+const Keys kUnsupportedPolicySections = {"breaker", "fault"};
+
+const Keys kBackpressureKeys = {
+    "limiter", "initial_limit",   "min_limit", "max_limit",   "gradient",           "aimd",
+    "queue",   "deadline_header", "signal",    "emit_signal", "all_deferring_scale"};
+const Keys kGradientKeys = {"tolerance", "smoothing"};
+const Keys kAimdKeys = {"increase", "backoff", "latency_threshold"};
+const Keys kQueueKeys = {"max_length", "max_wait", "aging", "on_max_wait"};
+const Keys kSignalKeys = {"ttl",        "ewma_half_life", "defer_above",
+                          "hold_above", "resume_below",   "hold_below"};
+
+const std::vector<std::pair<std::string_view, LimiterKind>> kLimiters = {
+    {"gradient", LimiterKind::kGradient},
+    {"aimd", LimiterKind::kAimd},
+    {"fixed", LimiterKind::kFixed}};
+const std::vector<std::pair<std::string_view, MaxWaitAction>> kMaxWaitActions = {
+    {"reject", MaxWaitAction::kReject}, {"proceed", MaxWaitAction::kProceed}};
 
 // Urgency names every listener understands, whatever classes the policies define.
 const std::map<std::string, int, std::less<>> kStandardClasses = {
@@ -160,6 +176,10 @@ private:
   void parseClasses(const Field& field, std::map<std::string, int>* classes);
   void parseInherit(const Field& field, PriorityPolicy* priority);
   void parseInheritance(const Field& field);
+  void parseBackpressure(const Field& field, BackpressurePolicy* backpressure);
+  void parseSignal(const Field& field, SignalPolicy* signal);
+  // Reads a plain number within [min, max].
+  std::optional<double> readNumber(const Field& field, double min, double max);
   void parseTrustedCidrs(const Field& field, Listener* listener);
   void parsePriorityFloor(const Field& field, Listener* listener);
   void parseRoutePriority(const Field& field, Route* route);
@@ -834,6 +854,10 @@ void Loader::parsePolicy(const Field& field, Policy* policy) {
     policy->priority.emplace();
     parsePriority(*priority, &*policy->priority);
   }
+  if (const Field* backpressure = section->find("backpressure")) {
+    policy->backpressure.emplace();
+    parseBackpressure(*backpressure, &*policy->backpressure);
+  }
 
   for (std::string_view key : kUnsupportedPolicySections) {
     if (const Field* unsupported = section->find(key)) {
@@ -1034,6 +1058,156 @@ std::optional<int> Loader::readUrgency(const Field& field,
   error(field, "expected a class (" + names + ") or an urgency from 0 to 7, found " +
                    describeNode(field.value));
   return std::nullopt;
+}
+
+// --- Backpressure ----------------------------------------------------------------------------
+
+void Loader::parseBackpressure(const Field& field, BackpressurePolicy* backpressure) {
+  if (field.value.IsNull()) {
+    return; // `backpressure:` alone turns the filter on with every default
+  }
+  std::optional<Section> section = openSection(field, kBackpressureKeys);
+  if (!section) {
+    return;
+  }
+  BackpressurePolicy& bp = *backpressure;
+  constexpr uint64_t kMaxLimit = 1000000;
+
+  if (const Field* value = section->find("limiter")) {
+    setIfValid(readEnum(*value, kLimiters), &bp.limiter);
+  }
+  const Field* initial = section->find("initial_limit");
+  if (initial) {
+    setIfValid(readUnsigned(*initial, 1, kMaxLimit), &bp.initial_limit);
+  }
+  if (const Field* value = section->find("min_limit")) {
+    setIfValid(readUnsigned(*value, 1, kMaxLimit), &bp.min_limit);
+  }
+  const Field* max = section->find("max_limit");
+  if (max) {
+    setIfValid(readUnsigned(*max, 1, kMaxLimit), &bp.max_limit);
+  }
+  if (bp.min_limit > bp.max_limit) {
+    error(max ? *max : field, "max_limit " + std::to_string(bp.max_limit) + " is below min_limit " +
+                                  std::to_string(bp.min_limit));
+  } else if (initial && (bp.initial_limit < bp.min_limit || bp.initial_limit > bp.max_limit)) {
+    error(*initial, "initial_limit " + std::to_string(bp.initial_limit) + " is outside " +
+                        std::to_string(bp.min_limit) + " to " + std::to_string(bp.max_limit));
+  } else if (!initial) {
+    bp.initial_limit = std::clamp(bp.initial_limit, bp.min_limit, bp.max_limit);
+  }
+
+  if (const Field* gradient = section->find("gradient")) {
+    if (std::optional<Section> options = openSection(*gradient, kGradientKeys)) {
+      if (const Field* value = options->find("tolerance")) {
+        setIfValid(readNumber(*value, 1.0, 100.0), &bp.tolerance);
+      }
+      if (const Field* value = options->find("smoothing")) {
+        setIfValid(readNumber(*value, 0.01, 1.0), &bp.smoothing);
+      }
+    }
+  }
+  if (const Field* aimd = section->find("aimd")) {
+    if (std::optional<Section> options = openSection(*aimd, kAimdKeys)) {
+      if (const Field* value = options->find("increase")) {
+        setIfValid(readUnsigned(*value, 1, kMaxLimit), &bp.increase);
+      }
+      if (const Field* value = options->find("backoff")) {
+        setIfValid(readNumber(*value, 0.1, 0.99), &bp.backoff);
+      }
+      if (const Field* value = options->find("latency_threshold")) {
+        if (std::optional<Duration> threshold = readDuration(*value)) {
+          bp.latency_threshold = *threshold;
+        }
+      }
+    }
+  }
+  if (const Field* queue = section->find("queue")) {
+    if (std::optional<Section> options = openSection(*queue, kQueueKeys)) {
+      if (const Field* value = options->find("max_length")) {
+        setIfValid(readUnsigned(*value, 0, kMaxLimit), &bp.queue_max_length);
+      }
+      if (const Field* value = options->find("max_wait")) {
+        setIfValid(readDuration(*value), &bp.max_wait);
+      }
+      if (const Field* value = options->find("aging")) {
+        setIfValid(readDuration(*value), &bp.aging);
+      }
+      if (const Field* value = options->find("on_max_wait")) {
+        setIfValid(readEnum(*value, kMaxWaitActions), &bp.on_max_wait);
+      }
+    }
+  }
+  if (const Field* value = section->find("deadline_header")) {
+    std::optional<std::string> name = readHeaderName(*value);
+    if (name) {
+      bp.deadline_header = *name;
+    }
+  }
+  if (const Field* value = section->find("emit_signal")) {
+    setIfValid(readBool(*value), &bp.emit_signal);
+  }
+  if (const Field* signal = section->find("signal")) {
+    bp.signal.emplace();
+    parseSignal(*signal, &*bp.signal);
+  }
+  if (const Field* value = section->find("all_deferring_scale")) {
+    setIfValid(readNumber(*value, 0.01, 1.0), &bp.all_deferring_scale);
+  }
+}
+
+void Loader::parseSignal(const Field& field, SignalPolicy* signal) {
+  if (field.value.IsNull()) {
+    return;
+  }
+  std::optional<Section> section = openSection(field, kSignalKeys);
+  if (!section) {
+    return;
+  }
+  if (const Field* value = section->find("ttl")) {
+    setIfValid(readDuration(*value), &signal->ttl);
+  }
+  if (const Field* value = section->find("ewma_half_life")) {
+    setIfValid(readDuration(*value), &signal->ewma_half_life);
+  }
+  if (const Field* value = section->find("defer_above")) {
+    setIfValid(readNumber(*value, 0.0, 100.0), &signal->defer_above);
+  }
+  if (const Field* value = section->find("hold_above")) {
+    setIfValid(readDuration(*value), &signal->hold_above);
+  }
+  const Field* resume = section->find("resume_below");
+  if (resume) {
+    setIfValid(readNumber(*resume, 0.0, 100.0), &signal->resume_below);
+  }
+  if (const Field* value = section->find("hold_below")) {
+    setIfValid(readDuration(*value), &signal->hold_below);
+  }
+  if (signal->resume_below > signal->defer_above) {
+    error(resume ? *resume : field, "resume_below " + formatDecimal(signal->resume_below) +
+                                        " is above defer_above " +
+                                        formatDecimal(signal->defer_above) +
+                                        "; hysteresis needs resume_below <= defer_above");
+  }
+}
+
+std::optional<double> Loader::readNumber(const Field& field, double min, double max) {
+  std::string problem;
+  std::optional<double> number;
+  if (isPlainScalar(field.value)) {
+    number = parseDecimal(field.value.Scalar(), &problem);
+  } else {
+    problem = "expected a number such as 0.9, found " + describeNode(field.value);
+  }
+  if (number && (*number < min || *number > max)) {
+    problem = formatDecimal(*number) + " is out of range; expected " + formatDecimal(min) + " to " +
+              formatDecimal(max);
+    number.reset();
+  }
+  if (!number) {
+    error(field, problem);
+  }
+  return number;
 }
 
 void Loader::checkReferences() {

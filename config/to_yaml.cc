@@ -210,6 +210,53 @@ void emitPriority(YAML::Emitter& out, const PriorityPolicy& priority) {
   out << YAML::EndMap;
 }
 
+void emitBackpressure(YAML::Emitter& out, const BackpressurePolicy& bp) {
+  static constexpr std::string_view kLimiterNames[] = {"gradient", "aimd", "fixed"};
+  out << YAML::Key << "backpressure" << YAML::Value << YAML::BeginMap;
+  emitPair(out, "limiter", kLimiterNames[static_cast<int>(bp.limiter)]);
+  emitPair(out, "initial_limit", bp.initial_limit);
+  emitPair(out, "min_limit", bp.min_limit);
+  emitPair(out, "max_limit", bp.max_limit);
+
+  out << YAML::Key << "gradient" << YAML::Value << YAML::Flow << YAML::BeginMap;
+  emitPair(out, "tolerance", formatDecimal(bp.tolerance));
+  emitPair(out, "smoothing", formatDecimal(bp.smoothing));
+  out << YAML::EndMap;
+
+  out << YAML::Key << "aimd" << YAML::Value << YAML::Flow << YAML::BeginMap;
+  emitPair(out, "increase", bp.increase);
+  emitPair(out, "backoff", formatDecimal(bp.backoff));
+  if (bp.latency_threshold) {
+    emitPair(out, "latency_threshold", *bp.latency_threshold);
+  }
+  out << YAML::EndMap;
+
+  out << YAML::Key << "queue" << YAML::Value << YAML::Flow << YAML::BeginMap;
+  emitPair(out, "max_length", bp.queue_max_length);
+  emitPair(out, "max_wait", bp.max_wait);
+  emitPair(out, "aging", bp.aging);
+  emitPair(out, "on_max_wait", bp.on_max_wait == MaxWaitAction::kReject ? "reject" : "proceed");
+  out << YAML::EndMap;
+
+  if (bp.deadline_header) {
+    emitPair(out, "deadline_header", *bp.deadline_header);
+  }
+  out << YAML::Key << "emit_signal" << YAML::Value << bp.emit_signal;
+  if (bp.signal) {
+    const SignalPolicy& signal = *bp.signal;
+    out << YAML::Key << "signal" << YAML::Value << YAML::BeginMap;
+    emitPair(out, "ttl", signal.ttl);
+    emitPair(out, "ewma_half_life", signal.ewma_half_life);
+    emitPair(out, "defer_above", formatDecimal(signal.defer_above));
+    emitPair(out, "hold_above", signal.hold_above);
+    emitPair(out, "resume_below", formatDecimal(signal.resume_below));
+    emitPair(out, "hold_below", signal.hold_below);
+    out << YAML::EndMap;
+  }
+  emitPair(out, "all_deferring_scale", formatDecimal(bp.all_deferring_scale));
+  out << YAML::EndMap;
+}
+
 void emitPolicy(YAML::Emitter& out, const Policy& policy) {
   out << YAML::Key << policy.name << YAML::Value << YAML::BeginMap;
   emitPair(out, "mode", modeName(policy.mode));
@@ -218,6 +265,9 @@ void emitPolicy(YAML::Emitter& out, const Policy& policy) {
   emitMutation(out, "response_headers", policy.response_headers);
   if (policy.priority) {
     emitPriority(out, *policy.priority);
+  }
+  if (policy.backpressure) {
+    emitBackpressure(out, *policy.backpressure);
   }
   out << YAML::EndMap;
 }

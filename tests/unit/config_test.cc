@@ -334,6 +334,106 @@ TEST(ConfigTest, PriorityRoundTrips) {
   EXPECT_EQ(second->policies.at("classes").priority->default_urgency, 6);
 }
 
+const std::string kBackpressure = kMinimal + R"(policies:
+  defaults:
+    backpressure:
+  tuned:
+    backpressure:
+      limiter: aimd
+      min_limit: 4
+      max_limit: 512
+      gradient: { tolerance: 2, smoothing: 0.5 }
+      aimd: { increase: 2, backoff: 0.8, latency_threshold: 250ms }
+      queue: { max_length: 50, max_wait: 200ms, aging: 100ms, on_max_wait: proceed }
+      deadline_header: X-Deadline
+      emit_signal: true
+      signal:
+        ttl: 5s
+        ewma_half_life: 2s
+        defer_above: 0.9
+        hold_above: 30s
+        resume_below: 0.6
+        hold_below: 15s
+      all_deferring_scale: 0.25
+)";
+
+TEST(ConfigTest, LoadsBackpressureSections) {
+  std::shared_ptr<const Config> config = loadValid(kBackpressure);
+
+  const BackpressurePolicy& defaults = *config->policies.at("defaults").backpressure;
+  EXPECT_EQ(defaults.limiter, LimiterKind::kGradient);
+  EXPECT_EQ(defaults.initial_limit, 20u);
+  EXPECT_EQ(defaults.queue_max_length, 1000u);
+  EXPECT_EQ(defaults.max_wait, 1s);
+  EXPECT_FALSE(defaults.emit_signal);
+  EXPECT_FALSE(defaults.signal.has_value());
+
+  const BackpressurePolicy& tuned = *config->policies.at("tuned").backpressure;
+  EXPECT_EQ(tuned.limiter, LimiterKind::kAimd);
+  EXPECT_EQ(tuned.min_limit, 4u);
+  EXPECT_EQ(tuned.max_limit, 512u);
+  EXPECT_EQ(tuned.initial_limit, 20u);
+  EXPECT_EQ(tuned.tolerance, 2.0);
+  EXPECT_EQ(tuned.smoothing, 0.5);
+  EXPECT_EQ(tuned.increase, 2u);
+  EXPECT_EQ(tuned.backoff, 0.8);
+  EXPECT_EQ(tuned.latency_threshold, 250ms);
+  EXPECT_EQ(tuned.queue_max_length, 50u);
+  EXPECT_EQ(tuned.max_wait, 200ms);
+  EXPECT_EQ(tuned.aging, 100ms);
+  EXPECT_EQ(tuned.on_max_wait, MaxWaitAction::kProceed);
+  EXPECT_EQ(tuned.deadline_header, "x-deadline");
+  EXPECT_TRUE(tuned.emit_signal);
+  ASSERT_TRUE(tuned.signal.has_value());
+  EXPECT_EQ(tuned.signal->ttl, 5s);
+  EXPECT_EQ(tuned.signal->ewma_half_life, 2s);
+  EXPECT_EQ(tuned.signal->defer_above, 0.9);
+  EXPECT_EQ(tuned.signal->hold_above, 30s);
+  EXPECT_EQ(tuned.signal->resume_below, 0.6);
+  EXPECT_EQ(tuned.signal->hold_below, 15s);
+  EXPECT_EQ(tuned.all_deferring_scale, 0.25);
+}
+
+TEST(ConfigTest, BackpressureRoundTrips) {
+  std::shared_ptr<const Config> first = loadValid(kBackpressure);
+  std::string yaml = toYaml(*first);
+  std::shared_ptr<const Config> second = loadValid(yaml);
+  EXPECT_EQ(toYaml(*second), yaml);
+  EXPECT_EQ(second->policies.at("tuned").backpressure->signal->hold_below, 15s);
+}
+
+TEST(ConfigTest, BackpressureErrors) {
+  EXPECT_EQ(errors(kMinimal + R"(policies:
+  p:
+    backpressure:
+      limiter: vegas
+      min_limit: 10
+      max_limit: 5
+      gradient: { tolerance: 0.5 }
+      aimd: { backoff: 1.5 }
+      queue: { on_max_wait: wait, max_lenght: 3 }
+      signal: { defer_above: 0.5, resume_below: 0.8 }
+  q:
+    backpressure: { min_limit: 10, initial_limit: 2 }
+)"),
+            (Lines{"test.yaml:12:16: policies.p.backpressure.limiter: invalid value 'vegas'; "
+                   "expected gradient, aimd or fixed",
+                   "test.yaml:14:18: policies.p.backpressure.max_limit: max_limit 5 is below "
+                   "min_limit 10",
+                   "test.yaml:15:30: policies.p.backpressure.gradient.tolerance: 0.5 is out of "
+                   "range; expected 1 to 100",
+                   "test.yaml:16:24: policies.p.backpressure.aimd.backoff: 1.5 is out of range; "
+                   "expected 0.1 to 0.99",
+                   "test.yaml:17:29: policies.p.backpressure.queue.on_max_wait: invalid value "
+                   "'wait'; expected reject or proceed",
+                   "test.yaml:17:35: unknown key 'max_lenght' in policies.p.backpressure.queue; "
+                   "did you mean 'max_length'?",
+                   "test.yaml:18:49: policies.p.backpressure.signal.resume_below: resume_below "
+                   "0.8 is above defer_above 0.5; hysteresis needs resume_below <= defer_above",
+                   "test.yaml:20:51: policies.q.backpressure.initial_limit: initial_limit 2 is "
+                   "outside 10 to 1000"}));
+}
+
 TEST(ConfigTest, PriorityErrors) {
   EXPECT_EQ(errors(R"(node: { service: demo }
 inheritance: { ttl: 0s, max_entries: 0 }
@@ -1296,8 +1396,7 @@ TEST(ConfigTest, UnsupportedPolicySections) {
     fault: { abort: 1% }
     backpresure: {}
 )"),
-            (Lines{"test.yaml:13:5: policies.p: 'backpressure' is not supported by this build yet",
-                   "test.yaml:14:5: policies.p: 'breaker' is not supported by this build yet",
+            (Lines{"test.yaml:14:5: policies.p: 'breaker' is not supported by this build yet",
                    "test.yaml:15:5: policies.p: 'fault' is not supported by this build yet",
                    "test.yaml:16:5: unknown key 'backpresure' in policies.p; did you mean "
                    "'backpressure'?"}));
@@ -1361,14 +1460,12 @@ policies:
     backpressure:
       limiter: aimd
 )"),
-            (Lines{"test.yaml:31:15: clusters[1].protocol: 'http2' is not supported by this "
-                   "build yet; use http1",
-                   "test.yaml:41:5: policies.protect-app: 'backpressure' is not supported by this "
-                   "build yet",
-                   "test.yaml:45:5: policies.call-inventory: 'breaker' is not supported by this "
-                   "build yet",
-                   "test.yaml:47:5: policies.call-inventory: 'backpressure' is not supported by "
-                   "this build yet"}));
+            (Lines{
+                "test.yaml:31:15: clusters[1].protocol: 'http2' is not supported by this "
+                "build yet; use http1",
+                "test.yaml:45:5: policies.call-inventory: 'breaker' is not supported by this "
+                "build yet",
+            }));
 }
 
 } // namespace
