@@ -14,7 +14,7 @@ constexpr double kMaxGradient = 1.0;
 // ended and the long-term average is still inflated by it, so it decays faster.
 constexpr double kLongLatencyDecayRatio = 2.0;
 constexpr double kLongLatencyDecay = 0.95;
-// The gradient algorithm does not grow a limit that the window used less than half of.
+// The gradient algorithm leaves a limit alone when the window used less than this of it.
 constexpr double kGradientInUseFraction = 0.5;
 
 int64_t toNanos(MonotonicTime time) {
@@ -66,15 +66,18 @@ double GradientAlgorithm::update(double limit, const SampleWindow& window) {
     long_latency_ns_ *= kLongLatencyDecay;
   }
 
+  // A window that used under half the limit says nothing about queueing caused by this
+  // cluster's concurrency: latency that grows while in-flight stays low is the upstream
+  // slowing down, so the limit stays where it is.
+  if (window.max_in_flight < limit * kGradientInUseFraction) {
+    return limit;
+  }
+
   const double gradient =
       std::clamp(options_.tolerance * long_latency_ns_ / short_ns, kMinGradient, kMaxGradient);
   const double queue_allowance = std::sqrt(limit);
   double proposed = limit * gradient + queue_allowance;
-
-  // Growth needs evidence that more concurrency is wanted and harmless: the window used the
-  // limit, and nothing in it was dropped.
-  const bool app_limited = window.max_in_flight < limit * kGradientInUseFraction;
-  if (app_limited || window.drops > 0) {
+  if (window.drops > 0) {
     proposed = std::min(proposed, limit);
   }
 
