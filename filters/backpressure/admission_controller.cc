@@ -144,8 +144,8 @@ AdmitResult AdmissionController::enqueueLocked(AdmissionRequest request, int urg
   }
   publishQueueLengthLocked();
 
-  // A slot may have been released between the failed tryAcquire and the push; see the
-  // handoff notes in the header.
+  // A slot may have been released between the failed tryAcquire and the push, as the handoff
+  // notes in the header explain.
   std::atomic_thread_fence(std::memory_order_seq_cst);
   bool newcomer_granted = false;
   drainLocked(now, out, ticket.get(), newcomer_granted);
@@ -296,7 +296,7 @@ bool AdmissionController::cancelWait(const std::shared_ptr<WaitTicket>& ticket) 
     }
   }
 
-  // Not queued any more: a slot may have been granted and not yet taken.
+  // Not queued any more, so a slot may have been granted and not yet taken.
   for (int granted : {WaitTicket::kGranted, WaitTicket::kForcedGranted}) {
     int expected = granted;
     if (ticket->state.compare_exchange_strong(expected, WaitTicket::kCancelled)) {

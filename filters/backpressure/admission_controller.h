@@ -64,10 +64,10 @@ namespace deferd::filters::backpressure {
 
 class AdmissionController;
 
-// How a wait ended, as passed to the waiter's callback.
+// Outcome of a wait, as passed to the waiter's callback.
 enum class WaitOutcome {
   kAdmitted, // a slot is waiting in takeSlot()
-  kForced,   // max_wait passed with on_max_wait = proceed; takeSlot() gives a slot over the limit
+  kForced,   // max_wait passed with on_max_wait = proceed, so the slot is over the limit
   kShed,     // a more urgent request took its place in a full queue
   kTimedOut, // max_wait passed with on_max_wait = reject
   kExpired,  // its deadline could no longer be met
@@ -99,14 +99,14 @@ struct AdmissionOptions {
 };
 
 struct AdmissionRequest {
-  // 0 most urgent .. 7 least; other values are clamped.
+  // From 0 (most urgent) to 7 (least). Other values are clamped.
   int urgency = 3;
   std::optional<MonotonicTime> deadline;
   // Called once if the request is queued, with how its wait ended. May run on any thread.
   std::function<void(WaitOutcome)> on_wait_end;
 };
 
-// One slot of the cluster's limit. Move-only; releases the slot exactly once.
+// One slot of the cluster's limit, released exactly once. Move-only.
 class AdmissionSlot {
 public:
   AdmissionSlot() = default;
@@ -147,7 +147,7 @@ struct WaitTicket {
   std::function<void(WaitOutcome)> on_wait_end;
 };
 
-// A queued request. Move-only; destroying it cancels the wait.
+// A queued request. Move-only, and destroying it cancels the wait.
 class QueuedRequest {
 public:
   QueuedRequest() = default;
@@ -251,7 +251,7 @@ private:
   const Clock clock_;
   ConcurrencyLimiter limiter_;
 
-  // Guards queue_ and next_id_. Held for queue operations only; no callback runs under it.
+  // Guards queue_ and next_id_. Held for queue operations only, never while a callback runs.
   mutable std::mutex mutex_;
   WaitQueue queue_;
   uint64_t next_id_ = 1;

@@ -66,8 +66,8 @@ double GradientAlgorithm::update(double limit, const SampleWindow& window) {
     long_latency_ns_ *= kLongLatencyDecay;
   }
 
-  // A window that used under half the limit says nothing about queueing caused by this
-  // cluster's concurrency: latency that grows while in-flight stays low is the upstream
+  // A window that used under half the limit carries no evidence of queueing caused by this
+  // cluster's concurrency. Latency that grows while in-flight stays low is the upstream
   // slowing down, so the limit stays where it is.
   if (window.max_in_flight < limit * kGradientInUseFraction) {
     return limit;
@@ -155,7 +155,8 @@ void ConcurrencyLimiter::recordSample(const LimitSample& sample, MonotonicTime n
     return;
   }
 
-  // Whoever holds the mutex is folding this window already; this sample joins the next one.
+  // The thread that owns the mutex is folding this window already, so this sample joins the
+  // next one.
   std::unique_lock lock(update_mutex_, std::try_to_lock);
   if (!lock.owns_lock()) {
     return;
@@ -167,7 +168,7 @@ void ConcurrencyLimiter::foldWindowLocked(MonotonicTime now) {
   const int64_t window_ns =
       std::chrono::duration_cast<std::chrono::nanoseconds>(options_.sample_window).count();
   if (toNanos(now) - window_start_ns_.load(std::memory_order_relaxed) < window_ns) {
-    return; // another thread folded the window between our check and the lock
+    return; // another thread folded the window between the check and the lock
   }
 
   SampleWindow window;

@@ -4,8 +4,8 @@
 //
 // Admission: tryAcquire() raises the in-flight count with a compare-and-swap loop that only
 // succeeds while in-flight < limit, so concurrent workers never take more than `limit` slots
-// between them. forceAcquire() takes a slot over the limit (requests forced through after
-// max_wait, and the shadow path); such slots count as in flight, so the limiter keeps seeing
+// between them. forceAcquire() takes a slot over the limit, for requests forced through after
+// max_wait and for the shadow path. Such slots count as in flight, so the limiter keeps seeing
 // the real load. release() gives a slot back.
 //
 // Learning: each finished request gives one sample (its latency and whether it was a drop).
@@ -113,7 +113,7 @@ public:
   explicit GradientAlgorithm(const GradientOptions& options);
   double update(double limit, const SampleWindow& window) override;
 
-  // Long-term latency in nanoseconds; zero before the first window.
+  // Long-term latency in nanoseconds, zero before the first window.
   double longLatency() const { return long_latency_ns_; }
 
 private:
@@ -152,7 +152,7 @@ public:
   // Gives one slot back. Every acquire is matched by exactly one release.
   void release();
 
-  // Adds a finished request's sample; may fold the window into the algorithm (see above).
+  // Adds a finished request's sample and may fold the window into the algorithm (see above).
   void recordSample(const LimitSample& sample, MonotonicTime now);
 
   // Scales the published limit, for example to 0.5 while every endpoint defers. The scale is

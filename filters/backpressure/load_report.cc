@@ -119,7 +119,7 @@ std::string formatLoadReport(const LoadReport& report) {
   return std::string(buffer.data(), static_cast<size_t>(std::max(length, 0)));
 }
 
-LoadReportParse parseLoadReport(std::string_view value) {
+LoadReportParse parseLoadReport(std::string_view value) noexcept {
   if (value.size() > kMaxLoadReportLength) {
     return failure("header is longer than 1024 bytes");
   }

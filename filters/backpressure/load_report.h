@@ -11,7 +11,7 @@
 //
 //   application_utilization  in-flight / concurrency limit of the reporting cluster
 //   named_metrics.queue      requests waiting in the reporter's queue (a whole number)
-//   named_metrics.defer      1 when the reporter asks its callers to defer work, else 0
+//   named_metrics.defer      1 when the reporter requests that its callers defer work, else 0
 //
 // Parsing is strict because the header crosses a trust boundary: the value is at most
 // kMaxLoadReportLength bytes and kMaxLoadReportFields fields, must start with "TEXT ", and
@@ -46,15 +46,15 @@ struct LoadReport {
 
 struct LoadReportParse {
   std::optional<LoadReport> report;
-  // Why the header was rejected; empty on success. Points to a string literal.
+  // Reason for the rejection, empty on success. Points to a string literal.
   std::string_view error;
 };
 
-// Formats the header value. Utilization is written with three decimals; NaN or a negative
+// Formats the header value. Utilization is written with three decimals, and NaN or a negative
 // value is written as 0.
 std::string formatLoadReport(const LoadReport& report);
 
-// Parses a header value. Never throws; malformed input gives an error.
-LoadReportParse parseLoadReport(std::string_view value);
+// Parses a header value. Malformed input gives an error, never an exception.
+LoadReportParse parseLoadReport(std::string_view value) noexcept;
 
 } // namespace deferd::filters::backpressure

@@ -17,7 +17,7 @@
 //              hold_below. The hold times are checked on each report and on poll(), so a hold
 //              ends at the first of those after it elapsed.
 //   ttl        an endpoint with no report for ttl is neutral: not deferring, no average.
-//              Queries see that at once; poll() or the next report also forgets its state and
+//              Queries see that at once. poll() or the next report also clears its state and
 //              counts it in staleSignals().
 //
 // When every endpoint of the cluster is deferring, the cluster should send less. The table
@@ -69,7 +69,7 @@ public:
   // Adds one report of an endpoint. An index out of range is ignored.
   void update(size_t endpoint, const LoadReport& report, MonotonicTime now);
 
-  // Advances hold times and forgets stale signals. Call it on the worker tick.
+  // Advances hold times and clears stale signals. Call it on the worker tick.
   void poll(MonotonicTime now);
 
   bool isDeferring(size_t endpoint, MonotonicTime now) const;

@@ -8,10 +8,11 @@
 // next waiter to leave is the one with the most urgent effective urgency; among equals, the
 // one that arrived first. Within one urgency level that is plain FIFO.
 //
-// Shedding: when the queue holds max_length waiters, a newcomer is compared with the least
-// urgent waiter (the highest effective urgency; among equals the newest). The newcomer is shed
-// when it is not more urgent than that waiter (so on a tie the newcomer, being the newest, is
-// shed); otherwise that waiter is shed and the newcomer takes its place.
+// Shedding: when the queue contains max_length waiters, a newcomer is compared with the least
+// urgent waiter, which is the one with the highest effective urgency and, among equals, the
+// newest. The newcomer is shed when it is not more urgent than that waiter, so on a tie the
+// newcomer (the newest of all) is shed. Otherwise that waiter is shed and the newcomer takes
+// its place.
 //
 // Time limits: each waiter leaves at its timeout, the earlier of enqueue time + max_wait and
 // deadline - deadline_margin. popTimedOut() returns the waiters whose timeout has passed and
@@ -41,7 +42,7 @@ namespace deferd::filters::backpressure {
 inline constexpr int kUrgencyLevels = 8;
 inline constexpr int kLeastUrgent = kUrgencyLevels - 1;
 
-// What happens to a waiter that has waited max_wait.
+// Action for a waiter that has waited max_wait.
 enum class MaxWaitAction {
   kReject,  // it is shed with a local reply
   kProceed, // it goes to the upstream anyway, over the limit, counted as forced
@@ -62,11 +63,11 @@ struct WaitTicket;
 
 struct Waiter {
   uint64_t id = 0;
-  // 0..7; the queue clamps other values.
+  // Urgency 0..7. The queue clamps other values.
   int urgency = 3;
   MonotonicTime enqueued;
   std::optional<MonotonicTime> deadline;
-  // Owned by AdmissionController; the queue only carries it.
+  // Owned by AdmissionController. The queue only carries it.
   std::shared_ptr<WaitTicket> ticket;
 };
 
@@ -124,7 +125,7 @@ private:
   using Level = std::list<Entry>;
 
   Waiter take(Level::iterator entry);
-  // The level whose head or tail is the most or least urgent waiter; -1 when empty.
+  // The level whose head (or tail) is the most (or least) urgent waiter, or -1 when empty.
   int mostUrgentLevel(MonotonicTime now) const;
   int leastUrgentLevel(MonotonicTime now) const;
 

@@ -305,7 +305,7 @@ TEST_F(AdmissionTest, CallbackMayCallBackIntoController) {
   AdmitResult first = controller.admit(request(3, 0));
   AdmitResult second = controller.admit(request(3, 0));
 
-  AdmissionSlot taken;
+  AdmissionSlot taken_slot;
   AdmitResult waiting;
   AdmissionRequest reentrant;
   reentrant.urgency = 3;
@@ -313,11 +313,11 @@ TEST_F(AdmissionTest, CallbackMayCallBackIntoController) {
     // Runs outside the queue mutex, so these calls cannot deadlock.
     EXPECT_EQ(outcome, WaitOutcome::kAdmitted);
     EXPECT_EQ(controller.queueLength(), 0u);
-    taken = waiting.queued.takeSlot();
+    taken_slot = waiting.queued.takeSlot();
   };
   waiting = controller.admit(std::move(reentrant));
   first.slot.reset();
-  EXPECT_TRUE(taken.held());
+  EXPECT_TRUE(taken_slot.held());
 }
 
 TEST_F(AdmissionTest, ShadowChangesNothingButCounters) {

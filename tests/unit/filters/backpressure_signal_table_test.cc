@@ -17,7 +17,7 @@ class SignalTableTest : public ::testing::Test {
 protected:
   static SignalTableOptions options() {
     SignalTableOptions options;
-    options.half_life = 0ms; // no smoothing unless a test asks for it
+    options.half_life = 0ms; // no smoothing unless a test sets a half-life
     options.defer_above = 0.9;
     options.resume_below = 0.7;
     options.hold_above = 500ms;
