@@ -182,6 +182,12 @@ void ConcurrencyLimiter::foldWindowLocked(MonotonicTime now) {
   window.mean_latency = std::chrono::nanoseconds(latency_ns / window.samples);
   window.max_in_flight = window_max_in_flight_.exchange(in_flight_.load(std::memory_order_relaxed),
                                                         std::memory_order_relaxed);
+  // The algorithm compares the peak with its own limit, before the scale. A scaled-down limit
+  // that is fully used must still count as used, so the peak is scaled up the same way.
+  if (limit_scale_ < 1.0) {
+    window.max_in_flight =
+        static_cast<int>(std::ceil(window.max_in_flight / std::max(limit_scale_, 0.001)));
+  }
   window_start_ns_.store(toNanos(now), std::memory_order_relaxed);
 
   const double proposed = algorithm_->update(algorithm_limit_, window);

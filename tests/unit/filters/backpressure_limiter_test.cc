@@ -222,6 +222,16 @@ TEST_F(LimiterTest, ScaleLowersPublishedLimit) {
   EXPECT_EQ(limiter.limit(), 20);
 }
 
+TEST_F(LimiterTest, ScaledLimitStillLearns) {
+  ConcurrencyLimiter& limiter = makeLimiter(LimitAlgorithmKind::kAimd);
+  limiter.setLimitScale(0.5);
+  ASSERT_EQ(limiter.limit(), 10);
+  // Using the whole scaled limit counts as using the limit, so aimd still grows it.
+  runBusyWindows(4, 10ms);
+  limiter.setLimitScale(1.0);
+  EXPECT_EQ(limiter.limit(), 24);
+}
+
 TEST_F(LimiterTest, ForceAcquireGoesOverLimit) {
   ConcurrencyLimiter& limiter = makeLimiter(LimitAlgorithmKind::kFixed);
   for (int i = 0; i < 20; ++i) {
