@@ -354,6 +354,9 @@ void AdmissionController::publishQueueLengthLocked() { queue_length_.store(queue
 
 void AdmissionController::deliver(Notifications& notifications) {
   for (Notification& notification : notifications) {
+    if (notification.ticket->state.load() == WaitTicket::kCancelled) {
+      continue; // the waiter has left, and cancel() has dealt with any slot
+    }
     auto callback = std::move(notification.ticket->on_wait_end);
     notification.ticket->on_wait_end = nullptr;
     if (callback) {

@@ -26,6 +26,8 @@
 // the queue mutex and on whichever thread made the decision (a releasing worker, a polling
 // worker or a cancelling one). The proxy's callback posts to the waiter's own worker. An
 // admitted or forced waiter then calls QueuedRequest::takeSlot() to get its AdmissionSlot.
+// A grant that races a cancel may still reach the callback after cancel() has returned, so
+// the callback must own (or share) everything it touches; takeSlot() then returns nothing.
 //
 // Cancel: QueuedRequest::cancel() (also run by its destructor, so a client that disconnects
 // frees its place at once) removes a waiting request. If a slot was granted to it at the same

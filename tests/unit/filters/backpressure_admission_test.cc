@@ -409,15 +409,10 @@ TEST(AdmissionThreadsTest, CancelRacingHandoffNeverLeaks) {
   options.limiter.min_limit = 1;
   AdmissionController controller(options, [&] { return dispatcher.now(); });
 
-  int removed_from_queue = 0;
-  int granted_then_returned = 0;
   for (int round = 0; round < 1000; ++round) {
     AdmitResult holder = controller.admit(AdmissionRequest{});
     ASSERT_EQ(holder.status, AdmitStatus::kAdmitted);
-    std::atomic<bool> notified{false};
-    AdmissionRequest waiting_request;
-    waiting_request.on_wait_end = [&](WaitOutcome) { notified = true; };
-    AdmitResult waiting = controller.admit(std::move(waiting_request));
+    AdmitResult waiting = controller.admit(AdmissionRequest{});
     ASSERT_EQ(waiting.status, AdmitStatus::kQueued);
 
     std::atomic<bool> go{false};
@@ -441,12 +436,11 @@ TEST(AdmissionThreadsTest, CancelRacingHandoffNeverLeaks) {
     ASSERT_TRUE(cancelled) << "round " << round;
     ASSERT_EQ(controller.limiter().inFlight(), 0) << "round " << round;
     ASSERT_EQ(controller.queueLength(), 0u) << "round " << round;
-    (notified ? granted_then_returned : removed_from_queue)++;
   }
   EXPECT_EQ(controller.decisions(Decision::kCancelled), 1000u);
-  EXPECT_EQ(removed_from_queue + granted_then_returned, 1000);
-  ::testing::Test::RecordProperty("removed_from_queue", removed_from_queue);
-  ::testing::Test::RecordProperty("granted_then_returned", granted_then_returned);
+  // How often the grant won the race depends on scheduling; the property shows both paths ran.
+  ::testing::Test::RecordProperty("granted_before_cancel", static_cast<int>(controller.decisions(
+                                                               Decision::kAdmittedFromQueue)));
 }
 
 TEST(AdmissionThreadsTest, FourWorkersKeepCountsExact) {
@@ -482,10 +476,12 @@ TEST(AdmissionThreadsTest, FourWorkersKeepCountsExact) {
       while (!go) {
       }
       for (int i = 0; i < 2000; ++i) {
-        std::atomic<int> outcome{-1};
+        // A grant that races a cancel is still delivered, possibly after this iteration ends,
+        // so the callback owns what it writes to.
+        auto outcome = std::make_shared<std::atomic<int>>(-1);
         AdmissionRequest request;
         request.urgency = (i + t) % kUrgencyLevels;
-        request.on_wait_end = [&](WaitOutcome end) { outcome = static_cast<int>(end); };
+        request.on_wait_end = [outcome](WaitOutcome end) { *outcome = static_cast<int>(end); };
         AdmitResult result = controller.admit(std::move(request));
         if (result.status == AdmitStatus::kAdmitted) {
           hold(std::move(result.slot));
@@ -495,7 +491,7 @@ TEST(AdmissionThreadsTest, FourWorkersKeepCountsExact) {
             continue;
           }
           const auto give_up = std::chrono::steady_clock::now() + 5s;
-          while (outcome.load() < 0 && std::chrono::steady_clock::now() < give_up) {
+          while (outcome->load() < 0 && std::chrono::steady_clock::now() < give_up) {
             controller.poll();
             std::this_thread::yield();
           }
