@@ -73,6 +73,8 @@ double GradientAlgorithm::update(double limit, const SampleWindow& window) {
     return limit;
   }
 
+  // TODO: a busy window cannot tell queueing from a slower upstream. Comparing the latency
+  // change with the in-flight change between windows would, and would cut less on slowdowns.
   const double gradient =
       std::clamp(options_.tolerance * long_latency_ns_ / short_ns, kMinGradient, kMaxGradient);
   const double queue_allowance = std::sqrt(limit);

@@ -59,6 +59,8 @@ class SignalTable {
 public:
   using AllDeferringCallback = std::function<void(bool all_deferring)>;
 
+  // TODO: the endpoint count is fixed, so a cluster whose DNS answer changes needs a new
+  // table and loses its signals.
   SignalTable(size_t endpoints, const SignalTableOptions& options,
               AllDeferringCallback on_all_deferring = {});
   ~SignalTable();
