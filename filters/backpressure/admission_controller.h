@@ -3,24 +3,27 @@
 // The admission controller of one cluster: its concurrency limiter and its wait queue, shared
 // by every worker. The backpressure filter calls admit() for each request and gets one of:
 //
-//   admitted  an AdmissionSlot: an RAII guard that holds one slot of the limit until the
-//             request ends, then releases it and feeds the limiter one sample;
-//   queued    a QueuedRequest handle: the request waits, and the controller later calls the
-//             request's callback with the outcome (WaitOutcome);
-//   shed      the queue is full of requests at least as urgent;
-//   expired   the deadline is too close to be met (less than deadline_margin left).
+//   admitted  an AdmissionSlot, the RAII guard of one slot of the limit. It releases the
+//             slot when the request ends and feeds the limiter one sample.
+//   queued    a QueuedRequest handle. The request waits, and the controller later calls the
+//             request's callback with the outcome (WaitOutcome).
+//   shed      nothing, because the queue is full of requests at least as urgent.
+//   expired   nothing, because the deadline is too close to be met (less than
+//             deadline_margin left).
 //
 // Fast path: while the queue is empty, admit() and the slot's release are a compare-and-swap
 // on the limiter and a few atomic adds, with no lock. New arrivals do not jump a non-empty
-// queue: once a request waits, arrivals go through the queue mutex behind it.
+// queue. Once a request waits, arrivals go through the queue mutex and are ordered with the
+// waiters by urgency.
 //
 // Slot handoff: a slot released while requests wait goes straight to the most urgent waiter
 // (under the queue mutex, without lowering in-flight), so a new arrival cannot race for it.
 // A slot is not handed over while in-flight is above the limit (after forced requests, or
-// after the limit fell); it is released instead. A release and an enqueue that happen at the
-// same time cannot leave a waiter behind a free slot: release() lowers in-flight before it
-// reads the queue size, and admit() raises the queue size before it tries the limiter, both
-// sequentially consistent, so at least one of them sees the other and serves the waiter.
+// after the limit fell), but released instead. A release and an enqueue that happen at the
+// same time cannot leave a waiter behind a free slot. A release lowers in-flight before it
+// reads the queue size, and admit() publishes the queue size before it tries the limiter,
+// with a sequentially consistent fence between the two steps on both sides. So at least one
+// of them sees the other and serves the waiter.
 //
 // Waiter outcomes (WaitOutcome) are delivered through the waiter's callback, always outside
 // the queue mutex and on whichever thread made the decision (a releasing worker, a polling
@@ -257,7 +260,7 @@ private:
   mutable std::mutex mutex_;
   WaitQueue queue_;
   uint64_t next_id_ = 1;
-  // The queue's size, readable without the mutex (sequentially consistent, see above).
+  // The queue's size, readable without the mutex (see the handoff notes above).
   std::atomic<size_t> queue_length_{0};
 
   std::array<std::array<std::atomic<uint64_t>, kUrgencyLevels>, kDecisionKinds> decisions_{};
