@@ -36,7 +36,7 @@ FilterStatus PriorityFilter::onRequestHeaders(HeaderMap& headers) {
   info.priority_source = prioritySourceName(source_);
   count(effective);
 
-  bool enforced = config_.enforce && inRollout(info.request_id, config_.rollout);
+  bool enforced = config_.enforce && inRollout(info.request_id, config_.rollout * 100.0);
   if (enforced) {
     headers.set(config_.policy->header, serializePriority(effective));
   }

@@ -1,0 +1,215 @@
+#include "filters/backpressure/limiter.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace deferd::filters::backpressure {
+
+namespace {
+
+// Gradient bounds: one window can at most halve the proposed limit.
+constexpr double kMinGradient = 0.5;
+constexpr double kMaxGradient = 1.0;
+// When the long-term latency is over this multiple of the window's latency, load has just
+// ended and the long-term average is still inflated by it, so it decays faster.
+constexpr double kLongLatencyDecayRatio = 2.0;
+constexpr double kLongLatencyDecay = 0.95;
+// The gradient algorithm leaves a limit alone when the window used less than this of it.
+constexpr double kGradientInUseFraction = 0.5;
+
+int64_t toNanos(MonotonicTime time) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(time.time_since_epoch()).count();
+}
+
+LimiterOptions sanitize(LimiterOptions options) {
+  options.min_limit = std::max(options.min_limit, 1);
+  options.max_limit = std::max(options.max_limit, options.min_limit);
+  options.initial_limit = std::clamp(options.initial_limit, options.min_limit, options.max_limit);
+  options.min_window_samples = std::max<uint32_t>(options.min_window_samples, 1);
+  options.gradient.smoothing = std::clamp(options.gradient.smoothing, 0.01, 1.0);
+  options.gradient.tolerance = std::max(options.gradient.tolerance, 1.0);
+  options.gradient.long_window = std::max<uint32_t>(options.gradient.long_window, 1);
+  options.aimd.backoff = std::clamp(options.aimd.backoff, 0.1, 0.99);
+  options.aimd.increase = std::max(options.aimd.increase, 1);
+  options.aimd.in_use_fraction = std::clamp(options.aimd.in_use_fraction, 0.0, 1.0);
+  return options;
+}
+
+} // namespace
+
+bool classifyDrop(const LimiterOptions& options, int status, bool timed_out,
+                  std::chrono::nanoseconds latency) {
+  if (timed_out || status == 0 || status >= 500) {
+    return true;
+  }
+  const auto threshold = options.aimd.latency_threshold;
+  return options.algorithm == LimitAlgorithmKind::kAimd && threshold.count() > 0 &&
+         latency > threshold;
+}
+
+GradientAlgorithm::GradientAlgorithm(const GradientOptions& options) : options_(options) {}
+
+double GradientAlgorithm::update(double limit, const SampleWindow& window) {
+  if (window.samples == 0) {
+    return limit;
+  }
+  const double short_ns = std::max<double>(static_cast<double>(window.mean_latency.count()), 1.0);
+
+  // The long-term latency is an exponential average over long_window windows. Because it
+  // keeps moving toward the recent latency, a lasting slowdown becomes the new baseline.
+  if (long_latency_ns_ <= 0.0) {
+    long_latency_ns_ = short_ns;
+  } else {
+    long_latency_ns_ += (short_ns - long_latency_ns_) / options_.long_window;
+  }
+  if (long_latency_ns_ / short_ns > kLongLatencyDecayRatio) {
+    long_latency_ns_ *= kLongLatencyDecay;
+  }
+
+  // A window that used under half the limit carries no evidence of queueing caused by this
+  // cluster's concurrency. Latency that grows while in-flight stays low is the upstream
+  // slowing down, so the limit stays where it is.
+  if (window.max_in_flight < limit * kGradientInUseFraction) {
+    return limit;
+  }
+
+  // TODO: a busy window cannot tell queueing from a slower upstream. Comparing the latency
+  // change with the in-flight change between windows would, and would cut less on slowdowns.
+  const double gradient =
+      std::clamp(options_.tolerance * long_latency_ns_ / short_ns, kMinGradient, kMaxGradient);
+  const double queue_allowance = std::sqrt(limit);
+  double proposed = limit * gradient + queue_allowance;
+  if (window.drops > 0) {
+    proposed = std::min(proposed, limit);
+  }
+
+  return limit * (1.0 - options_.smoothing) + proposed * options_.smoothing;
+}
+
+double AimdAlgorithm::update(double limit, const SampleWindow& window) {
+  if (window.samples == 0) {
+    return limit;
+  }
+  if (window.drops > 0) {
+    return limit * options_.backoff;
+  }
+  if (window.max_in_flight >= limit * options_.in_use_fraction) {
+    return limit + options_.increase;
+  }
+  return limit;
+}
+
+std::unique_ptr<LimitAlgorithm> makeLimitAlgorithm(const LimiterOptions& options) {
+  switch (options.algorithm) {
+  case LimitAlgorithmKind::kGradient:
+    return std::make_unique<GradientAlgorithm>(options.gradient);
+  case LimitAlgorithmKind::kAimd:
+    return std::make_unique<AimdAlgorithm>(options.aimd);
+  case LimitAlgorithmKind::kFixed:
+    break;
+  }
+  return std::make_unique<FixedAlgorithm>();
+}
+
+ConcurrencyLimiter::ConcurrencyLimiter(const LimiterOptions& options, MonotonicTime now)
+    : options_(sanitize(options)), algorithm_(makeLimitAlgorithm(options_)),
+      algorithm_limit_(options_.initial_limit) {
+  limit_.store(options_.initial_limit);
+  window_start_ns_.store(toNanos(now));
+}
+
+bool ConcurrencyLimiter::tryAcquire() {
+  int current = in_flight_.load(std::memory_order_acquire);
+  while (current < limit_.load(std::memory_order_acquire)) {
+    if (in_flight_.compare_exchange_weak(current, current + 1, std::memory_order_acq_rel)) {
+      noteInFlight(current + 1);
+      return true;
+    }
+  }
+  return false;
+}
+
+void ConcurrencyLimiter::forceAcquire() {
+  noteInFlight(in_flight_.fetch_add(1, std::memory_order_acq_rel) + 1);
+}
+
+void ConcurrencyLimiter::release() { in_flight_.fetch_sub(1, std::memory_order_acq_rel); }
+
+void ConcurrencyLimiter::noteInFlight(int in_flight) {
+  int peak = window_max_in_flight_.load(std::memory_order_relaxed);
+  while (in_flight > peak &&
+         !window_max_in_flight_.compare_exchange_weak(peak, in_flight, std::memory_order_relaxed)) {
+  }
+}
+
+void ConcurrencyLimiter::recordSample(const LimitSample& sample, MonotonicTime now) {
+  const auto latency_ns = static_cast<uint64_t>(std::max<int64_t>(sample.latency.count(), 0));
+  window_latency_ns_.fetch_add(latency_ns, std::memory_order_relaxed);
+  if (sample.dropped) {
+    window_drops_.fetch_add(1, std::memory_order_relaxed);
+  }
+  const uint64_t samples = window_samples_.fetch_add(1, std::memory_order_relaxed) + 1;
+
+  const int64_t window_ns =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(options_.sample_window).count();
+  if (samples < options_.min_window_samples ||
+      toNanos(now) - window_start_ns_.load(std::memory_order_relaxed) < window_ns) {
+    return;
+  }
+
+  // The thread that owns the mutex is folding this window already, so this sample joins the
+  // next one.
+  std::unique_lock lock(update_mutex_, std::try_to_lock);
+  if (!lock.owns_lock()) {
+    return;
+  }
+  foldWindowLocked(now);
+}
+
+void ConcurrencyLimiter::foldWindowLocked(MonotonicTime now) {
+  const int64_t window_ns =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(options_.sample_window).count();
+  if (toNanos(now) - window_start_ns_.load(std::memory_order_relaxed) < window_ns) {
+    return; // another thread folded the window between the check and the lock
+  }
+
+  SampleWindow window;
+  window.samples = window_samples_.exchange(0, std::memory_order_relaxed);
+  if (window.samples < options_.min_window_samples) {
+    window_samples_.fetch_add(window.samples, std::memory_order_relaxed);
+    return;
+  }
+  window.drops = window_drops_.exchange(0, std::memory_order_relaxed);
+  const uint64_t latency_ns = window_latency_ns_.exchange(0, std::memory_order_relaxed);
+  window.mean_latency = std::chrono::nanoseconds(latency_ns / window.samples);
+  window.max_in_flight = window_max_in_flight_.exchange(in_flight_.load(std::memory_order_relaxed),
+                                                        std::memory_order_relaxed);
+  // The algorithm compares the peak with its own limit, before the scale. A scaled-down limit
+  // that is fully used must still count as used, so the peak is scaled up the same way.
+  if (limit_scale_ < 1.0) {
+    window.max_in_flight =
+        static_cast<int>(std::ceil(window.max_in_flight / std::max(limit_scale_, 0.001)));
+  }
+  window_start_ns_.store(toNanos(now), std::memory_order_relaxed);
+
+  const double proposed = algorithm_->update(algorithm_limit_, window);
+  algorithm_limit_ = std::clamp(proposed, static_cast<double>(options_.min_limit),
+                                static_cast<double>(options_.max_limit));
+  publishLimitLocked();
+  windows_.fetch_add(1, std::memory_order_relaxed);
+}
+
+void ConcurrencyLimiter::setLimitScale(double scale) {
+  std::lock_guard lock(update_mutex_);
+  limit_scale_ = std::isnan(scale) ? 1.0 : std::clamp(scale, 0.0, 1.0);
+  publishLimitLocked();
+}
+
+void ConcurrencyLimiter::publishLimitLocked() {
+  const double scaled = std::floor(algorithm_limit_ * limit_scale_);
+  const int limit = static_cast<int>(std::clamp(scaled, static_cast<double>(options_.min_limit),
+                                                static_cast<double>(options_.max_limit)));
+  limit_.store(limit, std::memory_order_release);
+}
+
+} // namespace deferd::filters::backpressure
