@@ -93,7 +93,7 @@ void Admission::record(const CallResult& result, MonotonicTime now) {
   measured.latency = now - admitted_at_;
   Outcome outcome = breaker_->classifier().classify(measured);
 
-  // A probe that timed out always fails, whatever the classifier says about timeouts.
+  // A probe that timed out always fails, even when the classifier does not count timeouts.
   bool probe_timed_out =
       verdict_ == Verdict::kProbe && measured.local_failure == LocalFailure::kTimeout;
   if (probe_timed_out) {
@@ -284,7 +284,7 @@ void CircuitBreaker::recordProbeLocked(size_t slot, Outcome outcome, bool timed_
     return;
   }
   if (outcome != Outcome::kSuccess) {
-    // A slow probe fails too: the primary has not shown that it is healthy again.
+    // A slow probe fails too, because the primary has not shown that it is healthy again.
     transitionLocked(BreakerState::kOpen, TransitionCause::kProbeFailed, now, {}, pending);
     return;
   }

@@ -13,7 +13,7 @@
 //     └─────────────────────────────────── HALF-OPEN ───────────────────┘
 //
 // Closed: every request goes to the primary and its outcome enters the sliding window. The
-// breaker opens when the window holds at least min_requests calls and the failure rate or the
+// breaker opens when the window contains at least min_requests calls and the failure rate or the
 // slow-call rate reaches its threshold, or when consecutive_failures calls in a row failed.
 // Those checks run after each recorded outcome, in that order, and the first that holds is the
 // cause.
@@ -87,7 +87,7 @@ std::string_view toString(TransitionCause cause);
 
 struct BreakerOptions {
   WindowOptions window;
-  // Calls the window must hold before the failure and slow-call rates can open the breaker.
+  // Calls the window must contain before the failure and slow-call rates can open the breaker.
   uint64_t min_requests = 20;
   // Failure rate (0..1] at or above which the breaker opens. Zero turns the check off.
   double failure_rate_threshold = 0.5;
@@ -105,7 +105,7 @@ struct BreakerOptions {
   // Growth factor of the cooldown per trip in a row. Values below 1 are treated as 1.
   double cooldown_multiplier = 2.0;
   std::chrono::milliseconds max_cooldown = std::chrono::minutes(5);
-  // Fraction of the cooldown added or removed at random; clamped to [0, 1].
+  // Fraction of the cooldown added or removed at random, clamped to [0, 1].
   double jitter = 0.1;
 
   bool shadow = false;
@@ -116,9 +116,9 @@ struct BreakerTransition {
   BreakerState from = BreakerState::kClosed;
   BreakerState to = BreakerState::kClosed;
   TransitionCause cause = TransitionCause::kFailureRate;
-  // The cooldown that starts with this transition; zero unless `to` is open.
+  // The cooldown that starts with this transition, or zero unless `to` is open.
   std::chrono::milliseconds cooldown{0};
-  // The window when the breaker opened from closed; empty otherwise.
+  // The window when the breaker opened from closed, or empty for other transitions.
   WindowCounts window;
   // Counts up from 1 per breaker, in the order the transitions happened.
   uint64_t sequence = 0;
@@ -145,17 +145,17 @@ public:
   Admission& operator=(const Admission&) = delete;
   ~Admission();
 
-  // The breaker's own decision; in shadow mode it may be kRejected while the request still
+  // The breaker's own decision. In shadow mode it may be kRejected while the request still
   // goes to the primary.
   Verdict verdict() const { return verdict_; }
   bool shadow() const { return shadow_; }
   // Whether the request goes to the primary: any verdict but kRejected, and any in shadow mode.
   bool sendToPrimary() const { return verdict_ != Verdict::kRejected || shadow_; }
-  // Time until the next request could be let through, rounded up to whole milliseconds; zero
-  // unless the verdict is kRejected. Meant for the retry-after header.
+  // Time until the next request could be let through, rounded up to whole milliseconds, for
+  // the retry-after header. Zero unless the verdict is kRejected.
   std::chrono::milliseconds retryAfter() const { return retry_after_; }
 
-  // Records the call's result; the latency is taken as now minus the admission time. Only the
+  // Records the call's result, with now minus the admission time as its latency. Only the
   // first call counts, and nothing is recorded for a rejected verdict.
   void record(const CallResult& result, MonotonicTime now);
   // Records that the call timed out, also for a probe whose timeout the classifier would not
@@ -172,7 +172,7 @@ private:
   bool shadow_ = false;
   std::chrono::milliseconds retry_after_{0};
   uint64_t epoch_ = 0;
-  // The probe ticket's slot; meaningful only for kProbe.
+  // The probe ticket's slot, meaningful only for kProbe.
   size_t slot_ = 0;
   MonotonicTime admitted_at_;
   bool done_ = true;
@@ -185,7 +185,7 @@ public:
   using RandomSource = std::function<double()>;
 
   // An empty random source is replaced by a generator seeded from std::random_device. The
-  // listener may be empty; it must not call back into this breaker.
+  // listener may be empty. It runs without the breaker's lock, so it may read the breaker.
   static std::shared_ptr<CircuitBreaker> create(const BreakerOptions& options, MonotonicTime now,
                                                 RandomSource random = {}, Listener listener = {});
 
@@ -197,7 +197,7 @@ public:
 
   // The state as of now, after the time-driven transitions (cooldown over, probe timed out).
   BreakerState state(MonotonicTime now);
-  // The last state, without applying time-driven transitions; lock-free.
+  // The last state, without applying time-driven transitions. Lock-free.
   BreakerState lastState() const { return state_mirror_.load(std::memory_order_acquire); }
   WindowCounts windowCounts(MonotonicTime now);
 

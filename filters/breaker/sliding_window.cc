@@ -77,8 +77,8 @@ void TimeWindow::advanceTo(int64_t slice) {
     return;
   }
 
-  // Only slices newer than newest_slice_ can be stale; after buckets_.size() steps every
-  // bucket has been visited once, so the walk is bounded by the bucket count.
+  // Only the buckets of slices after newest_slice_ can hold stale counts. A walk of
+  // buckets_.size() steps visits every bucket once, so it never needs to go further.
   int64_t steps = std::min<int64_t>(slice - newest_slice_, static_cast<int64_t>(buckets_.size()));
   for (int64_t i = 1; i <= steps; ++i) {
     Bucket& bucket = buckets_[static_cast<size_t>(newest_slice_ + i) % buckets_.size()];

@@ -60,7 +60,7 @@ public:
 
 private:
   std::vector<Outcome> ring_;
-  // Next position to write; the ring is full once filled_ reaches its size.
+  // Next position to write. The ring is full once filled_ reaches its size.
   size_t next_ = 0;
   size_t filled_ = 0;
   WindowCounts totals_;
@@ -77,7 +77,7 @@ public:
 
 private:
   struct Bucket {
-    // The time slice this bucket counts; slices count up from origin_ in steps of width_.
+    // The time slice this bucket counts. Slices count up from origin_ in steps of width_.
     int64_t slice = -1;
     WindowCounts counts;
   };
