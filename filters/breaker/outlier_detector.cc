@@ -108,8 +108,10 @@ void OutlierDetector::evaluateIntervalLocked(MonotonicTime now) {
   // next one starts now.
   next_evaluation_ = now + std::max(options_.interval, std::chrono::milliseconds(1));
 
+  // ejected_until is the time a returned endpoint came back.
   for (Endpoint& endpoint : endpoints_) {
-    if (!endpoint.ejected && endpoint.times_ejected > 0) {
+    if (!endpoint.ejected && endpoint.times_ejected > 0 &&
+        now - endpoint.ejected_until >= options_.interval) {
       endpoint.times_ejected--;
     }
   }

@@ -13,8 +13,9 @@
 //
 // An ejected endpoint gets no traffic for base_ejection_time * (times it has been ejected),
 // capped at max_ejection_time. It returns by itself when that time has passed, with its failure
-// run cleared. Each interval that an endpoint spends back in service lowers its ejection count
-// by one, so a host that was ejected long ago starts again from base_ejection_time.
+// run cleared. Each evaluation lowers the ejection count by one for an endpoint that has been
+// back in service for at least one interval, so an endpoint that was ejected long ago starts
+// again from base_ejection_time.
 //
 // Cap: at most floor(endpoints * max_ejection_percent / 100) endpoints are ejected at once,
 // and never all of them, so at least one endpoint always remains. An ejection that would pass
@@ -93,7 +94,7 @@ private:
     uint32_t consecutive_failures = 0;
     bool ejected = false;
     MonotonicTime ejected_until;
-    // Ejections so far, lowered by one per interval back in service.
+    // Ejections so far, lowered by one per evaluation after an interval back in service.
     uint32_t times_ejected = 0;
     // Calls and successes in the current interval.
     uint64_t calls = 0;
