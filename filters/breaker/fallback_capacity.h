@@ -22,7 +22,8 @@
 // exactly a bucket of `burst` tokens refilled at `rate` per second, updated by one
 // compare-and-swap, with no lock.
 //
-// A grant is an RAII guard: destroying it releases its concurrency slot exactly once.
+// A grant is an RAII guard that releases its concurrency slot when destroyed. A slot that was
+// moved from or already released releases nothing.
 
 #include <atomic>
 #include <chrono>

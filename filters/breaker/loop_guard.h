@@ -12,7 +12,8 @@
 //
 // A name that is a valid Token is written as a Token, any other printable ASCII name as a
 // String. Parameters and inner lists are not part of this header, and make it malformed. Field
-// lines sent more than once are joined with ", " before parsing, as RFC 8941 section 4.2 says.
+// lines sent more than once are joined with ", " before parsing, as RFC 8941 section 4.2
+// prescribes.
 //
 // Bounds: at most kMaxFallbackPathEntries entries of at most kMaxServiceNameLength bytes each,
 // and at most kMaxFallbackPathBytes for the whole joined value. Parsing stops as soon as a
@@ -70,7 +71,7 @@ FallbackPath readFallbackPath(const HeaderMap& headers);
 // is already full, or the name is not a valid service name.
 std::optional<std::string> appendToFallbackPath(const FallbackPath& path, std::string_view service);
 
-// What to do with a request that the loop guard stops.
+// The action for a request that the loop guard stops.
 enum class LoopPolicy : uint8_t {
   kReject,        // reject the request with a local reply
   kSendToPrimary, // send it to the primary even though its breaker is open

@@ -24,7 +24,7 @@
 // 5 endpoints allows no ejection at all.
 //
 // Time: there is no timer. The interval's evaluation and the return of ejected endpoints happen
-// lazily, in whichever call first comes after they are due; a call with a time earlier than the
+// lazily, in whichever call first comes after they are due. A call with a time earlier than the
 // last one is treated as happening at the last one.
 //
 // Locking: one mutex per cluster, held for O(1) work by record() and isEjected(), and O(number
@@ -82,7 +82,7 @@ public:
   void resize(size_t endpoints, MonotonicTime now);
 
   size_t endpointCount();
-  // The most endpoints that may be ejected at once, for the current size.
+  // The maximum number of endpoints ejected at once, for the current size.
   size_t maxEjected();
 
   uint64_t ejectionsTotal();

@@ -15,11 +15,11 @@ using namespace std::chrono_literals;
 using deferd::testing::FakeDispatcher;
 
 int takeAll(TokenBucket& bucket, MonotonicTime now, int attempts) {
-  int taken = 0;
+  int tokens = 0;
   for (int i = 0; i < attempts; ++i) {
-    taken += bucket.tryTake(now) ? 1 : 0;
+    tokens += bucket.tryTake(now) ? 1 : 0;
   }
-  return taken;
+  return tokens;
 }
 
 TEST(BreakerTokenBucketTest, StartsWithBurst) {
@@ -58,13 +58,13 @@ TEST(BreakerTokenBucketTest, SteadyRateOverTime) {
   // then the rate.
   FakeDispatcher clock;
   TokenBucket bucket(20, 20);
-  int taken = 0;
+  int tokens = 0;
   for (int i = 0; i < 1000; ++i) {
-    taken += bucket.tryTake(clock.now()) ? 1 : 0;
+    tokens += bucket.tryTake(clock.now()) ? 1 : 0;
     clock.advance(10ms);
   }
-  EXPECT_GE(taken, 20 + 199);
-  EXPECT_LE(taken, 20 + 200);
+  EXPECT_GE(tokens, 20 + 199);
+  EXPECT_LE(tokens, 20 + 200);
 }
 
 TEST(BreakerTokenBucketTest, ZeroRateIsUnlimited) {
@@ -80,18 +80,18 @@ TEST(BreakerTokenBucketTest, BurstBelowOneIsOne) {
 }
 
 TEST(BreakerTokenBucketTest, ExactAcrossThreads) {
-  // Eight threads race for the tokens of a bucket whose clock stands still: exactly the burst.
+  // Eight threads race for the tokens of a bucket on a stopped clock, and get exactly the burst.
   FakeDispatcher clock;
   TokenBucket bucket(1, 1000);
-  std::atomic<int> taken{0};
+  std::atomic<int> tokens{0};
   std::vector<std::thread> threads;
   for (int t = 0; t < 8; ++t) {
-    threads.emplace_back([&] { taken.fetch_add(takeAll(bucket, clock.now(), 1000)); });
+    threads.emplace_back([&] { tokens.fetch_add(takeAll(bucket, clock.now(), 1000)); });
   }
   for (std::thread& thread : threads) {
     thread.join();
   }
-  EXPECT_EQ(taken.load(), 1000);
+  EXPECT_EQ(tokens.load(), 1000);
 }
 
 TEST(BreakerConcurrencyLimitTest, SlotsReturnOnDestruction) {
@@ -200,14 +200,14 @@ TEST_F(BreakerFallbackCapacityTest, RejectsAtMaxRps) {
 
 TEST_F(BreakerFallbackCapacityTest, ConcurrencyRejectTakesNoToken) {
   FallbackCapacity capacity(options(1, 1, 2));
-  FallbackDecision held = capacity.tryAcquire(clock_.now());
-  ASSERT_TRUE(held.granted());
+  FallbackDecision first = capacity.tryAcquire(clock_.now());
+  ASSERT_TRUE(first.granted());
   for (int i = 0; i < 10; ++i) {
     EXPECT_EQ(capacity.tryAcquire(clock_.now()).rejection, FallbackRejection::kMaxConcurrent);
   }
 
-  // The bucket still holds its second token.
-  held.grant.reset();
+  // The bucket still contains its second token.
+  first.grant.reset();
   EXPECT_TRUE(capacity.tryAcquire(clock_.now()).granted());
 }
 
