@@ -339,17 +339,22 @@ std::chrono::milliseconds CircuitBreaker::nextCooldownLocked() {
   trips_in_a_row_++;
 
   double max_ms = static_cast<double>(std::max<int64_t>(options_.max_cooldown.count(), 0));
-  double multiplier = std::max(options_.cooldown_multiplier, 1.0);
+  // Each comparison is written so that NaN options fall back to no growth and no jitter.
+  double multiplier = options_.cooldown_multiplier >= 1.0 ? options_.cooldown_multiplier : 1.0;
   double cooldown_ms = static_cast<double>(std::max<int64_t>(options_.base_cooldown.count(), 0)) *
                        std::pow(multiplier, static_cast<double>(trips_in_a_row_ - 1));
   cooldown_ms = std::min(cooldown_ms, max_ms);
 
   double unit = random_ ? random_() : std::uniform_real_distribution<double>()(fallback_random_);
-  unit = std::clamp(unit, 0.0, 1.0);
-  double jitter = std::clamp(options_.jitter, 0.0, 1.0);
+  unit = unit >= 0.0 && unit <= 1.0 ? unit : 0.5;
+  double jitter = options_.jitter > 0.0 ? std::min(options_.jitter, 1.0) : 0.0;
   cooldown_ms *= 1.0 + jitter * (2.0 * unit - 1.0);
 
   cooldown_ms = std::clamp(cooldown_ms, 0.0, max_ms);
+  if (std::isnan(cooldown_ms)) {
+    // Only a zero base cooldown times an infinite multiplier gets here.
+    cooldown_ms = 0.0;
+  }
   return std::chrono::milliseconds(std::llround(cooldown_ms));
 }
 

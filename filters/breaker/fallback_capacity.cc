@@ -10,25 +10,36 @@ namespace deferd::filters::breaker {
 namespace {
 
 constexpr double kNanosPerSecond = 1e9;
+// A cap on burst / rate, about 31 years, so the product cannot overflow int64_t.
+constexpr double kMaxLeadNs = 1e18;
 
 int64_t nanosSinceEpoch(MonotonicTime now) {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(now.time_since_epoch()).count();
 }
 
+bool isUnlimited(double rate_per_second) { return !(rate_per_second > 0); }
+
 int64_t intervalFor(double rate_per_second) {
-  if (rate_per_second <= 0) {
+  if (isUnlimited(rate_per_second)) {
     return 0;
   }
-  // At least 1 ns, so a huge rate still advances the TAT.
-  return std::max<int64_t>(1, std::llround(kNanosPerSecond / rate_per_second));
+  // At least 1 ns, so a huge rate still advances the TAT, and at most kMaxLeadNs, so a tiny
+  // rate cannot overflow.
+  double interval = std::clamp(kNanosPerSecond / rate_per_second, 1.0, kMaxLeadNs);
+  return std::llround(interval);
+}
+
+int64_t maxLeadFor(double burst, int64_t interval_ns) {
+  // Written so that a NaN burst also becomes 1.
+  double tokens = burst >= 1.0 ? burst : 1.0;
+  return static_cast<int64_t>(std::min(tokens * static_cast<double>(interval_ns), kMaxLeadNs));
 }
 
 } // namespace
 
 TokenBucket::TokenBucket(double rate_per_second, double burst)
-    : unlimited_(rate_per_second <= 0), interval_ns_(intervalFor(rate_per_second)),
-      max_lead_ns_(static_cast<int64_t>(std::max(burst, 1.0) * static_cast<double>(interval_ns_))),
-      tat_ns_(std::numeric_limits<int64_t>::min()) {}
+    : unlimited_(isUnlimited(rate_per_second)), interval_ns_(intervalFor(rate_per_second)),
+      max_lead_ns_(maxLeadFor(burst, interval_ns_)), tat_ns_(std::numeric_limits<int64_t>::min()) {}
 
 bool TokenBucket::tryTake(MonotonicTime now) {
   if (unlimited_) {

@@ -38,8 +38,8 @@ namespace deferd::filters::breaker {
 
 class TokenBucket {
 public:
-  // A rate of zero or less turns the bucket off: every request gets a token. A burst below 1
-  // is treated as 1. The bucket starts full.
+  // A rate of zero or less (or NaN) turns the bucket off, and every request gets a token. A
+  // burst below 1 (or NaN) is treated as 1. The bucket starts full.
   TokenBucket(double rate_per_second, double burst);
 
   bool tryTake(MonotonicTime now);

@@ -76,6 +76,8 @@ public:
   bool isEjected(size_t endpoint, MonotonicTime now);
   size_t ejectedCount(MonotonicTime now);
 
+  // TODO: endpoints are matched by index, so a re-resolution that reorders the endpoint list
+  // moves their state and ejections to other endpoints. Key them by address instead.
   // Changes the number of endpoints, keeping the state of the first ones. Endpoints past the
   // new size are dropped, with their ejections. Ejections above the new size's cap stay until
   // they end.

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <cmath>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -462,6 +463,20 @@ TEST_F(BreakerStateMachineTest, JitterStaysInBounds) {
   clock_.advance(30s);
   call(serverError());
   EXPECT_EQ(lastTransition().cooldown, 24s); // the capped 30 s, less 20 %
+}
+
+TEST_F(BreakerStateMachineTest, NanOptionsMeanNoGrowth) {
+  BreakerOptions options = baseOptions();
+  options.cooldown_multiplier = std::nan("");
+  options.jitter = std::nan("");
+  makeBreaker(options);
+  random_value_ = std::nan("");
+
+  trip();
+  EXPECT_EQ(lastTransition().cooldown, 10s);
+  clock_.advance(10s);
+  call(serverError());
+  EXPECT_EQ(lastTransition().cooldown, 10s);
 }
 
 TEST_F(BreakerStateMachineTest, DefaultRandomSourceWithinJitter) {

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <cmath>
 #include <thread>
 #include <vector>
 
@@ -77,6 +78,22 @@ TEST(BreakerTokenBucketTest, BurstBelowOneIsOne) {
   FakeDispatcher clock;
   TokenBucket bucket(1, 0.2);
   EXPECT_EQ(takeAll(bucket, clock.now(), 10), 1);
+}
+
+TEST(BreakerTokenBucketTest, ExtremeOptionsStayBounded) {
+  FakeDispatcher clock;
+  TokenBucket tiny_rate(1e-30, 1);
+  EXPECT_TRUE(tiny_rate.tryTake(clock.now()));
+  EXPECT_FALSE(tiny_rate.tryTake(clock.now()));
+
+  TokenBucket huge_burst(1, 1e300);
+  EXPECT_EQ(takeAll(huge_burst, clock.now(), 1000), 1000);
+
+  TokenBucket nan_rate(std::nan(""), 1);
+  EXPECT_EQ(takeAll(nan_rate, clock.now(), 10), 10);
+
+  TokenBucket nan_burst(1, std::nan(""));
+  EXPECT_EQ(takeAll(nan_burst, clock.now(), 10), 1);
 }
 
 TEST(BreakerTokenBucketTest, ExactAcrossThreads) {
