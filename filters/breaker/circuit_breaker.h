@@ -24,19 +24,21 @@
 // with u drawn uniformly from [-1, 1) by the random source, and the result capped at
 // max_cooldown again. Closing resets n.
 //
-// Half-open: exactly `probes` probe tickets are handed out, never more, whichever threads ask.
-// When all of them report success, the breaker closes with an empty window. A failed or slow
-// probe reopens it at once. A probe that has not reported after probe_timeout counts as failed:
-// the caller reports the timeout through its admission, and the breaker also reopens by itself
+// Half-open: `probes` probe tickets exist, and a request gets one only while one is free, so no
+// more than `probes` probes are ever outstanding or succeeded, whichever threads ask. When all
+// of them report success, the breaker closes with an empty window. A failed or slow probe
+// reopens it at once. A probe that has not reported after probe_timeout counts as failed. The
+// caller reports the timeout through its admission, and the breaker also reopens by itself
 // when it is next consulted (allow, record or state) and finds a probe outstanding that long,
 // so it can never stay half-open. A probe admission released without a result (the request was
-// cancelled before the primary answered) frees its ticket for another request.
+// cancelled before the primary answered) frees its ticket for another request, so a half-open
+// period may send more than `probes` requests in all, but never more than `probes` at once.
 //
 // Stale results: each transition starts a new epoch. A result whose admission was made in an
 // earlier epoch (a call that was in flight when the breaker opened) is ignored.
 //
 // Transitions: each one is reported exactly once to the listener, with its cause, after the
-// lock is released. Listener calls from different threads may arrive out of order; the
+// lock is released. Listener calls from different threads may arrive out of order, and the
 // sequence number in BreakerTransition gives their true order.
 //
 // Shadow mode: the state machine runs the same way and reports its transitions, but every
@@ -44,9 +46,10 @@
 // is counted in shadowRejections(), and its outcome is not recorded, so the machine behaves as
 // if it had been rejected.
 //
-// Locking: one mutex guards the state, the window and the probe tickets; it is held for O(1)
-// work per call (O(window buckets) at worst, see sliding_window.h) and never while calling the
-// listener. The state and the counters are mirrored in atomics for lock-free reads.
+// Locking: one mutex guards the state, the window and the probe tickets. A call holds it for
+// O(probes) work, plus O(window buckets) at worst after an idle period (see sliding_window.h),
+// and never while calling the listener. The state and the counters are mirrored in atomics
+// for lock-free reads.
 //
 // Lifetime: create() returns a shared_ptr, and each admission keeps the breaker alive until
 // it is destroyed, so a config reload cannot free a breaker under a request in flight.

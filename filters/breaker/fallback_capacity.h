@@ -131,7 +131,7 @@ struct FallbackDecision {
 // Thread-safe: every member may be called from any worker.
 class FallbackCapacity {
 public:
-  FallbackCapacity(const FallbackCapacityOptions& options);
+  explicit FallbackCapacity(const FallbackCapacityOptions& options);
 
   // Checks the load signal, the concurrency cap and the rate (steps 2 to 4 above).
   FallbackDecision tryAcquire(MonotonicTime now);
