@@ -15,7 +15,7 @@
 // Closed: every request goes to the primary and its outcome enters the sliding window. The
 // breaker opens when the window contains at least min_requests calls and the failure rate or the
 // slow-call rate reaches its threshold, or when consecutive_failures calls in a row failed.
-// Those checks run after each recorded outcome, in that order, and the first that holds is the
+// Those checks run after each recorded outcome, in that order, and the first that is met is the
 // cause.
 //
 // Open: no request goes to the primary until the cooldown has passed. The n-th trip in a row
