@@ -123,7 +123,8 @@ FallbackDecision FallbackCapacity::tryAcquire(MonotonicTime now) {
     return decision;
   }
 
-  decision.grant.emplace(FallbackGrant{.slot = std::move(slot), .admission = Admission()});
+  decision.grant.emplace(FallbackGrant{
+      .keep_alive = weak_from_this().lock(), .slot = std::move(slot), .admission = Admission()});
   return decision;
 }
 

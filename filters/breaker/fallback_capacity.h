@@ -28,6 +28,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string_view>
 
@@ -113,6 +114,9 @@ std::string_view toString(FallbackRejection rejection);
 // the fallback's concurrency (and frees a probe ticket of the fallback's breaker that was never
 // used, see circuit_breaker.h).
 struct FallbackGrant {
+  // Keeps a capacity owned by a shared_ptr alive until the slot is released, so a config reload
+  // cannot free it under a request in flight. Declared first, so it is destroyed last.
+  std::shared_ptr<const void> keep_alive;
   ConcurrencySlot slot;
   // The fallback breaker's admission; record the call's result through it. Empty (rejected,
   // no breaker) when the capacity was checked without a breaker.
@@ -128,8 +132,9 @@ struct FallbackDecision {
   bool granted() const { return grant.has_value(); }
 };
 
-// Thread-safe: every member may be called from any worker.
-class FallbackCapacity {
+// Thread-safe: every member may be called from any worker. A capacity owned by a shared_ptr
+// is kept alive by its grants. Otherwise it must outlive them.
+class FallbackCapacity : public std::enable_shared_from_this<FallbackCapacity> {
 public:
   explicit FallbackCapacity(const FallbackCapacityOptions& options);
 

@@ -283,6 +283,19 @@ TEST_F(BreakerFallbackCapacityTest, ConcurrencyCapAcrossThreads) {
   EXPECT_EQ(capacity.inFlight(), 0u);
 }
 
+TEST_F(BreakerFallbackCapacityTest, GrantKeepsSharedCapacityAlive) {
+  auto capacity = std::make_shared<FallbackCapacity>(options(1, 0, 0));
+  std::weak_ptr<FallbackCapacity> watch = capacity;
+  FallbackDecision decision = capacity->tryAcquire(clock_.now());
+  ASSERT_TRUE(decision.granted());
+
+  // A reload drops the cluster's reference while the request is in flight.
+  capacity.reset();
+  EXPECT_FALSE(watch.expired());
+  decision.grant.reset();
+  EXPECT_TRUE(watch.expired());
+}
+
 TEST_F(BreakerFallbackCapacityTest, RejectionNames) {
   EXPECT_EQ(toString(FallbackRejection::kMaxConcurrent), "max_concurrent");
   EXPECT_EQ(toString(FallbackRejection::kMaxRps), "max_rps");
