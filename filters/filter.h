@@ -46,12 +46,17 @@ public:
   virtual bool enabled() const = 0;
 };
 
-// The worker's event loop as filters see it: a clock and timers. Tests use a fake one.
+// The worker's event loop as filters see it: a clock, timers, and a way in from other threads.
+// Tests use a fake one.
 class Dispatcher {
 public:
   virtual ~Dispatcher() = default;
   virtual MonotonicTime now() const = 0;
   virtual std::unique_ptr<Timer> createTimer(std::function<void()> callback) = 0;
+  // Runs `callback` on this worker's thread, later; safe to call from any thread. Shared state
+  // that decides on one worker for a request of another (a released slot handed to a waiter)
+  // wakes the waiter this way.
+  virtual void post(std::function<void()> callback) = 0;
 };
 
 // Request or response headers. Names are compared case-insensitively.

@@ -76,6 +76,8 @@ public:
     return std::make_unique<AsioTimer>(io_, std::move(callback));
   }
 
+  void post(std::function<void()> callback) override { asio::post(io_, std::move(callback)); }
+
 private:
   asio::io_context& io_;
 };

@@ -70,7 +70,19 @@ public:
     return timer;
   }
 
+  void post(std::function<void()> callback) override { posted_.push_back(std::move(callback)); }
+
+  // Runs the callbacks posted so far, and those they post, in order.
+  void runPosted() {
+    while (!posted_.empty()) {
+      std::function<void()> callback = std::move(posted_.front());
+      posted_.erase(posted_.begin());
+      callback();
+    }
+  }
+
   void advance(std::chrono::milliseconds step) {
+    runPosted();
     now_ += step;
     for (bool fired = true; fired;) {
       fired = false;
@@ -107,6 +119,7 @@ private:
 
   MonotonicTime now_{std::chrono::seconds(1000)};
   std::vector<FakeTimer*> timers_;
+  std::vector<std::function<void()>> posted_;
 };
 
 // Filter callbacks that record what a filter asked for, for tests that drive one filter.
