@@ -173,6 +173,8 @@ struct SignalPolicy {
   Duration hold_above{500};      // ... after staying above for this long
   double resume_below = 0.7;     // smoothed load below which it stops deferring
   Duration hold_below{2000};     // ... after staying below for this long
+
+  bool operator==(const SignalPolicy&) const = default;
 };
 
 // The backpressure section of a policy: an adaptive concurrency limit per route cluster, a
@@ -200,6 +202,8 @@ struct BackpressurePolicy {
   bool emit_signal = false;           // inbound: report this cluster's load in every response
   std::optional<SignalPolicy> signal; // outbound: read the endpoints' signals
   double all_deferring_scale = 0.5;   // limit factor while every endpoint defers
+
+  bool operator==(const BackpressurePolicy&) const = default;
 };
 
 // The process-wide table behind priority inheritance.

@@ -102,7 +102,7 @@ struct RequestInfo {
   std::string correlation_id;
 
   // The endpoint the request was sent to, once one was picked; null before.
-  const filters::SharedEndpoint* upstream = nullptr;
+  filters::SharedEndpoint* upstream = nullptr;
   // Set when deferd answered the request itself, before the response filters run.
   std::optional<LocalReplyReason> local_reply;
   // The retry-after of a 503 local reply, when a filter knows better than the default (a

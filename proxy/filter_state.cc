@@ -26,10 +26,155 @@ FilterState::inheritanceTable(const config::InheritanceConfig& options) {
   return table_;
 }
 
+namespace {
+
+std::string_view decisionName(filters::backpressure::Decision decision) {
+  using filters::backpressure::Decision;
+  switch (decision) {
+  case Decision::kAdmitted:
+    return "admitted";
+  case Decision::kQueued:
+    return "queued";
+  case Decision::kAdmittedFromQueue:
+    return "dequeued";
+  case Decision::kShed:
+    return "shed";
+  case Decision::kTimedOut:
+    return "timed_out";
+  case Decision::kExpired:
+    return "expired";
+  case Decision::kForced:
+    return "forced";
+  case Decision::kCancelled:
+    break;
+  }
+  return "cancelled";
+}
+
+std::string_view shadowDecisionName(filters::backpressure::ShadowDecision decision) {
+  using filters::backpressure::ShadowDecision;
+  switch (decision) {
+  case ShadowDecision::kAdmitted:
+    return "admitted";
+  case ShadowDecision::kQueued:
+    return "queued";
+  case ShadowDecision::kShed:
+    return "shed";
+  case ShadowDecision::kExpired:
+    break;
+  }
+  return "expired";
+}
+
+} // namespace
+
+void FilterState::endBuild() {
+  std::erase_if(backpressure_,
+                [this](const auto& item) { return item.second.generation != generation_; });
+}
+
+std::shared_ptr<filters::backpressure::BackpressureShared>
+FilterState::backpressure(const std::string& policy, const std::string& cluster,
+                          const config::BackpressurePolicy& options, Metrics& metrics) {
+  BackpressureEntry& entry = backpressure_[{policy, cluster}];
+  entry.generation = generation_;
+  if (entry.shared && entry.shared->options == options) {
+    return entry.shared;
+  }
+
+  // TODO: a changed policy starts a new controller: its learned limit and its waiting
+  // requests stay with the old one until they end.
+  entry.shared = filters::backpressure::makeBackpressureShared(policy, cluster, options);
+  entry.stats = metrics.backpressure(cluster);
+  entry.shared->queue_wait = entry.stats->queue_wait;
+  entry.shared->boosts = entry.stats->boosts;
+  for (size_t kind = 0; kind < entry.decisions.size(); ++kind) {
+    for (size_t urgency = 0; urgency < kUrgencies; ++urgency) {
+      entry.decisions[kind][urgency] = metrics.backpressureDecision(
+          policy, decisionName(static_cast<Decision>(kind)), static_cast<int>(urgency), false);
+    }
+  }
+  for (size_t kind = 0; kind < entry.shadow_decisions.size(); ++kind) {
+    for (size_t urgency = 0; urgency < kUrgencies; ++urgency) {
+      entry.shadow_decisions[kind][urgency] = metrics.backpressureDecision(
+          policy, shadowDecisionName(static_cast<ShadowDecision>(kind)), static_cast<int>(urgency),
+          true);
+    }
+  }
+  entry.decisions_seen = {};
+  entry.shadow_seen = {};
+  entry.stale_seen = 0;
+  return entry.shared;
+}
+
+void FilterState::exportDecisions(BackpressureEntry& entry) {
+  const auto& controller = *entry.shared->controller;
+  for (size_t kind = 0; kind < entry.decisions.size(); ++kind) {
+    for (size_t urgency = 0; urgency < kUrgencies; ++urgency) {
+      uint64_t total = controller.decisions(static_cast<Decision>(kind), static_cast<int>(urgency));
+      uint64_t& seen = entry.decisions_seen[kind][urgency];
+      if (total > seen) {
+        entry.decisions[kind][urgency]->Increment(static_cast<double>(total - seen));
+        seen = total;
+      }
+    }
+  }
+  for (size_t kind = 0; kind < entry.shadow_decisions.size(); ++kind) {
+    for (size_t urgency = 0; urgency < kUrgencies; ++urgency) {
+      uint64_t total =
+          controller.shadowDecisions(static_cast<ShadowDecision>(kind), static_cast<int>(urgency));
+      uint64_t& seen = entry.shadow_seen[kind][urgency];
+      if (total > seen) {
+        entry.shadow_decisions[kind][urgency]->Increment(static_cast<double>(total - seen));
+        seen = total;
+      }
+    }
+  }
+}
+
 void FilterState::tick(Metrics& metrics) {
   if (table_) {
     table_->removeExpired();
     metrics.recordInheritanceTable(table_->size(), table_->evictions());
+  }
+
+  // Gauges are per cluster, so pairs of one cluster add up.
+  struct ClusterTotals {
+    double limit = 0;
+    double in_flight = 0;
+    std::array<double, kUrgencies> queued{};
+    double deferring = 0;
+  };
+  std::map<BackpressureStats*, ClusterTotals> totals;
+  MonotonicTime now = std::chrono::steady_clock::now();
+  for (auto& [key, entry] : backpressure_) {
+    auto& controller = *entry.shared->controller;
+    controller.poll();
+    ClusterTotals& cluster = totals[entry.stats];
+    cluster.limit += controller.limiter().limit();
+    cluster.in_flight += controller.limiter().inFlight();
+    auto depth = controller.queueDepthByUrgency();
+    for (size_t urgency = 0; urgency < kUrgencies && urgency < depth.size(); ++urgency) {
+      cluster.queued[urgency] += static_cast<double>(depth[urgency]);
+    }
+    if (auto& signals = entry.shared->signals) {
+      signals->poll(now);
+      cluster.deferring += static_cast<double>(signals->deferringCount(now));
+      uint64_t stale = signals->staleSignals();
+      if (stale > entry.stale_seen) {
+        entry.stats->signals_stale->Increment(static_cast<double>(stale - entry.stale_seen));
+        entry.stale_seen = stale;
+      }
+    }
+    exportDecisions(entry);
+  }
+  for (const auto& [stats, cluster] : totals) {
+    stats->limit->Set(cluster.limit);
+    stats->in_flight->Set(cluster.in_flight);
+    for (size_t urgency = 0; urgency < kUrgencies; ++urgency) {
+      stats->queue_depth[urgency]->Set(cluster.queued[urgency]);
+    }
+    stats->endpoints_deferring->Set(cluster.deferring);
   }
 }
 

@@ -4,17 +4,26 @@
 //
 // A reload builds a new Snapshot with new filter factories, but some filter state must carry
 // over: the priority inheritance table holds the priorities of requests in flight, which the
-// app's sub-calls still need after the reload. FilterState owns such state for the life of the
-// process. Snapshot::build asks it for each shared object; it returns the object it already
-// has when the options that shape it are unchanged, and a new one otherwise.
+// app's sub-calls still need after the reload, and an admission controller holds a learned
+// limit and waiting requests. FilterState owns such state for the life of the process.
+// Snapshot::build asks it for each shared object between beginBuild() and endBuild(); it
+// returns the object it already has when the options that shape it are unchanged, and a new
+// one otherwise. endBuild() forgets the objects the new snapshot did not ask for; streams of
+// the old snapshot keep theirs alive until they end.
 //
-// Threading: build() runs on the main thread only; the objects it hands out are safe to use
-// from every worker. tick() also runs on the main thread, once a second.
+// Threading: building and tick() run on the main thread only; the objects handed out are safe
+// to use from every worker. tick() runs once a second and exports what filters keep in
+// atomics as metrics.
 
+#include <array>
+#include <map>
 #include <memory>
 #include <optional>
+#include <string>
+#include <utility>
 
 #include "config/config.h"
+#include "filters/backpressure/backpressure_filter.h"
 #include "filters/common/endpoint.h"
 #include "filters/priority/inheritance_table.h"
 #include "proxy/metrics.h"
@@ -23,20 +32,51 @@ namespace deferd {
 
 class FilterState {
 public:
+  void beginBuild() { ++generation_; }
+  void endBuild();
+
   // Returns the process-wide inheritance table, created for these options.
   std::shared_ptr<filters::priority::InheritanceTable>
   inheritanceTable(const config::InheritanceConfig& options);
 
-  // Removes expired state and exports gauges that are read rather than counted.
+  // Returns the admission state of one policy and cluster pair.
+  std::shared_ptr<filters::backpressure::BackpressureShared>
+  backpressure(const std::string& policy, const std::string& cluster,
+               const config::BackpressurePolicy& options, Metrics& metrics);
+
+  // Removes expired state and exports gauges and counters kept in atomics.
   void tick(Metrics& metrics);
 
   // Shared endpoint state; the registry locks itself, so workers call it directly.
   filters::EndpointRegistry& endpoints() { return endpoints_; }
 
 private:
+  using Decision = filters::backpressure::Decision;
+  using ShadowDecision = filters::backpressure::ShadowDecision;
+  static constexpr size_t kUrgencies = 8;
+  template <size_t Kinds>
+  using CounterTable = std::array<std::array<prometheus::Counter*, kUrgencies>, Kinds>;
+  template <size_t Kinds> using SeenTable = std::array<std::array<uint64_t, kUrgencies>, Kinds>;
+
+  struct BackpressureEntry {
+    std::shared_ptr<filters::backpressure::BackpressureShared> shared;
+    BackpressureStats* stats = nullptr;
+    CounterTable<filters::backpressure::kDecisionKinds> decisions{};
+    CounterTable<filters::backpressure::kShadowDecisionKinds> shadow_decisions{};
+    // What the counters above already include.
+    SeenTable<filters::backpressure::kDecisionKinds> decisions_seen{};
+    SeenTable<filters::backpressure::kShadowDecisionKinds> shadow_seen{};
+    uint64_t stale_seen = 0;
+    uint64_t generation = 0;
+  };
+
+  void exportDecisions(BackpressureEntry& entry);
+
   filters::EndpointRegistry endpoints_;
   std::shared_ptr<filters::priority::InheritanceTable> table_;
   std::optional<config::InheritanceConfig> table_options_;
+  std::map<std::pair<std::string, std::string>, BackpressureEntry> backpressure_;
+  uint64_t generation_ = 0;
 };
 
 } // namespace deferd

@@ -230,6 +230,38 @@ Metrics::Metrics()
                                   .Help("Outbound calls that got the route default because "
                                         "inheriting would exceed max_depth.")
                                   .Register(*registry_);
+  bp_limit_ = &prometheus::BuildGauge()
+                   .Name("deferd_backpressure_limit")
+                   .Help("Current concurrency limit of a cluster's admission controller.")
+                   .Register(*registry_);
+  bp_in_flight_ = &prometheus::BuildGauge()
+                       .Name("deferd_backpressure_in_flight")
+                       .Help("Requests holding a slot of a cluster's limit.")
+                       .Register(*registry_);
+  bp_queue_depth_ = &prometheus::BuildGauge()
+                         .Name("deferd_backpressure_queue_depth")
+                         .Help("Requests waiting for a slot, by the urgency they arrived with.")
+                         .Register(*registry_);
+  bp_queue_wait_ = &prometheus::BuildHistogram()
+                        .Name("deferd_backpressure_queue_wait_seconds")
+                        .Help("Time queued requests waited before they were let through.")
+                        .Register(*registry_);
+  bp_decisions_ = &prometheus::BuildCounter()
+                       .Name("deferd_backpressure_decisions_total")
+                       .Help("Admission decisions by policy, decision, urgency and mode.")
+                       .Register(*registry_);
+  bp_deferring_ = &prometheus::BuildGauge()
+                       .Name("deferd_backpressure_endpoints_deferring")
+                       .Help("Endpoints of a cluster whose load signal says they defer.")
+                       .Register(*registry_);
+  bp_stale_ = &prometheus::BuildCounter()
+                   .Name("deferd_backpressure_signals_stale_total")
+                   .Help("Endpoint load signals forgotten because they outlived their ttl.")
+                   .Register(*registry_);
+  priority_boosts_ = &prometheus::BuildCounter()
+                          .Name("deferd_priority_boosts_total")
+                          .Help("Slot holders raised to the urgency of a request they blocked.")
+                          .Register(*registry_);
   table_entries_ = &prometheus::BuildGauge()
                         .Name("deferd_priority_table_entries")
                         .Help("Entries in the priority inheritance table.")
@@ -333,6 +365,42 @@ filters::priority::PriorityStats* Metrics::priority(const std::string& listener)
 
   slot = std::move(stats);
   return slot.get();
+}
+
+BackpressureStats* Metrics::backpressure(const std::string& cluster) {
+  std::lock_guard lock(mutex_);
+  auto& slot = backpressure_[cluster];
+  if (slot != nullptr) {
+    return slot.get();
+  }
+
+  auto stats = std::make_unique<BackpressureStats>();
+  stats->limit = &bp_limit_->Add({{"cluster", cluster}});
+  stats->in_flight = &bp_in_flight_->Add({{"cluster", cluster}});
+  for (size_t urgency = 0; urgency < stats->queue_depth.size(); ++urgency) {
+    stats->queue_depth[urgency] =
+        &bp_queue_depth_->Add({{"cluster", cluster}, {"urgency", std::to_string(urgency)}});
+  }
+  stats->queue_wait = &bp_queue_wait_->Add(
+      {{"cluster", cluster}},
+      prometheus::Histogram::BucketBoundaries{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                                              0.5, 1, 2.5, 5, 10});
+  stats->endpoints_deferring = &bp_deferring_->Add({{"cluster", cluster}});
+  stats->signals_stale = &bp_stale_->Add({{"cluster", cluster}});
+  stats->boosts = &priority_boosts_->Add({{"cluster", cluster}});
+
+  slot = std::move(stats);
+  return slot.get();
+}
+
+prometheus::Counter* Metrics::backpressureDecision(const std::string& policy,
+                                                   std::string_view decision, int urgency,
+                                                   bool shadow) {
+  std::lock_guard lock(mutex_);
+  return &bp_decisions_->Add({{"policy", policy},
+                              {"decision", std::string(decision)},
+                              {"urgency", std::to_string(urgency)},
+                              {"mode", shadow ? "shadow" : "enforce"}});
 }
 
 void Metrics::recordInheritanceTable(size_t entries, uint64_t evictions) {

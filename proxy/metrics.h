@@ -20,12 +20,14 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <utility>
 
 #include <prometheus/collectable.h>
 #include <prometheus/counter.h>
 #include <prometheus/family.h>
 #include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 
 #include "filters/priority/priority_filter.h"
@@ -83,6 +85,18 @@ struct RouteStats {
   void recordRequest(unsigned status, double seconds);
 };
 
+// Backpressure gauges and counters of one cluster, refreshed once a second from the admission
+// controllers; the queue wait histogram and the boost counter are written by the filters.
+struct BackpressureStats {
+  prometheus::Gauge* limit = nullptr;
+  prometheus::Gauge* in_flight = nullptr;
+  std::array<prometheus::Gauge*, 8> queue_depth{}; // by urgency
+  prometheus::Histogram* queue_wait = nullptr;
+  prometheus::Gauge* endpoints_deferring = nullptr;
+  prometheus::Counter* signals_stale = nullptr;
+  prometheus::Counter* boosts = nullptr;
+};
+
 struct ClusterStats {
   prometheus::Gauge* connections_active = nullptr;
   prometheus::Counter* connections_created = nullptr;
@@ -99,6 +113,11 @@ public:
   ClusterStats* cluster(const std::string& name);
   RouteStats* route(const std::string& listener, const std::string& cluster);
   filters::priority::PriorityStats* priority(const std::string& listener);
+
+  BackpressureStats* backpressure(const std::string& cluster);
+  // deferd_backpressure_decisions_total for one policy, decision, urgency and mode.
+  prometheus::Counter* backpressureDecision(const std::string& policy, std::string_view decision,
+                                            int urgency, bool shadow);
 
   // Exports the inheritance table's size and its total evictions so far.
   void recordInheritanceTable(size_t entries, uint64_t evictions);
@@ -135,6 +154,14 @@ private:
   prometheus::Family<prometheus::Counter>* priority_clamped_;
   prometheus::Family<prometheus::Counter>* priority_malformed_;
   prometheus::Family<prometheus::Counter>* priority_depth_exceeded_;
+  prometheus::Family<prometheus::Gauge>* bp_limit_;
+  prometheus::Family<prometheus::Gauge>* bp_in_flight_;
+  prometheus::Family<prometheus::Gauge>* bp_queue_depth_;
+  prometheus::Family<prometheus::Histogram>* bp_queue_wait_;
+  prometheus::Family<prometheus::Counter>* bp_decisions_;
+  prometheus::Family<prometheus::Gauge>* bp_deferring_;
+  prometheus::Family<prometheus::Counter>* bp_stale_;
+  prometheus::Family<prometheus::Counter>* priority_boosts_;
   prometheus::Gauge* table_entries_;
   prometheus::Counter* table_evictions_;
   uint64_t table_evictions_seen_ = 0; // guarded by mutex_
@@ -144,6 +171,7 @@ private:
   std::map<std::string, std::unique_ptr<ClusterStats>> clusters_;
   std::map<std::pair<std::string, std::string>, std::unique_ptr<RouteStats>> routes_;
   std::map<std::string, std::unique_ptr<filters::priority::PriorityStats>> priority_;
+  std::map<std::string, std::unique_ptr<BackpressureStats>> backpressure_;
 };
 
 } // namespace deferd

@@ -1,5 +1,6 @@
 #include "proxy/snapshot.h"
 
+#include "filters/backpressure/backpressure_filter.h"
 #include "filters/headers/header_mutation.h"
 #include "filters/priority/priority_filter.h"
 
@@ -44,6 +45,29 @@ void addPriorityFilter(const config::Config& config, const config::Listener& lis
       std::make_shared<filters::priority::PriorityFilterFactory>(std::move(filter)));
 }
 
+// Backpressure runs after priority, so it queues and sheds by the effective urgency.
+void addBackpressureFilter(const config::Config& config, const config::Listener& listener,
+                           const config::Route& route, RouteRuntime& runtime, Metrics& metrics,
+                           FilterState& state) {
+  const config::Policy* policy = policyOf(config, route);
+  if (policy == nullptr || !policy->backpressure || policy->mode == config::PolicyMode::kOff) {
+    return;
+  }
+
+  filters::backpressure::BackpressureRouteConfig filter;
+  filter.shared = state.backpressure(policy->name, route.cluster, *policy->backpressure, metrics);
+  filter.direction = listener.direction;
+  filter.enforce = policy->mode == config::PolicyMode::kEnforce;
+  filter.rollout = policy->rollout;
+  if (policy->priority && policy->priority->boost_after) {
+    filter.table = state.inheritanceTable(config.inheritance);
+    filter.boost_after = *policy->priority->boost_after;
+  }
+  filter.endpoints = &state.endpoints();
+  runtime.filters.push_back(
+      std::make_shared<filters::backpressure::BackpressureFilterFactory>(std::move(filter)));
+}
+
 // The policy's header mutations run first, then the route's, so a route can override a
 // policy. A policy in shadow or off mode changes no headers.
 void addHeaderFilters(const config::Config& config, const config::Route& route,
@@ -73,6 +97,7 @@ std::shared_ptr<const Snapshot> Snapshot::build(std::shared_ptr<const config::Co
   auto snapshot = std::make_shared<Snapshot>();
   snapshot->config = config;
   snapshot->state = &state;
+  state.beginBuild();
 
   for (const config::Cluster& cluster : config->clusters) {
     snapshot->clusters.push_back(ClusterRuntime{&cluster, metrics.cluster(cluster.name)});
@@ -92,11 +117,13 @@ std::shared_ptr<const Snapshot> Snapshot::build(std::shared_ptr<const config::Co
       }
       route_runtime.stats = metrics.route(listener.name, route.cluster);
       addPriorityFilter(*config, listener, route, route_runtime, metrics, state);
+      addBackpressureFilter(*config, listener, route, route_runtime, metrics, state);
       addHeaderFilters(*config, route, route_runtime);
       runtime.routes.push_back(std::move(route_runtime));
     }
     snapshot->listeners.push_back(std::move(runtime));
   }
+  state.endBuild();
   return snapshot;
 }
 

@@ -67,6 +67,13 @@ public:
     return slot;
   }
 
+  // The number of endpoints the cluster has had, which is one past its highest id.
+  size_t count(const std::string& cluster) {
+    std::lock_guard lock(mutex_);
+    auto found = next_id_.find(cluster);
+    return found == next_id_.end() ? 0 : found->second;
+  }
+
 private:
   std::mutex mutex_;
   std::map<std::pair<std::string, std::string>, std::shared_ptr<SharedEndpoint>> endpoints_;
