@@ -125,7 +125,7 @@ class PrometheusTest(harness.DeferdTestCase):
         cls.deferd = harness.Deferd(
             listeners=[harness.listener_config("inbound", cls.port, routes)],
             clusters=[harness.cluster_config("web", [cls.nginx.port])],
-            extra={"policies": {"serve": {"priority": None}}},
+            extra={"policies": {"serve": {"priority": None, "backpressure": None}}},
         ).start()
         cls.addClassCleanup(cls.deferd.stop)
         cls.prometheus = Prometheus(cls.deferd.admin_port, [manifests.ALERTS]).start()
