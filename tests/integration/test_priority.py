@@ -9,6 +9,8 @@ service answered, so one request shows what every hop saw.
 
 import http.client
 import json
+import threading
+import time
 import uuid
 
 import harness
@@ -217,6 +219,157 @@ class InheritanceChainTest(harness.DeferdTestCase):
         self.assertEqual(status, 200, body)
         seen = {hop["service"]: hop["priority"] for hop in json.loads(body)}
         self.assertEqual(seen["b"], f"u={OUTBOUND_DEFAULT}, hop=0")
+
+
+class ChainApp:
+    """An app that waits `delay` seconds, then calls the next service (if any) and reports
+    what every hop saw; its `saw` list records the priority of each request it received."""
+
+    def __init__(self, name, delay=0.0):
+        self.name = name
+        self.delay = delay
+        self.outbound_port = None
+        self.saw = []
+        self.upstream = harness.RawUpstream(handler=self.handle)
+
+    def handle(self, request):
+        self.saw.append((request.header("traceparent"), request.header("deferd-priority")))
+        time.sleep(self.delay)
+        seen = [{"service": self.name, "priority": request.header("deferd-priority")}]
+        if self.outbound_port is not None:
+            headers = {"traceparent": request.header("traceparent") or ""}
+            status, body = request_from(harness.LOOPBACK, self.outbound_port, headers)
+            if status != 200:
+                return Reply(502, [], f"sub-call answered {status}".encode())
+            seen += json.loads(body)
+        return Reply(200, [("content-type", "application/json")], json.dumps(seen).encode())
+
+
+def chain_sidecar(app, next_inbound_port, serve_policy):
+    """A trusted-loopback sidecar like sidecar() above, with a chosen inbound policy."""
+    inbound = harness.listener_config(
+        "inbound", harness.free_port(), [{"cluster": "app", "policy": "serve"}]
+    )
+    inbound["trust"] = "untrusted"
+    inbound["trusted_cidrs"] = ["127.0.0.1/32"]
+    listeners = [inbound]
+    clusters = [harness.cluster_config("app", [app.upstream.port])]
+    if next_inbound_port is not None:
+        app.outbound_port = harness.free_port()
+        listeners.append(
+            harness.listener_config(
+                "outbound", app.outbound_port, [{"cluster": "next", "policy": "call"}],
+                direction="outbound",
+            )
+        )
+        clusters.append(harness.cluster_config("next", [next_inbound_port]))
+    policies = {"serve": serve_policy, "call": {"priority": {"inherit": {"from": ["traceparent"]}}}}
+    deferd = harness.Deferd(listeners, clusters, extra={"policies": policies})
+    port = int(inbound["address"].split(":")[1])
+    return deferd, port
+
+
+class OverloadedCalleeTest(harness.DeferdTestCase):
+    """A -> B -> C with C overloaded: sub-calls of critical requests survive, sheddable ones
+    are shed at C's sidecar."""
+
+    def test_critical_sub_calls_survive_overload(self):
+        apps = [ChainApp("a"), ChainApp("b"), ChainApp("c", delay=0.2)]
+        for app in apps:
+            self.addCleanup(app.upstream.close)
+        inherit = {"priority": {"inherit": {"from": ["traceparent"]}}}
+        overloaded = {
+            "priority": {"inherit": {"from": ["traceparent"]}},
+            "backpressure": {
+                "limiter": "fixed", "initial_limit": 2, "min_limit": 2, "max_limit": 2,
+                "queue": {"max_length": 4, "max_wait": "10s", "aging": "1m"},
+            },
+        }
+        next_port = None
+        for app, policy in reversed(list(zip(apps, [inherit, inherit, overloaded]))):
+            deferd, next_port = chain_sidecar(app, next_port, policy)
+            deferd.start()
+            self.addCleanup(deferd.stop)
+
+        critical = [Chain(next_port, 0) for _ in range(4)]
+        sheddable = [Chain(next_port, 7) for _ in range(16)]
+        everyone = critical + sheddable
+        for chain in sheddable[:8] + critical + sheddable[8:]:
+            chain.start()
+        for chain in everyone:
+            chain.join(30.0)
+            self.assertFalse(chain.is_alive(), "a chain got no answer within 30 s")
+
+        self.assertEqual([c.status for c in critical], [200] * 4)
+        shed = [c for c in sheddable if c.status != 200]
+        self.assertGreater(len(shed), 0, "nothing sheddable was shed under overload")
+        # Every request that reached C ran at the urgency it inherited.
+        self.assertTrue(all(p in ("u=0, hop=2", "u=7, hop=2") for _, p in apps[2].saw), apps[2].saw)
+
+
+class Chain(threading.Thread):
+    """One request entering the chain at `port` with urgency `urgency`."""
+
+    def __init__(self, port, urgency):
+        super().__init__(daemon=True)
+        self.port = port
+        self.urgency = urgency
+        self.status = None
+
+    def run(self):
+        headers = {"deferd-priority": f"u={self.urgency}", "traceparent": traceparent()}
+        try:
+            self.status, _ = request_from(harness.LOOPBACK, self.port, headers)
+        except OSError as e:
+            self.status = repr(e)
+
+
+class BoostTest(harness.DeferdTestCase):
+    """B's app has one slot. A low-urgency request holds it and makes its sub-call to C late;
+    a critical request waiting behind it boosts the holder, so the holder's sub-call reaches C
+    at the critical urgency."""
+
+    def test_holder_sub_call_inherits_boost(self):
+        holder_app = ChainApp("b", delay=1.0)
+        c_app = ChainApp("c")
+        for app in (holder_app, c_app):
+            self.addCleanup(app.upstream.close)
+
+        c_deferd, c_port = chain_sidecar(c_app, None, {"priority": None})
+        c_deferd.start()
+        self.addCleanup(c_deferd.stop)
+        serve = {
+            "priority": {"inherit": {"from": ["traceparent"]}, "boost": {"after": "50ms"}},
+            "backpressure": {
+                "limiter": "fixed", "initial_limit": 1, "min_limit": 1, "max_limit": 1,
+                "queue": {"max_length": 4, "max_wait": "10s"},
+            },
+        }
+        b_deferd, b_port = chain_sidecar(holder_app, c_port, serve)
+        b_deferd.start()
+        self.addCleanup(b_deferd.stop)
+
+        holder_trace = traceparent()
+        holder = threading.Thread(
+            target=request_from,
+            args=(harness.LOOPBACK, b_port, {"deferd-priority": "u=6", "traceparent": holder_trace}),
+            daemon=True,
+        )
+        holder.start()
+        harness.wait_until(lambda: holder_app.saw, 5.0, "the holder to reach B's app")
+        status, _ = request_from(
+            harness.LOOPBACK, b_port, {"deferd-priority": "u=0", "traceparent": traceparent()}
+        )
+        self.assertEqual(status, 200)
+        holder.join(10.0)
+
+        holder_at_c = [p for trace, p in c_app.saw if trace == holder_trace]
+        self.assertEqual(holder_at_c, ["u=0, hop=1"])
+
+        def counted():
+            return b_deferd.metrics().value("deferd_priority_boosts_total", cluster="app") >= 1
+
+        harness.wait_until(counted, 5.0, "the boost in B's metrics")
 
 
 if __name__ == "__main__":
