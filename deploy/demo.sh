@@ -135,6 +135,26 @@ curl -s -o /dev/null --max-time 5 -w '%{http_code}\n' -H 'X-Forwarded-For: 203.0
 curl -s -o /dev/null --max-time 5 -w '%{http_code}\n' -H 'Expect: 100-continue' \
   --data-binary 'hello' "$base/api/items" >>"$statuses" || true
 
+step "Burst: 120 parallel requests to /api/items, a third of them urgent"
+# /api/ has a fixed limit of two with a queue of four, so most of a burst cannot fit. deferd
+# queues the urgent requests first and sheds the least urgent ones with 503 load-shed. The
+# urgent ones ask for u=0; the untrusted inbound listener clamps them to its floor, u=1.
+burst=$workdir/burst
+: >"$burst"
+burst_urls=$workdir/burst-urls
+: >"$burst_urls"
+for i in $(seq 120); do
+  if ((i % 3 == 0)); then urgency=0; else urgency=7; fi
+  # `next` separates the options of one transfer from the next one's.
+  if ((i > 1)); then echo next >>"$burst_urls"; fi
+  printf 'url = "%s/api/items?u=%s"\nheader = "deferd-priority: u=%s"\n' \
+    "$base" "$urgency" "$urgency" >>"$burst_urls"
+  printf 'output = "/dev/null"\nwrite-out = "u=%s %%{http_code}\\n"\n' "$urgency" >>"$burst_urls"
+done
+curl -s --no-progress-meter --parallel --parallel-max 60 --max-time 10 -K "$burst_urls" >>"$burst" || true
+echo "Responses by urgency and status:"
+sort "$burst" | uniq -c | sed 's/^/  /'
+
 step "Report"
 echo "Responses by status (000: no response):"
 sort "$statuses" | uniq -c | sed 's/^/  /'
@@ -142,7 +162,7 @@ sort "$statuses" | uniq -c | sed 's/^/  /'
 echo
 echo "Metrics excerpt, non-zero samples only (http://127.0.0.1:$admin_port/metrics):"
 curl -s --max-time 5 "http://127.0.0.1:$admin_port/metrics" |
-  grep -E '^deferd_(requests_total|local_replies_total|upstream_connections_created_total|upstream_failures_total|request_duration_seconds_count)' |
+  grep -E '^deferd_(requests_total|local_replies_total|upstream_connections_created_total|upstream_failures_total|request_duration_seconds_count|priority_requests_total|backpressure_(limit|decisions_total))' |
   awk '$NF != 0 { print "  " $0 }' | sort || echo "  (no deferd_ samples found)"
 
 # The effective config names the access log file; "-" means deferd's standard output.
