@@ -132,7 +132,7 @@ FilterStatus BackpressureFilter::onRequestHeaders(HeaderMap& headers) {
   }
 
   // The callback may run on any worker, and after this filter is gone: it holds only the wait
-  // state and posts to this request's own worker, where the state says whether to go on.
+  // state and posts to this request's own worker, where the state tells whether to go on.
   wait_ = std::make_shared<WaitState>(WaitState{this});
   Dispatcher* dispatcher = &callbacks().dispatcher();
   request.on_wait_end = [wait = wait_, dispatcher](WaitOutcome outcome) {
@@ -315,7 +315,7 @@ void BackpressureFilter::onStreamEnd(StreamEnd end) {
     return;
   }
 
-  // A request that never reached the upstream says nothing about its latency.
+  // A request that never reached the upstream gives no measure of its latency.
   const RequestInfo& info = callbacks().requestInfo();
   bool reached_upstream = response_at_.has_value() || end == StreamEnd::kUpstreamFailed;
   if (info.local_reply) {

@@ -35,7 +35,7 @@ struct SharedEndpoint {
   const std::string address; // "ip:port"
   const uint32_t id;         // dense within the cluster
 
-  // Set while the endpoint's load signal says it defers.
+  // Set while the endpoint's load signal reports it as deferring.
   std::atomic<bool> deferring{false};
   // Outlier ejection keeps the endpoint out until this steady_clock time, in nanoseconds
   // since the clock's epoch; 0 when it is not ejected.

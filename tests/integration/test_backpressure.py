@@ -170,8 +170,8 @@ class QueueTest(harness.DeferdTestCase):
         wait_for_queue(self.deferd, "app", 2)
         gone.close()
 
-        # Had the closed client kept its place, this one would shed the urgency 3 newcomer or
-        # be shed itself; with the place free, both wait and are served.
+        # The queue holds two. Had the closed client kept its place, this urgency 4 newcomer
+        # would be shed; with the place free, it waits and is served.
         late = Client(self.port, urgency=4)
         late.start()
         self.assertStatus(late.result(), 200)
