@@ -28,6 +28,7 @@
 #include <prometheus/gauge.h>
 #include <prometheus/registry.h>
 
+#include "filters/breaker/breaker_filter.h"
 #include "filters/priority/priority_filter.h"
 #include "proxy/local_reply.h"
 
@@ -99,6 +100,9 @@ public:
   ClusterStats* cluster(const std::string& name);
   RouteStats* route(const std::string& listener, const std::string& cluster);
   filters::priority::PriorityStats* priority(const std::string& listener);
+  filters::breaker::BreakerStats* breaker(const std::string& cluster);
+  // deferd_breaker_fallback_requests_total{cluster,fallback}
+  prometheus::Counter* breakerFallback(const std::string& cluster, const std::string& fallback);
 
   // Exports the inheritance table's size and its total evictions so far.
   void recordInheritanceTable(size_t entries, uint64_t evictions);
@@ -135,6 +139,13 @@ private:
   prometheus::Family<prometheus::Counter>* priority_clamped_;
   prometheus::Family<prometheus::Counter>* priority_malformed_;
   prometheus::Family<prometheus::Counter>* priority_depth_exceeded_;
+  prometheus::Family<prometheus::Gauge>* breaker_state_;
+  prometheus::Family<prometheus::Counter>* breaker_transitions_;
+  prometheus::Family<prometheus::Counter>* breaker_calls_;
+  prometheus::Family<prometheus::Counter>* breaker_shadow_rejections_;
+  prometheus::Family<prometheus::Counter>* breaker_fallback_requests_;
+  prometheus::Family<prometheus::Counter>* breaker_fallback_rejections_;
+  prometheus::Family<prometheus::Gauge>* outlier_ejected_;
   prometheus::Gauge* table_entries_;
   prometheus::Counter* table_evictions_;
   uint64_t table_evictions_seen_ = 0; // guarded by mutex_
@@ -144,6 +155,7 @@ private:
   std::map<std::string, std::unique_ptr<ClusterStats>> clusters_;
   std::map<std::pair<std::string, std::string>, std::unique_ptr<RouteStats>> routes_;
   std::map<std::string, std::unique_ptr<filters::priority::PriorityStats>> priority_;
+  std::map<std::string, std::unique_ptr<filters::breaker::BreakerStats>> breakers_;
 };
 
 } // namespace deferd
