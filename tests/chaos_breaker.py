@@ -5,7 +5,7 @@ One deferd routes to a primary cluster of two endpoints, with a breaker policy t
 back to a cache cluster of declared capacity and ejects outlier endpoints. Client threads
 send requests while a chaos thread kills, slows, heals and restarts the three backends at
 random. Every request must end with either a success or a local reply that names its
-reason (deferd-reason); a request without an answer within the client timeout, a dropped
+reason (deferd-reason); a request without a response within the client timeout, a dropped
 connection or an unexplained error counts as lost, and any loss fails the run.
 
 The run is bounded by --duration seconds and --max-requests requests. All traffic stays on
@@ -30,7 +30,7 @@ import harness  # noqa: E402
 from harness import Reply  # noqa: E402
 
 ROUTE_TIMEOUT = 1.0
-# A request without an answer by then is lost: deferd answers by the route timeout plus the
+# A request without a response by then is lost: deferd responds by the route timeout plus the
 # connect timeout at the latest.
 CLIENT_TIMEOUT = 8.0
 
@@ -133,7 +133,7 @@ def one_request(port):
         conn.request("GET", "/")
         resp = conn.getresponse()
         resp.read()
-    except Exception as e:  # every failure to get an answer is a loss
+    except Exception as e:  # every failure to get a response is a loss
         return "lost", f"{type(e).__name__}: {e} after {time.monotonic() - started:.2f}s"
     finally:
         conn.close()

@@ -153,8 +153,7 @@ std::optional<CallResult> callResult(int status, const HeaderMap& headers,
     result.local_failure = LocalFailure::kReset;
     return result;
   default:
-    // A reply of deferd's own (a filter's, or the connection limit) says nothing about the
-    // upstream.
+    // A filter's reply, or the connection limit's, tells nothing about the upstream.
     return std::nullopt;
   }
 }
@@ -167,7 +166,7 @@ FilterStatus BreakerFilter::onRequestHeaders(HeaderMap& headers) {
   Admission admission = primary.breaker->allow(now);
   if (admission.sendToPrimary()) {
     if (admission.verdict() == Admission::Verdict::kRejected) {
-      // Shadow mode: the breaker counted it; the filter exports the count.
+      // Shadow mode: the breaker counted the would-be rejection, and the filter exports it.
       increment(primary.stats ? primary.stats->shadow_rejections : nullptr);
       info.decision = "breaker-shadow";
     }
@@ -222,7 +221,7 @@ FilterStatus BreakerFilter::redirect(HeaderMap& headers, const Admission& reject
       increment(stats->fallback_rejections[reason]);
     }
     if (decision.rejection == FallbackRejection::kFallbackOpen) {
-      // Neither cluster takes the request: answer as for an open breaker without a fallback.
+      // Neither cluster takes the request, so reply as an open breaker without a fallback.
       return rejectOpen(rejected);
     }
     info.decision = "fallback-capacity";
@@ -281,7 +280,7 @@ void BreakerFilter::onResponseHeaders(int status, HeaderMap& headers) {
   std::optional<CallResult> result =
       callResult(status, headers, callbacks().requestInfo().local_reply);
   if (!result) {
-    return; // onStreamEnd frees the admission, and with it a probe ticket, unrecorded
+    return; // onStreamEnd frees the unrecorded admission and its probe ticket
   }
   finish(*result, callbacks().dispatcher().now());
 }

@@ -10,7 +10,7 @@
 //      retry-after of the seconds until the breaker lets the next probe through.
 //   3. With a fallback, the loop guard reads deferd-fallback-path. A request that already
 //      passed this service is rejected (fallback-loop) or sent to the primary anyway, as the
-//      policy's on_loop says.
+//      policy's on_loop sets.
 //   4. Otherwise admitToFallback checks the fallback's own breaker and its capacity. A
 //      fallback whose breaker is open gets no request (breaker-open); one at its capacity gets
 //      none either (fallback-capacity). A granted request has this service appended to the
@@ -146,9 +146,9 @@ private:
   BreakerRouteConfig config_;
 };
 
-// The call's facts from the response status and headers, or from deferd's own reply for the
-// upstream. Nothing when deferd answered for another reason (a filter's reply), which says
-// nothing about the upstream.
+// Builds the call's result from the response status and headers, or from the local reply that
+// deferd sent in the upstream's place. Returns nothing for other local replies (a filter's),
+// because they tell nothing about the upstream.
 std::optional<CallResult> callResult(int status, const HeaderMap& headers,
                                      std::optional<LocalReplyReason> local_reply);
 

@@ -364,7 +364,7 @@ class HangingProbeTest(BreakerTestCase):
 
         thread.join(timeout=10)
         self.assertFalse(thread.is_alive())
-        # The late answer reaches the client but does not close the breaker.
+        # The late response reaches the client but does not close the breaker.
         self.assertEqual(probe_result["response"][2], b"late")
         self.assertEqual(
             self.metric(
@@ -432,7 +432,7 @@ class OutlierTest(BreakerTestCase):
 
 
 class LoopTest(BreakerTestCase):
-    def test_sidecars_that_fall_back_to_each_other_do_not_loop(self):
+    def test_mutual_fallbacks_stop_loop(self):
         # Two sidecars, each with a dead primary, each the other's fallback.
         ports = {"a": harness.free_port(), "b": harness.free_port()}
         sidecars = {}
@@ -472,12 +472,12 @@ class LoopTest(BreakerTestCase):
             client.close()
             self.assertEqual(reasons, ["connect-failed"] * 3)
 
-        # a -> b -> a: a sees itself on the path and rejects.
+        # a -> b -> a: a finds itself on the path and rejects.
         client = Client(ports["a"])
         status, reason, _, _ = client.get()
         client.close()
         self.assertEqual((status, reason), (503, "fallback-loop"))
-        # b -> a -> b: b sees itself on the path and sends to its own (dead) primary.
+        # b -> a -> b: b finds itself on the path and sends to its own (dead) primary.
         client = Client(ports["b"])
         status, reason, _, _ = client.get()
         client.close()

@@ -37,12 +37,6 @@ PLANNED_METRICS = {
     "deferd_backpressure_decisions_total": ("counter", {"policy", "decision", "urgency", "mode"}),
     "deferd_backpressure_endpoints_deferring": ("gauge", {"cluster"}),
     "deferd_backpressure_signals_stale_total": ("counter", {"cluster"}),
-    "deferd_breaker_state": ("gauge", {"cluster", "state"}),
-    "deferd_breaker_transitions_total": ("counter", {"cluster", "to", "cause"}),
-    "deferd_breaker_calls_total": ("counter", {"cluster", "outcome"}),
-    "deferd_breaker_fallback_requests_total": ("counter", {"cluster", "fallback"}),
-    "deferd_breaker_fallback_rejections_total": ("counter", {"cluster", "reason"}),
-    "deferd_outlier_ejected_endpoints": ("gauge", {"cluster"}),
     "deferd_config_hash": ("gauge", set()),
 }
 

@@ -40,14 +40,14 @@ struct Request {
 
   FilterStatus start() { return filter.onRequestHeaders(headers); }
 
-  // The upstream answered with `status`.
+  // The upstream responded with `status`.
   void respond(int status) {
     TestHeaderMap response;
     filter.onResponseHeaders(status, response);
     filter.onStreamEnd(StreamEnd::kCompleted);
   }
 
-  // deferd answered for the upstream with `reason`.
+  // deferd replied in the upstream's place with `reason`.
   void failLocally(LocalReplyReason reason) {
     callbacks.info.local_reply = reason;
     TestHeaderMap response;
@@ -310,7 +310,7 @@ TEST_F(BreakerFilterTest, OutsideRolloutOnlyWatches) {
   Request request(config, clock_, "request-1");
   EXPECT_EQ(request.start(), FilterStatus::kContinue);
   EXPECT_EQ(primary_stats_.shadow_rejections->Value(), 1);
-  // Its answer is not the breaker's business: the breaker stays open.
+  // Its response is not recorded, so the breaker stays open.
   request.respond(200);
   EXPECT_EQ(config.primary.breaker->state(clock_.now()), BreakerState::kOpen);
 }
@@ -342,7 +342,7 @@ TEST_F(BreakerFilterTest, HangingProbeReopensAfterProbeTimeout) {
                             [static_cast<size_t>(TransitionCause::kProbeTimeout)]
                 ->Value(),
             1);
-  // The late answer changes nothing.
+  // The late response changes nothing.
   probe.respond(200);
   EXPECT_EQ(config.primary.breaker->state(clock_.now()), BreakerState::kOpen);
 }
