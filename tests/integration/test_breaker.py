@@ -8,6 +8,7 @@ bounded in requests and time everywhere.
 
 import http.client
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -376,6 +377,47 @@ class HangingProbeTest(BreakerTestCase):
             0,
         )
         client.close()
+
+
+class ReloadTest(BreakerTestCase):
+    def reload(self, policy):
+        before = self.metric("deferd_config_reloads_total", result="success")
+        self.deferd.config["policies"]["guard"]["breaker"] = policy
+        self.deferd.write_config()
+        self.deferd.signal(signal.SIGHUP)
+        self.wait_metric("deferd_config_reloads_total", before + 1, result="success")
+
+    @staticmethod
+    def fresh_get(port):
+        client = Client(port)
+        try:
+            return client.get()
+        finally:
+            client.close()
+
+    def test_open_breaker_survives_reload(self):
+        dead_port = harness.free_port()
+        clusters = [harness.cluster_config("primary", [dead_port])]
+        policy = breaker_policy(cooldown="30s", max_cooldown="30s")
+        self.deferd, port = start_deferd(clusters, policy)
+        client = Client(port)
+        self.trip(client)
+
+        client.close()
+
+        # A kept-alive connection stays on the snapshot it started with, so each check below
+        # opens a new one. The same breaker section: the breaker stays open.
+        self.deferd.config["listeners"][0]["routes"][0]["timeout"] = "3s"
+        self.reload(dict(policy))
+        self.assertEqual(self.fresh_get(port)[1], "breaker-open")
+
+        # A changed section starts a new, closed breaker. The worker applies the new snapshot
+        # shortly after the reload is counted.
+        changed = dict(policy, cooldown="20s", max_cooldown="20s")
+        self.reload(changed)
+        harness.wait_until(
+            lambda: self.fresh_get(port)[1] == "connect-failed", 5, "a new, closed breaker"
+        )
 
 
 class ShadowTest(BreakerTestCase):
