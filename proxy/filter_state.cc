@@ -60,6 +60,8 @@ FilterState::fallbackCapacity(const config::Cluster& cluster) {
   bool same = entry.capacity.max_concurrent == cluster.capacity.max_concurrent &&
               entry.capacity.max_rps == cluster.capacity.max_rps;
   if (!entry.shared || !same) {
+    // TODO: nothing calls setAllEndpointsDeferring yet; the backpressure filter's endpoint
+    // signals should, so fallback_deferring never rejects for now.
     entry.shared = std::make_shared<filters::breaker::FallbackCapacity>(
         filters::breaker::capacityOptions(cluster.capacity));
     entry.capacity = cluster.capacity;
@@ -75,6 +77,7 @@ void FilterState::tick(Metrics& metrics) {
 
   // Reading the state applies the time-driven transitions (cooldown over, probe timed out),
   // so an idle breaker's gauge moves on too.
+  // TODO: two policies that route to one cluster share its gauges, so the last entry wins.
   auto now = std::chrono::steady_clock::now();
   for (auto& [key, entry] : breakers_) {
     if (entry.stats == nullptr) {
