@@ -206,6 +206,55 @@ struct BackpressurePolicy {
   bool operator==(const BackpressurePolicy&) const = default;
 };
 
+enum class BreakerWindowType { kCount, kTime };
+enum class LoopAction { kReject, kPrimary };
+
+// Outlier ejection of a cluster's endpoints, part of a breaker section.
+struct OutlierPolicy {
+  uint32_t consecutive_failures = 5; // failures in a row that eject an endpoint
+  Duration base_ejection{30000};     // first ejection; the n-th lasts n times as long
+  Duration max_ejection{300000};     // cap of one ejection
+  double max_ejection_percent = 0.1; // share of endpoints out at once, 0..1
+
+  bool operator==(const OutlierPolicy&) const = default;
+};
+
+// The breaker section of a policy: a circuit breaker per (policy, route cluster), an optional
+// fallback cluster, and optional outlier ejection. Defaults match filters/breaker/.
+struct BreakerPolicy {
+  BreakerWindowType window_type = BreakerWindowType::kCount;
+  uint32_t window_calls = 100;     // count window: the last N calls
+  Duration window_duration{10000}; // time window: the last duration
+  uint32_t min_requests = 20;
+
+  double failure_rate = 0.5;   // 0..1; 0 turns it off
+  double slow_call_rate = 1.0; // 0..1; 0 turns it off
+  std::optional<Duration> slow_call;
+  uint32_t consecutive_failures = 5; // 0 turns it off
+
+  std::vector<int> failure_status_classes = {5}; // 5 is every 5xx
+  std::vector<int> failure_statuses;             // single codes, such as 429
+  bool failure_connect_failure = true;
+  bool failure_reset = true;
+  bool failure_timeout = true;
+  std::vector<int> failure_grpc = {14, 4}; // UNAVAILABLE, DEADLINE_EXCEEDED
+
+  Duration cooldown{5000};
+  Duration max_cooldown{300000};
+  double cooldown_multiplier = 2.0;
+  double jitter = 0.1; // 0..1
+
+  uint32_t probes = 3;
+  Duration probe_timeout{5000};
+
+  std::optional<std::string> fallback; // cluster name; it must declare a capacity
+  LoopAction on_loop = LoopAction::kReject;
+
+  std::optional<OutlierPolicy> outlier;
+
+  bool operator==(const BreakerPolicy&) const = default;
+};
+
 // The process-wide table behind priority inheritance.
 struct InheritanceConfig {
   uint32_t max_entries = 65536;
@@ -222,6 +271,7 @@ struct Policy {
   HeaderMutation response_headers;
   std::optional<PriorityPolicy> priority;
   std::optional<BackpressurePolicy> backpressure;
+  std::optional<BreakerPolicy> breaker;
   Location location;
 };
 

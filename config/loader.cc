@@ -83,7 +83,7 @@ const Keys kInheritanceKeys = {"max_entries", "ttl", "release_grace"};
 
 // Policy sections of the design that this build does not implement. They are known keys so a
 // typo near them gets a suggestion, but each one present is rejected.
-const Keys kUnsupportedPolicySections = {"breaker", "fault"};
+const Keys kUnsupportedPolicySections = {"fault"};
 
 const Keys kBackpressureKeys = {
     "limiter", "initial_limit",   "min_limit", "max_limit",   "gradient",           "aimd",
@@ -93,6 +93,40 @@ const Keys kAimdKeys = {"increase", "backoff", "latency_threshold"};
 const Keys kQueueKeys = {"max_length", "max_wait", "aging", "on_max_wait"};
 const Keys kSignalKeys = {"ttl",        "ewma_half_life", "defer_above",
                           "hold_above", "resume_below",   "hold_below"};
+
+const Keys kBreakerKeys = {
+    "window", "open_when", "failure",  "cooldown", "max_cooldown", "cooldown_multiplier",
+    "jitter", "half_open", "fallback", "outlier"};
+const Keys kBreakerWindowKeys = {"type", "size", "min_requests"};
+const Keys kOpenWhenKeys = {"failure_rate", "slow_call_rate", "slow_call", "consecutive_failures"};
+const Keys kFailureKeys = {"status", "connect_failure", "reset", "timeout", "grpc"};
+const Keys kHalfOpenKeys = {"probes", "timeout"};
+const Keys kFallbackKeys = {"cluster", "on_loop"};
+const Keys kOutlierKeys = {"consecutive_failures", "base_ejection", "max_ejection",
+                           "max_ejection_percent"};
+
+const std::vector<std::pair<std::string_view, BreakerWindowType>> kWindowTypes = {
+    {"count", BreakerWindowType::kCount}, {"time", BreakerWindowType::kTime}};
+const std::vector<std::pair<std::string_view, LoopAction>> kLoopActions = {
+    {"reject", LoopAction::kReject}, {"primary", LoopAction::kPrimary}};
+// gRPC status codes by their canonical names.
+const std::vector<std::pair<std::string_view, int>> kGrpcCodes = {{"OK", 0},
+                                                                  {"CANCELLED", 1},
+                                                                  {"UNKNOWN", 2},
+                                                                  {"INVALID_ARGUMENT", 3},
+                                                                  {"DEADLINE_EXCEEDED", 4},
+                                                                  {"NOT_FOUND", 5},
+                                                                  {"ALREADY_EXISTS", 6},
+                                                                  {"PERMISSION_DENIED", 7},
+                                                                  {"RESOURCE_EXHAUSTED", 8},
+                                                                  {"FAILED_PRECONDITION", 9},
+                                                                  {"ABORTED", 10},
+                                                                  {"OUT_OF_RANGE", 11},
+                                                                  {"UNIMPLEMENTED", 12},
+                                                                  {"INTERNAL", 13},
+                                                                  {"UNAVAILABLE", 14},
+                                                                  {"DATA_LOSS", 15},
+                                                                  {"UNAUTHENTICATED", 16}};
 
 const std::vector<std::pair<std::string_view, LimiterKind>> kLimiters = {
     {"gradient", LimiterKind::kGradient},
@@ -178,6 +212,11 @@ private:
   void parseInheritance(const Field& field);
   void parseBackpressure(const Field& field, BackpressurePolicy* backpressure);
   void parseSignal(const Field& field, SignalPolicy* signal);
+  void parseBreaker(const Field& field, BreakerPolicy* breaker);
+  void parseBreakerWindow(const Field& field, BreakerPolicy* breaker);
+  void parseBreakerFailure(const Field& field, BreakerPolicy* breaker);
+  void parseBreakerFallback(const Field& field, BreakerPolicy* breaker);
+  void parseOutlier(const Field& field, OutlierPolicy* outlier);
   // Reads a plain number within [min, max].
   std::optional<double> readNumber(const Field& field, double min, double max);
   void parseTrustedCidrs(const Field& field, Listener* listener);
@@ -185,6 +224,8 @@ private:
   void parseRoutePriority(const Field& field, Route* route);
   // Reads an urgency given as a class name of `classes` or as a number from 0 to 7.
   std::optional<int> readUrgency(const Field& field, const std::map<std::string, int>& classes);
+  // A route whose policy falls back to the route's own cluster would redirect to itself.
+  void checkBreakerFallback(const Route& route, const Field& field);
   void checkReferences();
 
   Config config_;
@@ -508,6 +549,7 @@ void Loader::parseRoute(const Field& field, Route* route) {
   if (const Field* priority = section->find("priority")) {
     parseRoutePriority(*priority, route);
   }
+  checkBreakerFallback(*route, field);
   if (const Field* timeout = section->find("timeout")) {
     setIfValid(readDuration(*timeout), &route->timeout);
   }
@@ -858,6 +900,10 @@ void Loader::parsePolicy(const Field& field, Policy* policy) {
     policy->backpressure.emplace();
     parseBackpressure(*backpressure, &*policy->backpressure);
   }
+  if (const Field* breaker = section->find("breaker")) {
+    policy->breaker.emplace();
+    parseBreaker(*breaker, &*policy->breaker);
+  }
 
   for (std::string_view key : kUnsupportedPolicySections) {
     if (const Field* unsupported = section->find(key)) {
@@ -1191,6 +1237,198 @@ void Loader::parseSignal(const Field& field, SignalPolicy* signal) {
   }
 }
 
+// --- Breaker ---------------------------------------------------------------------------------
+
+void Loader::parseBreaker(const Field& field, BreakerPolicy* breaker) {
+  if (field.value.IsNull()) {
+    return; // `breaker:` alone turns the filter on with every default
+  }
+  std::optional<Section> section = openSection(field, kBreakerKeys);
+  if (!section) {
+    return;
+  }
+  BreakerPolicy& b = *breaker;
+  constexpr uint64_t kMaxCount = 1000000;
+
+  if (const Field* window = section->find("window")) {
+    parseBreakerWindow(*window, breaker);
+  }
+  if (const Field* open_when = section->find("open_when")) {
+    if (std::optional<Section> options = openSection(*open_when, kOpenWhenKeys)) {
+      if (const Field* value = options->find("failure_rate")) {
+        setIfValid(readPercent(*value), &b.failure_rate);
+      }
+      if (const Field* value = options->find("slow_call_rate")) {
+        setIfValid(readPercent(*value), &b.slow_call_rate);
+      }
+      if (const Field* value = options->find("slow_call")) {
+        if (std::optional<Duration> slow_call = readDuration(*value)) {
+          b.slow_call = *slow_call;
+        }
+      }
+      if (const Field* value = options->find("consecutive_failures")) {
+        setIfValid(readUnsigned(*value, 0, kMaxCount), &b.consecutive_failures);
+      }
+    }
+  }
+  if (const Field* failure = section->find("failure")) {
+    parseBreakerFailure(*failure, breaker);
+  }
+  if (const Field* value = section->find("cooldown")) {
+    setIfValid(readDuration(*value), &b.cooldown);
+  }
+  const Field* max_cooldown = section->find("max_cooldown");
+  if (max_cooldown) {
+    setIfValid(readDuration(*max_cooldown), &b.max_cooldown);
+  } else {
+    b.max_cooldown = std::max(b.max_cooldown, b.cooldown);
+  }
+  if (b.max_cooldown < b.cooldown) {
+    error(*max_cooldown, "max_cooldown " + formatDuration(b.max_cooldown) + " is below cooldown " +
+                             formatDuration(b.cooldown));
+  }
+  if (const Field* value = section->find("cooldown_multiplier")) {
+    setIfValid(readNumber(*value, 1.0, 100.0), &b.cooldown_multiplier);
+  }
+  if (const Field* value = section->find("jitter")) {
+    setIfValid(readPercent(*value), &b.jitter);
+  }
+  if (const Field* half_open = section->find("half_open")) {
+    if (std::optional<Section> options = openSection(*half_open, kHalfOpenKeys)) {
+      if (const Field* value = options->find("probes")) {
+        setIfValid(readUnsigned(*value, 1, 1000), &b.probes);
+      }
+      if (const Field* value = options->find("timeout")) {
+        setIfValid(readDuration(*value), &b.probe_timeout);
+      }
+    }
+  }
+  if (const Field* fallback = section->find("fallback")) {
+    parseBreakerFallback(*fallback, breaker);
+  }
+  if (const Field* outlier = section->find("outlier")) {
+    b.outlier.emplace();
+    parseOutlier(*outlier, &*b.outlier);
+  }
+}
+
+void Loader::parseBreakerWindow(const Field& field, BreakerPolicy* breaker) {
+  std::optional<Section> section = openSection(field, kBreakerWindowKeys);
+  if (!section) {
+    return;
+  }
+  if (const Field* value = section->find("type")) {
+    setIfValid(readEnum(*value, kWindowTypes), &breaker->window_type);
+  }
+  if (const Field* value = section->find("size")) {
+    if (breaker->window_type == BreakerWindowType::kTime) {
+      setIfValid(readDuration(*value), &breaker->window_duration);
+    } else {
+      setIfValid(readUnsigned(*value, 1, 100000), &breaker->window_calls);
+    }
+  }
+  if (const Field* value = section->find("min_requests")) {
+    setIfValid(readUnsigned(*value, 1, 1000000), &breaker->min_requests);
+  }
+}
+
+void Loader::parseBreakerFailure(const Field& field, BreakerPolicy* breaker) {
+  std::optional<Section> section = openSection(field, kFailureKeys);
+  if (!section) {
+    return;
+  }
+  if (const Field* status = section->find("status")) {
+    if (auto items = listItems(*status, "statuses")) {
+      breaker->failure_status_classes.clear();
+      breaker->failure_statuses.clear();
+      for (const Field& item : *items) {
+        std::optional<std::string> text = readString(item);
+        if (!text) {
+          continue;
+        }
+        if (text->size() == 3 && text->substr(1) == "xx" && (*text)[0] >= '1' &&
+            (*text)[0] <= '5') {
+          breaker->failure_status_classes.push_back((*text)[0] - '0');
+        } else if (std::optional<uint64_t> code = readUnsigned(item, 100, 599)) {
+          breaker->failure_statuses.push_back(static_cast<int>(*code));
+        }
+      }
+    }
+  }
+  if (const Field* value = section->find("connect_failure")) {
+    setIfValid(readBool(*value), &breaker->failure_connect_failure);
+  }
+  if (const Field* value = section->find("reset")) {
+    setIfValid(readBool(*value), &breaker->failure_reset);
+  }
+  if (const Field* value = section->find("timeout")) {
+    setIfValid(readBool(*value), &breaker->failure_timeout);
+  }
+  if (const Field* grpc = section->find("grpc")) {
+    if (auto items = listItems(*grpc, "gRPC status names")) {
+      breaker->failure_grpc.clear();
+      for (const Field& item : *items) {
+        if (std::optional<int> code = readEnum(item, kGrpcCodes)) {
+          breaker->failure_grpc.push_back(*code);
+        }
+      }
+    }
+  }
+}
+
+void Loader::parseBreakerFallback(const Field& field, BreakerPolicy* breaker) {
+  std::optional<Section> section = openSection(field, kFallbackKeys);
+  if (!section) {
+    return;
+  }
+  if (const Field* cluster = require(*section, "cluster")) {
+    if (std::optional<std::string> name = readString(*cluster)) {
+      breaker->fallback = *name;
+      // Clusters are parsed before policies, so the fallback's capacity is known here.
+      const Cluster* target = config_.findCluster(*name);
+      if (target == nullptr) {
+        cluster_references_.push_back(Reference{*name, *cluster});
+      } else if (!target->capacity.max_concurrent && !target->capacity.max_rps) {
+        error(*cluster, "fallback cluster '" + *name +
+                            "' declares no capacity; give it 'capacity: { max_concurrent, "
+                            "max_rps }' so the breaker knows how much traffic it may send there");
+      }
+    }
+  }
+  if (const Field* value = section->find("on_loop")) {
+    setIfValid(readEnum(*value, kLoopActions), &breaker->on_loop);
+  }
+}
+
+void Loader::parseOutlier(const Field& field, OutlierPolicy* outlier) {
+  if (field.value.IsNull()) {
+    return;
+  }
+  std::optional<Section> section = openSection(field, kOutlierKeys);
+  if (!section) {
+    return;
+  }
+  if (const Field* value = section->find("consecutive_failures")) {
+    setIfValid(readUnsigned(*value, 1, 1000000), &outlier->consecutive_failures);
+  }
+  if (const Field* value = section->find("base_ejection")) {
+    setIfValid(readDuration(*value), &outlier->base_ejection);
+  }
+  const Field* max = section->find("max_ejection");
+  if (max) {
+    setIfValid(readDuration(*max), &outlier->max_ejection);
+  } else {
+    outlier->max_ejection = std::max(outlier->max_ejection, outlier->base_ejection);
+  }
+  if (outlier->max_ejection < outlier->base_ejection) {
+    error(*max, "max_ejection " + formatDuration(outlier->max_ejection) +
+                    " is below base_ejection " + formatDuration(outlier->base_ejection));
+  }
+  if (const Field* value = section->find("max_ejection_percent")) {
+    setIfValid(readPercent(*value), &outlier->max_ejection_percent);
+  }
+}
+
 std::optional<double> Loader::readNumber(const Field& field, double min, double max) {
   std::string problem;
   std::optional<double> number;
@@ -1208,6 +1446,22 @@ std::optional<double> Loader::readNumber(const Field& field, double min, double 
     error(field, problem);
   }
   return number;
+}
+
+void Loader::checkBreakerFallback(const Route& route, const Field& field) {
+  if (!route.policy) {
+    return;
+  }
+  // Policies are parsed before listeners, so the route's policy is known here.
+  auto policy = config_.policies.find(*route.policy);
+  if (policy == config_.policies.end() || !policy->second.breaker) {
+    return;
+  }
+  const std::optional<std::string>& fallback = policy->second.breaker->fallback;
+  if (fallback && *fallback == route.cluster) {
+    error(field, "policy '" + *route.policy + "' falls back to cluster '" + route.cluster +
+                     "', the route's own cluster; a fallback must be another cluster");
+  }
 }
 
 void Loader::checkReferences() {

@@ -257,6 +257,92 @@ void emitBackpressure(YAML::Emitter& out, const BackpressurePolicy& bp) {
   out << YAML::EndMap;
 }
 
+void emitBreaker(YAML::Emitter& out, const BreakerPolicy& b) {
+  static constexpr std::string_view kGrpcNames[] = {"OK",
+                                                    "CANCELLED",
+                                                    "UNKNOWN",
+                                                    "INVALID_ARGUMENT",
+                                                    "DEADLINE_EXCEEDED",
+                                                    "NOT_FOUND",
+                                                    "ALREADY_EXISTS",
+                                                    "PERMISSION_DENIED",
+                                                    "RESOURCE_EXHAUSTED",
+                                                    "FAILED_PRECONDITION",
+                                                    "ABORTED",
+                                                    "OUT_OF_RANGE",
+                                                    "UNIMPLEMENTED",
+                                                    "INTERNAL",
+                                                    "UNAVAILABLE",
+                                                    "DATA_LOSS",
+                                                    "UNAUTHENTICATED"};
+  out << YAML::Key << "breaker" << YAML::Value << YAML::BeginMap;
+
+  out << YAML::Key << "window" << YAML::Value << YAML::Flow << YAML::BeginMap;
+  if (b.window_type == BreakerWindowType::kTime) {
+    emitPair(out, "type", "time");
+    emitPair(out, "size", b.window_duration);
+  } else {
+    emitPair(out, "type", "count");
+    emitPair(out, "size", b.window_calls);
+  }
+  emitPair(out, "min_requests", b.min_requests);
+  out << YAML::EndMap;
+
+  out << YAML::Key << "open_when" << YAML::Value << YAML::Flow << YAML::BeginMap;
+  emitPair(out, "failure_rate", formatPercent(b.failure_rate));
+  emitPair(out, "slow_call_rate", formatPercent(b.slow_call_rate));
+  if (b.slow_call) {
+    emitPair(out, "slow_call", *b.slow_call);
+  }
+  emitPair(out, "consecutive_failures", b.consecutive_failures);
+  out << YAML::EndMap;
+
+  out << YAML::Key << "failure" << YAML::Value << YAML::Flow << YAML::BeginMap;
+  out << YAML::Key << "status" << YAML::Value << YAML::Flow << YAML::BeginSeq;
+  for (int status_class : b.failure_status_classes) {
+    out << std::to_string(status_class) + "xx";
+  }
+  for (int status : b.failure_statuses) {
+    out << status;
+  }
+  out << YAML::EndSeq;
+  out << YAML::Key << "connect_failure" << YAML::Value << b.failure_connect_failure;
+  out << YAML::Key << "reset" << YAML::Value << b.failure_reset;
+  out << YAML::Key << "timeout" << YAML::Value << b.failure_timeout;
+  out << YAML::Key << "grpc" << YAML::Value << YAML::Flow << YAML::BeginSeq;
+  for (int code : b.failure_grpc) {
+    out << std::string(kGrpcNames[code]);
+  }
+  out << YAML::EndSeq;
+  out << YAML::EndMap;
+
+  emitPair(out, "cooldown", b.cooldown);
+  emitPair(out, "max_cooldown", b.max_cooldown);
+  emitPair(out, "cooldown_multiplier", formatDecimal(b.cooldown_multiplier));
+  emitPair(out, "jitter", formatPercent(b.jitter));
+
+  out << YAML::Key << "half_open" << YAML::Value << YAML::Flow << YAML::BeginMap;
+  emitPair(out, "probes", b.probes);
+  emitPair(out, "timeout", b.probe_timeout);
+  out << YAML::EndMap;
+
+  if (b.fallback) {
+    out << YAML::Key << "fallback" << YAML::Value << YAML::Flow << YAML::BeginMap;
+    emitPair(out, "cluster", *b.fallback);
+    emitPair(out, "on_loop", b.on_loop == LoopAction::kReject ? "reject" : "primary");
+    out << YAML::EndMap;
+  }
+  if (b.outlier) {
+    out << YAML::Key << "outlier" << YAML::Value << YAML::Flow << YAML::BeginMap;
+    emitPair(out, "consecutive_failures", b.outlier->consecutive_failures);
+    emitPair(out, "base_ejection", b.outlier->base_ejection);
+    emitPair(out, "max_ejection", b.outlier->max_ejection);
+    emitPair(out, "max_ejection_percent", formatPercent(b.outlier->max_ejection_percent));
+    out << YAML::EndMap;
+  }
+  out << YAML::EndMap;
+}
+
 void emitPolicy(YAML::Emitter& out, const Policy& policy) {
   out << YAML::Key << policy.name << YAML::Value << YAML::BeginMap;
   emitPair(out, "mode", modeName(policy.mode));
@@ -268,6 +354,9 @@ void emitPolicy(YAML::Emitter& out, const Policy& policy) {
   }
   if (policy.backpressure) {
     emitBackpressure(out, *policy.backpressure);
+  }
+  if (policy.breaker) {
+    emitBreaker(out, *policy.breaker);
   }
   out << YAML::EndMap;
 }

@@ -21,6 +21,7 @@
 // This is how a client that disconnects while its request waits frees its place at once.
 
 #include <chrono>
+#include <cstddef>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -126,6 +127,11 @@ public:
 
   virtual RequestInfo& requestInfo() = 0;
   virtual Dispatcher& dispatcher() = 0;
+
+  // Sends the request to another cluster of the snapshot (its index in the config's cluster
+  // list) instead of the route's. Call it before continuing. Returns false when the stream
+  // cannot be redirected, and then nothing changed.
+  virtual bool routeToCluster(size_t /*cluster_index*/) { return false; }
 };
 
 class StreamFilter {

@@ -55,6 +55,13 @@ void FilterChain::sendLocalReply(LocalReplyReason reason) {
   owner_.onChainLocalReply(reason);
 }
 
+bool FilterChain::routeToCluster(size_t cluster_index) {
+  if (decided_ || ended_) {
+    return false;
+  }
+  return owner_.onChainRouteToCluster(cluster_index);
+}
+
 void FilterChain::runResponseHeaders(int status, HeaderMap& headers) {
   // Only filters that saw the request see the response: a filter after the one that
   // replied locally never ran.

@@ -22,6 +22,8 @@ public:
   virtual void onChainLocalReply(LocalReplyReason reason) = 0;
   virtual RequestInfo& requestInfo() = 0;
   virtual Dispatcher& dispatcher() = 0;
+  // A filter redirects the request to another cluster; see FilterCallbacks::routeToCluster.
+  virtual bool onChainRouteToCluster(size_t /*cluster_index*/) { return false; }
 };
 
 class FilterChain : private FilterCallbacks {
@@ -49,6 +51,7 @@ private:
   void sendLocalReply(LocalReplyReason reason) override;
   RequestInfo& requestInfo() override { return owner_.requestInfo(); }
   Dispatcher& dispatcher() override { return owner_.dispatcher(); }
+  bool routeToCluster(size_t cluster_index) override;
 
   void iterate();
 

@@ -24,6 +24,7 @@
 
 #include "config/config.h"
 #include "filters/backpressure/backpressure_filter.h"
+#include "filters/breaker/breaker_filter.h"
 #include "filters/common/endpoint.h"
 #include "filters/priority/inheritance_table.h"
 #include "proxy/metrics.h"
@@ -43,6 +44,22 @@ public:
   std::shared_ptr<filters::backpressure::BackpressureShared>
   backpressure(const std::string& policy, const std::string& cluster,
                const config::BackpressurePolicy& options, Metrics& metrics);
+
+  // The breaker of one (policy, cluster) pair and the cluster's outlier detector (null without
+  // an outlier section). Both are kept while the policy's breaker section, its mode and the
+  // cluster's endpoints are unchanged, so a reload keeps an open breaker open.
+  struct ClusterBreaker {
+    std::shared_ptr<filters::breaker::CircuitBreaker> breaker;
+    std::shared_ptr<filters::breaker::OutlierDetector> outlier;
+  };
+  ClusterBreaker clusterBreaker(const std::string& policy, const config::Cluster& cluster,
+                                const config::BreakerPolicy& options, bool shadow,
+                                filters::breaker::BreakerStats* stats);
+
+  // The capacity of a fallback cluster, shared by every route that falls back to it and kept
+  // while the cluster's capacity section is unchanged.
+  std::shared_ptr<filters::breaker::FallbackCapacity>
+  fallbackCapacity(const config::Cluster& cluster);
 
   // Removes expired state and exports gauges and counters kept in atomics.
   void tick(Metrics& metrics);
@@ -75,6 +92,22 @@ private:
   filters::EndpointRegistry endpoints_;
   std::shared_ptr<filters::priority::InheritanceTable> table_;
   std::optional<config::InheritanceConfig> table_options_;
+
+  struct BreakerEntry {
+    config::BreakerPolicy options;
+    bool shadow = false;
+    size_t endpoints = 0;
+    filters::breaker::BreakerStats* stats = nullptr;
+    ClusterBreaker shared;
+  };
+  // TODO: entries of policies or clusters removed by a reload stay, and so do their gauges.
+  std::map<std::pair<std::string, std::string>, BreakerEntry> breakers_; // (policy, cluster)
+
+  struct CapacityEntry {
+    config::Capacity capacity;
+    std::shared_ptr<filters::breaker::FallbackCapacity> shared;
+  };
+  std::map<std::string, CapacityEntry> capacities_; // by cluster
   std::map<std::pair<std::string, std::string>, BackpressureEntry> backpressure_;
   uint64_t generation_ = 0;
 };

@@ -188,6 +188,18 @@ public:
     acquireUpstream(nullptr);
   }
 
+  // The breaker sends the request to its fallback cluster: the upstream, its pool and the
+  // access log's cluster follow.
+  bool onChainRouteToCluster(size_t cluster_index) override {
+    if (cluster_index >= snapshot_->clusters.size()) {
+      return false;
+    }
+    cluster_index_ = cluster_index;
+    cluster_name_ = snapshot_->clusters[cluster_index].config->name;
+    info_.route_cluster = cluster_name_; // the old view may point into a freed buffer
+    return true;
+  }
+
   void onChainLocalReply(LocalReplyReason reason) override {
     stopWatchingDownstream();
     sendLocalReply(reason);
@@ -314,7 +326,8 @@ private:
     }
     route_ = &listener_->routes[*route_index];
     cluster_name_ = route_->config->cluster;
-    info_.route_cluster = cluster_name_;
+    cluster_index_ = route_->cluster_index;
+    info_.route_cluster = route_->config->cluster;
 
     prepareUpstreamRequest(request, fields);
 
@@ -470,7 +483,7 @@ private:
     }
     state_ = State::kConnecting;
     WorkerCluster* cluster = worker_.cluster(cluster_name_);
-    const config::Cluster& cluster_config = *snapshot_->clusters[route_->cluster_index].config;
+    const config::Cluster& cluster_config = *snapshot_->clusters[cluster_index_].config;
     UpstreamEndpoint* endpoint =
         cluster ? cluster->pick(cluster_config.lb, worker_.random(), exclude) : nullptr;
     if (!endpoint) {
@@ -937,9 +950,7 @@ private:
   }
 
   void recordUpstreamFailure(UpstreamFailure failure) {
-    snapshot_->clusters[route_->cluster_index]
-        .stats->failures[static_cast<size_t>(failure)]
-        ->Increment();
+    snapshot_->clusters[cluster_index_].stats->failures[static_cast<size_t>(failure)]->Increment();
   }
 
   // ---- Local replies ----
@@ -1154,7 +1165,8 @@ private:
   std::string path_;
   std::string authority_;
   std::string request_id_;
-  std::string cluster_name_;
+  std::string cluster_name_; // where the request goes: the route's, or a filter's choice
+  size_t cluster_index_ = 0; // of cluster_name_ in the snapshot
   std::string endpoint_label_;
   std::string_view protocol_ = "HTTP/1.1";
   std::string_view reason_;

@@ -230,6 +230,39 @@ Metrics::Metrics()
                                   .Help("Outbound calls that got the route default because "
                                         "inheriting would exceed max_depth.")
                                   .Register(*registry_);
+  breaker_state_ = &prometheus::BuildGauge()
+                        .Name("deferd_breaker_state")
+                        .Help("1 for the current state of a cluster's breaker (closed, open or "
+                              "half_open), 0 for the others.")
+                        .Register(*registry_);
+  breaker_transitions_ = &prometheus::BuildCounter()
+                              .Name("deferd_breaker_transitions_total")
+                              .Help("Breaker transitions, by the state entered and the cause.")
+                              .Register(*registry_);
+  breaker_calls_ = &prometheus::BuildCounter()
+                        .Name("deferd_breaker_calls_total")
+                        .Help("Calls through a cluster's breaker by outcome: success, failure, "
+                              "slow, or rejected by an open breaker.")
+                        .Register(*registry_);
+  breaker_shadow_rejections_ = &prometheus::BuildCounter()
+                                    .Name("deferd_breaker_shadow_rejections_total")
+                                    .Help("Requests let through that an enforcing breaker would "
+                                          "have rejected (shadow mode or outside the rollout).")
+                                    .Register(*registry_);
+  breaker_fallback_requests_ = &prometheus::BuildCounter()
+                                    .Name("deferd_breaker_fallback_requests_total")
+                                    .Help("Requests redirected from an open breaker's cluster "
+                                          "to its fallback cluster.")
+                                    .Register(*registry_);
+  breaker_fallback_rejections_ = &prometheus::BuildCounter()
+                                      .Name("deferd_breaker_fallback_rejections_total")
+                                      .Help("Requests that could not go to the fallback, by "
+                                            "reason.")
+                                      .Register(*registry_);
+  outlier_ejected_ = &prometheus::BuildGauge()
+                          .Name("deferd_outlier_ejected_endpoints")
+                          .Help("Endpoints of the cluster that outlier ejection keeps out.")
+                          .Register(*registry_);
   bp_limit_ = &prometheus::BuildGauge()
                    .Name("deferd_backpressure_limit")
                    .Help("Current concurrency limit of a cluster's admission controller.")
@@ -401,6 +434,51 @@ prometheus::Counter* Metrics::backpressureDecision(const std::string& policy,
                               {"decision", std::string(decision)},
                               {"urgency", std::to_string(urgency)},
                               {"mode", shadow ? "shadow" : "enforce"}});
+}
+
+filters::breaker::BreakerStats* Metrics::breaker(const std::string& cluster) {
+  using namespace filters::breaker;
+  std::lock_guard lock(mutex_);
+  auto& slot = breakers_[cluster];
+  if (slot != nullptr) {
+    return slot.get();
+  }
+
+  auto stats = std::make_unique<BreakerStats>();
+  for (size_t state = 0; state < kBreakerStates; ++state) {
+    std::string state_name(toString(static_cast<BreakerState>(state)));
+    stats->state[state] = &breaker_state_->Add({{"cluster", cluster}, {"state", state_name}});
+    stats->state[state]->Set(state == 0 ? 1 : 0);
+    for (size_t cause = 0; cause < kTransitionCauses; ++cause) {
+      stats->transitions[state][cause] = &breaker_transitions_->Add(
+          {{"cluster", cluster},
+           {"to", state_name},
+           {"cause", std::string(toString(static_cast<TransitionCause>(cause)))}});
+    }
+  }
+  for (size_t count = 0; count < stats->calls.size(); ++count) {
+    stats->calls[count] = &breaker_calls_->Add(
+        {{"cluster", cluster},
+         {"outcome", std::string(callCountName(static_cast<CallCount>(count)))}});
+  }
+  stats->shadow_rejections = &breaker_shadow_rejections_->Add({{"cluster", cluster}});
+  for (size_t reason = 0; reason < kFallbackRejections; ++reason) {
+    stats->fallback_rejections[reason] = &breaker_fallback_rejections_->Add(
+        {{"cluster", cluster},
+         {"reason", std::string(toString(static_cast<FallbackRejection>(reason)))}});
+  }
+  stats->fallback_loop =
+      &breaker_fallback_rejections_->Add({{"cluster", cluster}, {"reason", "fallback_loop"}});
+  stats->ejected_endpoints = &outlier_ejected_->Add({{"cluster", cluster}});
+
+  slot = std::move(stats);
+  return slot.get();
+}
+
+prometheus::Counter* Metrics::breakerFallback(const std::string& cluster,
+                                              const std::string& fallback) {
+  std::lock_guard lock(mutex_);
+  return &breaker_fallback_requests_->Add({{"cluster", cluster}, {"fallback", fallback}});
 }
 
 void Metrics::recordInheritanceTable(size_t entries, uint64_t evictions) {

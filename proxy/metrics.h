@@ -30,6 +30,7 @@
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 
+#include "filters/breaker/breaker_filter.h"
 #include "filters/priority/priority_filter.h"
 #include "proxy/local_reply.h"
 
@@ -113,6 +114,9 @@ public:
   ClusterStats* cluster(const std::string& name);
   RouteStats* route(const std::string& listener, const std::string& cluster);
   filters::priority::PriorityStats* priority(const std::string& listener);
+  filters::breaker::BreakerStats* breaker(const std::string& cluster);
+  // deferd_breaker_fallback_requests_total{cluster,fallback}
+  prometheus::Counter* breakerFallback(const std::string& cluster, const std::string& fallback);
 
   BackpressureStats* backpressure(const std::string& cluster);
   // deferd_backpressure_decisions_total for one policy, decision, urgency and mode.
@@ -154,6 +158,13 @@ private:
   prometheus::Family<prometheus::Counter>* priority_clamped_;
   prometheus::Family<prometheus::Counter>* priority_malformed_;
   prometheus::Family<prometheus::Counter>* priority_depth_exceeded_;
+  prometheus::Family<prometheus::Gauge>* breaker_state_;
+  prometheus::Family<prometheus::Counter>* breaker_transitions_;
+  prometheus::Family<prometheus::Counter>* breaker_calls_;
+  prometheus::Family<prometheus::Counter>* breaker_shadow_rejections_;
+  prometheus::Family<prometheus::Counter>* breaker_fallback_requests_;
+  prometheus::Family<prometheus::Counter>* breaker_fallback_rejections_;
+  prometheus::Family<prometheus::Gauge>* outlier_ejected_;
   prometheus::Family<prometheus::Gauge>* bp_limit_;
   prometheus::Family<prometheus::Gauge>* bp_in_flight_;
   prometheus::Family<prometheus::Gauge>* bp_queue_depth_;
@@ -171,6 +182,7 @@ private:
   std::map<std::string, std::unique_ptr<ClusterStats>> clusters_;
   std::map<std::pair<std::string, std::string>, std::unique_ptr<RouteStats>> routes_;
   std::map<std::string, std::unique_ptr<filters::priority::PriorityStats>> priority_;
+  std::map<std::string, std::unique_ptr<filters::breaker::BreakerStats>> breakers_;
   std::map<std::string, std::unique_ptr<BackpressureStats>> backpressure_;
 };
 

@@ -1,6 +1,10 @@
 #include "proxy/snapshot.h"
 
+#include <optional>
+#include <string>
+
 #include "filters/backpressure/backpressure_filter.h"
+#include "filters/breaker/breaker_filter.h"
 #include "filters/headers/header_mutation.h"
 #include "filters/priority/priority_filter.h"
 
@@ -68,6 +72,60 @@ void addBackpressureFilter(const config::Config& config, const config::Listener&
       std::make_shared<filters::backpressure::BackpressureFilterFactory>(std::move(filter)));
 }
 
+std::optional<size_t> clusterIndex(const config::Config& config, const std::string& name) {
+  for (size_t i = 0; i < config.clusters.size(); i++) {
+    if (config.clusters[i].name == name) {
+      return i;
+    }
+  }
+  return std::nullopt;
+}
+
+filters::breaker::BreakerTarget breakerTarget(const config::Config& config,
+                                              const config::Policy& policy, size_t cluster_index,
+                                              Metrics& metrics, FilterState& state) {
+  const config::Cluster& cluster = config.clusters[cluster_index];
+  filters::breaker::BreakerTarget target;
+  target.cluster = cluster.name;
+  target.cluster_index = cluster_index;
+  target.stats = metrics.breaker(cluster.name);
+  FilterState::ClusterBreaker shared =
+      state.clusterBreaker(policy.name, cluster, *policy.breaker,
+                           policy.mode == config::PolicyMode::kShadow, target.stats);
+  target.breaker = std::move(shared.breaker);
+  target.outlier = std::move(shared.outlier);
+  return target;
+}
+
+// The breaker runs after the priority filter, so its local replies are logged with the
+// request's urgency, and before the header mutations, which a rejected request never needs.
+void addBreakerFilter(const config::Config& config, const config::Route& route,
+                      RouteRuntime& runtime, Metrics& metrics, FilterState& state) {
+  const config::Policy* policy = policyOf(config, route);
+  if (policy == nullptr || !policy->breaker || policy->mode == config::PolicyMode::kOff) {
+    return;
+  }
+  const config::BreakerPolicy& breaker = *policy->breaker;
+
+  filters::breaker::BreakerRouteConfig filter;
+  filter.primary = breakerTarget(config, *policy, runtime.cluster_index, metrics, state);
+  std::optional<size_t> fallback =
+      breaker.fallback ? clusterIndex(config, *breaker.fallback) : std::nullopt;
+  if (fallback && *fallback != runtime.cluster_index) {
+    filter.fallback = breakerTarget(config, *policy, *fallback, metrics, state);
+    filter.capacity = state.fallbackCapacity(config.clusters[*fallback]);
+    filter.fallback_requests = metrics.breakerFallback(route.cluster, *breaker.fallback);
+  }
+  filter.on_loop = breaker.on_loop == config::LoopAction::kReject
+                       ? filters::breaker::LoopPolicy::kReject
+                       : filters::breaker::LoopPolicy::kSendToPrimary;
+  filter.service = config.service;
+  filter.rollout = policy->rollout;
+  filter.probe_timeout = breaker.probe_timeout;
+  runtime.filters.push_back(
+      std::make_shared<filters::breaker::BreakerFilterFactory>(std::move(filter)));
+}
+
 // The policy's header mutations run first, then the route's, so a route can override a
 // policy. A policy in shadow or off mode changes no headers.
 void addHeaderFilters(const config::Config& config, const config::Route& route,
@@ -117,6 +175,7 @@ std::shared_ptr<const Snapshot> Snapshot::build(std::shared_ptr<const config::Co
       }
       route_runtime.stats = metrics.route(listener.name, route.cluster);
       addPriorityFilter(*config, listener, route, route_runtime, metrics, state);
+      addBreakerFilter(*config, route, route_runtime, metrics, state);
       addBackpressureFilter(*config, listener, route, route_runtime, metrics, state);
       addHeaderFilters(*config, route, route_runtime);
       runtime.routes.push_back(std::move(route_runtime));

@@ -120,6 +120,12 @@ FilterStatus BackpressureFilter::onRequestHeaders(HeaderMap& headers) {
   MonotonicTime now = callbacks().dispatcher().now();
   urgency_ = info.urgency.value_or(kDefaultUrgency);
 
+  // A breaker that sent the request to its fallback has already checked the fallback's
+  // capacity; this cluster's limit is not the one it uses.
+  if (info.route_cluster != shared_.cluster) {
+    return FilterStatus::kContinue;
+  }
+
   AdmissionRequest request;
   request.urgency = urgency_;
   request.deadline = deadlineOf(headers, now);

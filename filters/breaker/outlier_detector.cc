@@ -37,6 +37,15 @@ bool OutlierDetector::isEjected(size_t endpoint, MonotonicTime now) {
   return endpoint < endpoints_.size() && endpoints_[endpoint].ejected;
 }
 
+std::optional<MonotonicTime> OutlierDetector::ejectedUntil(size_t endpoint, MonotonicTime now) {
+  std::lock_guard lock(mutex_);
+  advanceLocked(now);
+  if (endpoint >= endpoints_.size() || !endpoints_[endpoint].ejected) {
+    return std::nullopt;
+  }
+  return endpoints_[endpoint].ejected_until;
+}
+
 size_t OutlierDetector::ejectedCount(MonotonicTime now) {
   std::lock_guard lock(mutex_);
   advanceLocked(now);

@@ -34,6 +34,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <mutex>
+#include <optional>
 #include <vector>
 
 #include "filters/breaker/outcome.h"
@@ -75,6 +76,9 @@ public:
   // Whether the endpoint is ejected now. An index out of range is not ejected.
   bool isEjected(size_t endpoint, MonotonicTime now);
   size_t ejectedCount(MonotonicTime now);
+  // When the endpoint's ejection ends, or nothing when it is not ejected now. The proxy copies
+  // it to the endpoint that every worker's balancer reads.
+  std::optional<MonotonicTime> ejectedUntil(size_t endpoint, MonotonicTime now);
 
   // TODO: endpoints are matched by index, so a re-resolution that reorders the endpoint list
   // moves their state and ejections to other endpoints. Key them by address instead.

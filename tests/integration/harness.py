@@ -642,7 +642,8 @@ class RawUpstream:
     BODY_KEEP = 1 << 20
     RAW_KEEP = 1 << 20  # bytes of raw traffic kept per connection
 
-    def __init__(self, handler=echo_reply):
+    def __init__(self, handler=echo_reply, port=0):
+        """`port` 0 picks a free port; another value restarts an upstream on a known port."""
         self.handler = handler
         self.lock = threading.Lock()
         self.requests = []
@@ -652,7 +653,7 @@ class RawUpstream:
         self.errors = []  # protocol errors seen while parsing what deferd sent
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind((LOOPBACK, 0))
+        self._sock.bind((LOOPBACK, port))
         self._sock.listen(128)
         self.port = self._sock.getsockname()[1]
         self._clients = set()
@@ -695,6 +696,12 @@ class RawUpstream:
 
     def close(self):
         self._closed = True
+        # On Linux, close() alone does not wake a thread blocked in accept(): the socket would
+        # keep listening for one more connection. shutdown() wakes it.
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         try:
             self._sock.close()
         except OSError:
@@ -714,6 +721,9 @@ class RawUpstream:
             try:
                 conn, _ = self._sock.accept()
             except OSError:
+                return
+            if self._closed:
+                conn.close()
                 return
             with self.lock:
                 self.connections_accepted += 1

@@ -120,12 +120,18 @@ class PrometheusTest(harness.DeferdTestCase):
         cls.nginx = harness.Nginx().start()
         cls.addClassCleanup(cls.nginx.stop)
         cls.port = harness.free_port()
-        # The route's policy turns on the priority filter, whose families the dashboard uses.
+        # The route's policy turns on the priority and breaker filters, whose families the
+        # dashboard uses. The breaker's fallback and outlier ejection create the rest.
         routes = [{"match": {"prefix": "/static/"}, "cluster": "web", "policy": "serve"}]
+        breaker = {"fallback": {"cluster": "cache"}, "outlier": None}
         cls.deferd = harness.Deferd(
             listeners=[harness.listener_config("inbound", cls.port, routes)],
-            clusters=[harness.cluster_config("web", [cls.nginx.port])],
-            extra={"policies": {"serve": {"priority": None, "backpressure": None}}},
+            clusters=[
+                harness.cluster_config("web", [cls.nginx.port]),
+                harness.cluster_config("cache", [cls.nginx.port], capacity={"max_rps": 10}),
+            ],
+            extra={"policies": {"serve": {"priority": None, "backpressure": None,
+                                          "breaker": breaker}}},
         ).start()
         cls.addClassCleanup(cls.deferd.stop)
         cls.prometheus = Prometheus(cls.deferd.admin_port, [manifests.ALERTS]).start()

@@ -434,6 +434,157 @@ TEST(ConfigTest, BackpressureErrors) {
                    "outside 10 to 1000"}));
 }
 
+const std::string kBreaker = R"(node: { service: checkout }
+listeners:
+  - name: outbound
+    address: 127.0.0.1:15001
+    routes:
+      - { cluster: inventory, policy: tuned }
+      - { cluster: app, policy: defaults }
+clusters:
+  - name: app
+    endpoints: [127.0.0.1:8080]
+  - name: inventory
+    endpoints: [127.0.0.1:8081]
+  - name: inventory-cache
+    endpoints: [127.0.0.1:9090]
+    capacity: { max_concurrent: 50, max_rps: 200 }
+policies:
+  defaults:
+    breaker:
+  tuned:
+    breaker:
+      window: { type: time, size: 10s, min_requests: 40 }
+      open_when:
+        failure_rate: 25%
+        slow_call_rate: 80%
+        slow_call: 500ms
+        consecutive_failures: 0
+      failure: { status: [5xx, 429], connect_failure: false, reset: true, timeout: false,
+                 grpc: [UNAVAILABLE, RESOURCE_EXHAUSTED] }
+      cooldown: 30s
+      max_cooldown: 10m
+      cooldown_multiplier: 1.5
+      jitter: 20%
+      half_open: { probes: 5, timeout: 2s }
+      fallback: { cluster: inventory-cache, on_loop: primary }
+      outlier: { consecutive_failures: 3, base_ejection: 10s, max_ejection_percent: 50% }
+)";
+
+TEST(ConfigTest, LoadsBreakerSections) {
+  std::shared_ptr<const Config> config = loadValid(kBreaker);
+
+  const BreakerPolicy& defaults = *config->policies.at("defaults").breaker;
+  EXPECT_EQ(defaults.window_type, BreakerWindowType::kCount);
+  EXPECT_EQ(defaults.window_calls, 100u);
+  EXPECT_EQ(defaults.min_requests, 20u);
+  EXPECT_EQ(defaults.failure_rate, 0.5);
+  EXPECT_EQ(defaults.slow_call_rate, 1.0);
+  EXPECT_EQ(defaults.slow_call, std::nullopt);
+  EXPECT_EQ(defaults.consecutive_failures, 5u);
+  EXPECT_EQ(defaults.failure_status_classes, std::vector<int>{5});
+  EXPECT_TRUE(defaults.failure_statuses.empty());
+  EXPECT_TRUE(defaults.failure_connect_failure);
+  EXPECT_EQ(defaults.failure_grpc, (std::vector<int>{14, 4}));
+  EXPECT_EQ(defaults.cooldown, 5s);
+  EXPECT_EQ(defaults.max_cooldown, 5min);
+  EXPECT_EQ(defaults.probes, 3u);
+  EXPECT_EQ(defaults.probe_timeout, 5s);
+  EXPECT_EQ(defaults.fallback, std::nullopt);
+  EXPECT_EQ(defaults.outlier, std::nullopt);
+
+  const BreakerPolicy& tuned = *config->policies.at("tuned").breaker;
+  EXPECT_EQ(tuned.window_type, BreakerWindowType::kTime);
+  EXPECT_EQ(tuned.window_duration, 10s);
+  EXPECT_EQ(tuned.min_requests, 40u);
+  EXPECT_EQ(tuned.failure_rate, 0.25);
+  EXPECT_EQ(tuned.slow_call_rate, 0.8);
+  EXPECT_EQ(tuned.slow_call, 500ms);
+  EXPECT_EQ(tuned.consecutive_failures, 0u);
+  EXPECT_EQ(tuned.failure_status_classes, std::vector<int>{5});
+  EXPECT_EQ(tuned.failure_statuses, std::vector<int>{429});
+  EXPECT_FALSE(tuned.failure_connect_failure);
+  EXPECT_TRUE(tuned.failure_reset);
+  EXPECT_FALSE(tuned.failure_timeout);
+  EXPECT_EQ(tuned.failure_grpc, (std::vector<int>{14, 8}));
+  EXPECT_EQ(tuned.cooldown, 30s);
+  EXPECT_EQ(tuned.max_cooldown, 10min);
+  EXPECT_EQ(tuned.cooldown_multiplier, 1.5);
+  EXPECT_EQ(tuned.jitter, 0.2);
+  EXPECT_EQ(tuned.probes, 5u);
+  EXPECT_EQ(tuned.probe_timeout, 2s);
+  EXPECT_EQ(tuned.fallback, "inventory-cache");
+  EXPECT_EQ(tuned.on_loop, LoopAction::kPrimary);
+  ASSERT_TRUE(tuned.outlier.has_value());
+  EXPECT_EQ(tuned.outlier->consecutive_failures, 3u);
+  EXPECT_EQ(tuned.outlier->base_ejection, 10s);
+  EXPECT_EQ(tuned.outlier->max_ejection, 5min);
+  EXPECT_EQ(tuned.outlier->max_ejection_percent, 0.5);
+}
+
+TEST(ConfigTest, BreakerRoundTrips) {
+  std::shared_ptr<const Config> first = loadValid(kBreaker);
+  std::string yaml = toYaml(*first);
+  std::shared_ptr<const Config> second = loadValid(yaml);
+  EXPECT_EQ(toYaml(*second), yaml);
+  EXPECT_EQ(*second->policies.at("tuned").breaker, *first->policies.at("tuned").breaker);
+  EXPECT_EQ(*second->policies.at("defaults").breaker, *first->policies.at("defaults").breaker);
+}
+
+TEST(ConfigTest, BreakerErrors) {
+  EXPECT_EQ(errors(R"(node: { service: checkout }
+listeners:
+  - name: outbound
+    address: 127.0.0.1:15001
+    routes: [ { cluster: app, policy: p }, { cluster: app, policy: q } ]
+clusters:
+  - { name: app, endpoints: [127.0.0.1:8080], capacity: { max_rps: 10 } }
+  - { name: bare, endpoints: [127.0.0.1:8081] }
+policies:
+  p:
+    breaker:
+      window: { type: sliding, size: 0 }
+      open_when: { failure_rate: 150%, slow_cal: 1s }
+      failure: { status: [5xx, 99], grpc: [UNAVAILABLE, NOPE] }
+      cooldown: 1m
+      max_cooldown: 10s
+      half_open: { probes: 0 }
+      fallback: { cluster: bare, on_loop: bounce }
+  q:
+    breaker: { fallback: { cluster: app } }
+  r:
+    breaker: { fallback: { cluster: missing } }
+)"),
+            (Lines{"test.yaml:5:44: listeners[0].routes[1]: policy 'q' falls back to cluster "
+                   "'app', the route's own cluster; a fallback must be another cluster",
+                   "test.yaml:12:23: policies.p.breaker.window.type: invalid value 'sliding'; "
+                   "expected count or time",
+                   "test.yaml:12:38: policies.p.breaker.window.size: 0 is out of range; expected "
+                   "1 to 100000",
+                   "test.yaml:13:34: policies.p.breaker.open_when.failure_rate: invalid "
+                   "percentage '150%': must be from 0% to 100%",
+                   "test.yaml:13:40: unknown key 'slow_cal' in policies.p.breaker.open_when; did "
+                   "you mean 'slow_call'?",
+                   "test.yaml:14:32: policies.p.breaker.failure.status[1]: 99 is out of range; "
+                   "expected 100 to 599",
+                   "test.yaml:14:57: policies.p.breaker.failure.grpc[1]: invalid value 'NOPE'; "
+                   "expected OK, CANCELLED, UNKNOWN, INVALID_ARGUMENT, DEADLINE_EXCEEDED, "
+                   "NOT_FOUND, ALREADY_EXISTS, PERMISSION_DENIED, RESOURCE_EXHAUSTED, "
+                   "FAILED_PRECONDITION, ABORTED, OUT_OF_RANGE, UNIMPLEMENTED, INTERNAL, "
+                   "UNAVAILABLE, DATA_LOSS or UNAUTHENTICATED",
+                   "test.yaml:16:21: policies.p.breaker.max_cooldown: max_cooldown 10s is below "
+                   "cooldown 1m",
+                   "test.yaml:17:28: policies.p.breaker.half_open.probes: 0 is out of range; "
+                   "expected 1 to 1000",
+                   "test.yaml:18:28: policies.p.breaker.fallback.cluster: fallback cluster "
+                   "'bare' declares no capacity; give it 'capacity: { max_concurrent, max_rps }' "
+                   "so the breaker knows how much traffic it may send there",
+                   "test.yaml:18:43: policies.p.breaker.fallback.on_loop: invalid value "
+                   "'bounce'; expected reject or primary",
+                   "test.yaml:22:37: policies.r.breaker.fallback.cluster: cluster 'missing' not "
+                   "found in 'clusters'"}));
+}
+
 TEST(ConfigTest, PriorityErrors) {
   EXPECT_EQ(errors(R"(node: { service: demo }
 inheritance: { ttl: 0s, max_entries: 0 }
@@ -1396,8 +1547,7 @@ TEST(ConfigTest, UnsupportedPolicySections) {
     fault: { abort: 1% }
     backpresure: {}
 )"),
-            (Lines{"test.yaml:14:5: policies.p: 'breaker' is not supported by this build yet",
-                   "test.yaml:15:5: policies.p: 'fault' is not supported by this build yet",
+            (Lines{"test.yaml:15:5: policies.p: 'fault' is not supported by this build yet",
                    "test.yaml:16:5: unknown key 'backpresure' in policies.p; did you mean "
                    "'backpressure'?"}));
 }
@@ -1463,8 +1613,6 @@ policies:
             (Lines{
                 "test.yaml:31:15: clusters[1].protocol: 'http2' is not supported by this "
                 "build yet; use http1",
-                "test.yaml:45:5: policies.call-inventory: 'breaker' is not supported by this "
-                "build yet",
             }));
 }
 

@@ -19,9 +19,14 @@ public:
   void onChainLocalReply(LocalReplyReason reason) override { replies.push_back(reason); }
   RequestInfo& requestInfo() override { return info; }
   Dispatcher& dispatcher() override { return clock; }
+  bool onChainRouteToCluster(size_t cluster_index) override {
+    routed_to.push_back(cluster_index);
+    return true;
+  }
 
   int continued = 0;
   std::vector<LocalReplyReason> replies;
+  std::vector<size_t> routed_to;
   RequestInfo info;
   FakeDispatcher clock;
 };
@@ -98,6 +103,21 @@ TEST(FilterChainTest, ContinuesThroughEveryFilterInOrder) {
   EXPECT_EQ(f.owner.continued, 1);
   EXPECT_TRUE(f.owner.replies.empty());
   EXPECT_EQ(f.trace, (std::vector<std::string>{"a:request", "b:request"}));
+}
+
+TEST(FilterChainTest, RouteToClusterReachesOwnerUntilDecided) {
+  ChainFixture f;
+  ScriptedFilter* queue = f.add("queue", ScriptedFilter::Action::kHold);
+  auto chain = f.build();
+  chain->runRequestHeaders(f.headers);
+
+  EXPECT_TRUE(queue->exposedCallbacks().routeToCluster(2));
+  EXPECT_EQ(f.owner.routed_to, std::vector<size_t>{2});
+
+  f.owner.clock.advance(100ms);
+  ASSERT_EQ(f.owner.continued, 1);
+  EXPECT_FALSE(queue->exposedCallbacks().routeToCluster(3));
+  EXPECT_EQ(f.owner.routed_to, std::vector<size_t>{2});
 }
 
 TEST(FilterChainTest, ResponseRunsInReverseOrder) {

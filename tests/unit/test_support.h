@@ -8,6 +8,7 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -129,11 +130,16 @@ public:
   void sendLocalReply(LocalReplyReason reason) override { replies.push_back(reason); }
   RequestInfo& requestInfo() override { return info; }
   Dispatcher& dispatcher() override { return fake_dispatcher; }
+  bool routeToCluster(size_t cluster_index) override {
+    routed_to = cluster_index;
+    return true;
+  }
 
   RequestInfo info;
   FakeDispatcher fake_dispatcher;
   int continued = 0;
   std::vector<LocalReplyReason> replies;
+  std::optional<size_t> routed_to; // the last routeToCluster() target
 };
 
 } // namespace deferd::testing

@@ -46,6 +46,7 @@ protected:
     auto stream = std::make_unique<Stream>();
     stream->callbacks.info.urgency = urgency;
     stream->callbacks.info.request_id = "id";
+    stream->callbacks.info.route_cluster = "app";
     stream->headers = std::move(headers);
     stream->filter = std::make_unique<BackpressureFilter>(config_);
     stream->filter->setCallbacks(stream->callbacks);

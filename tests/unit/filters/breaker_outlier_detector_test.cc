@@ -50,6 +50,19 @@ TEST_F(BreakerOutlierTest, EjectsOnConsecutiveFailures) {
   EXPECT_EQ(detector.ejectionsTotal(), 1u);
 }
 
+TEST_F(BreakerOutlierTest, EjectedUntilGivesTheEndOfTheEjection) {
+  OutlierDetector detector(consecutiveOnly(), 4, clock_.now());
+  EXPECT_FALSE(detector.ejectedUntil(2, clock_.now()));
+  fail(detector, 2, 3);
+  MonotonicTime ejected_at = clock_.now();
+  EXPECT_EQ(detector.ejectedUntil(2, clock_.now()), ejected_at + 30s);
+  EXPECT_FALSE(detector.ejectedUntil(1, clock_.now()));
+  EXPECT_FALSE(detector.ejectedUntil(9, clock_.now()));
+
+  clock_.advance(30s);
+  EXPECT_FALSE(detector.ejectedUntil(2, clock_.now()));
+}
+
 TEST_F(BreakerOutlierTest, SlowCallIsNotFailure) {
   OutlierDetector detector(consecutiveOnly(), 4, clock_.now());
   fail(detector, 0, 2);
