@@ -12,7 +12,7 @@ packages=(
   googletest libgtest-dev clang-format-16
   # Tests and demo: real peers, clients and checkers
   nginx-light curl wrk nghttp2-client nghttp2-server prometheus haproxy time
-  python3 python3-h2
+  python3 python3-h2 python3-grpcio python3-grpc-tools
 )
 
 missing=()

@@ -248,6 +248,7 @@ void AccessLog::record(const AccessLogEntry& entry) {
 
   appendStringField(buffer_, "reason", entry.reason);
   appendStringField(buffer_, "decision", entry.decision);
+  appendStringField(buffer_, "grpc_status", entry.grpc_status);
   buffer_ += "}\n";
 
   if (buffer_.size() > kFlushThresholdBytes) {

@@ -21,7 +21,7 @@ struct AccessLogEntry {
   std::string_view method;
   std::string_view authority;
   std::string_view path;
-  std::string_view protocol; // "HTTP/1.1", "HTTP/1.0"
+  std::string_view protocol; // "HTTP/1.1", "HTTP/1.0", "HTTP/2"
   std::string_view request_id;
   std::string_view downstream_address;
   std::string_view upstream_endpoint; // "host:port", empty when none was used
@@ -32,6 +32,7 @@ struct AccessLogEntry {
   double upstream_seconds = -1;       // request sent to response headers; -1 if none
   std::string_view reason;            // local reply reason or upstream failure, if any
   std::string_view decision;          // filter decision code, if any
+  std::string_view grpc_status;       // grpc-status sent to a gRPC client; empty if none
 };
 
 class AccessLogFile;

@@ -116,15 +116,20 @@ public:
     worker_.onSessionClosed();
   }
 
-  void start() {
+  // `received`: the connection's first bytes, already read by protocol detection.
+  void start(std::string_view received) {
+    if (!received.empty()) {
+      asio::buffer_copy(buffer_.prepare(received.size()),
+                        asio::buffer(received.data(), received.size()));
+      buffer_.commit(received.size());
+    }
     error_code ec;
     socket_.set_option(tcp::no_delay(true), ec);
     auto remote = socket_.remote_endpoint(ec);
     if (!ec) {
       peer_ip_ = remote.address().to_string();
     }
-    listener_->stats->connections_active->Increment();
-    listener_->stats->connections_total->Increment();
+    // Protocol detection counted the connection in connections_active and connections_total.
     worker_.addSession(*this);
     readHeader();
   }
@@ -1153,9 +1158,10 @@ private:
   std::string_view reason_;
 };
 
-void startHttp1Session(Worker& worker, Socket socket, size_t listener_index) {
+void startHttp1Session(Worker& worker, Socket socket, size_t listener_index,
+                       std::string_view received) {
   auto session = std::make_shared<Http1Session>(worker, std::move(socket), listener_index);
-  session->start();
+  session->start(received);
 }
 
 } // namespace deferd

@@ -27,6 +27,7 @@ enum class LocalReplyReason : uint8_t {
   kUpstreamReset,       // the upstream closed or reset before the response headers
   kBadUpstreamResponse, // the upstream's response could not be parsed
   kDraining,            // deferd is shutting down
+  kDeadlineExceeded,    // the request's own deadline (grpc-timeout) passed before a response
   kCount,
 };
 
@@ -52,6 +53,7 @@ inline constexpr std::array<LocalReplySpec, static_cast<size_t>(LocalReplyReason
         {502, "upstream-reset", false},
         {502, "bad-upstream-response", false},
         {503, "draining", true},
+        {504, "deadline-exceeded", false},
     }};
 
 inline const LocalReplySpec& localReplySpec(LocalReplyReason reason) {

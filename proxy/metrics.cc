@@ -200,6 +200,16 @@ Metrics::Metrics()
                             .Name("deferd_upstream_failures_total")
                             .Help("Failed upstream connections and exchanges, by reason.")
                             .Register(*registry_);
+  http2_connection_errors_ = &prometheus::BuildCounter()
+                                  .Name("deferd_http2_connection_errors_total")
+                                  .Help("Downstream HTTP/2 connections ended by a protocol "
+                                        "error, a flood or a frame nghttp2 rejected.")
+                                  .Register(*registry_);
+  http2_flood_goaways_ = &prometheus::BuildCounter()
+                              .Name("deferd_http2_flood_goaways_total")
+                              .Help("GOAWAY ENHANCE_YOUR_CALM sent to downstream HTTP/2 "
+                                    "clients that reset or sent control frames too fast.")
+                              .Register(*registry_);
   reloads_ = &prometheus::BuildCounter()
                   .Name("deferd_config_reloads_total")
                   .Help("Config reloads attempted, by result.")
@@ -228,6 +238,8 @@ ListenerStats* Metrics::listener(const std::string& name) {
   stats->connections_total = &connections_total_->Add({{"listener", name}});
   stats->connections_rejected = &connections_rejected_->Add({{"listener", name}});
   stats->requests_in_flight = &in_flight_->Add({{"listener", name}});
+  stats->http2_connection_errors = &http2_connection_errors_->Add({{"listener", name}});
+  stats->http2_flood_goaways = &http2_flood_goaways_->Add({{"listener", name}});
   for (size_t i = 0; i < stats->local_replies.size(); ++i) {
     std::string_view reason = localReplySpec(static_cast<LocalReplyReason>(i)).reason;
     stats->local_replies[i] =

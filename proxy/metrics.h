@@ -72,6 +72,8 @@ struct ListenerStats {
   prometheus::Counter* connections_rejected = nullptr; // over max_connections
   prometheus::Gauge* requests_in_flight = nullptr;
   std::array<prometheus::Counter*, static_cast<size_t>(LocalReplyReason::kCount)> local_replies{};
+  prometheus::Counter* http2_connection_errors = nullptr; // HTTP/2 connection-level errors
+  prometheus::Counter* http2_flood_goaways = nullptr;     // GOAWAY ENHANCE_YOUR_CALM sent
 };
 
 // One listener and cluster pair; requests counted by status class 1xx..5xx.
@@ -124,6 +126,8 @@ private:
   prometheus::Family<prometheus::Gauge>* upstream_active_;
   prometheus::Family<prometheus::Counter>* upstream_created_;
   prometheus::Family<prometheus::Counter>* upstream_failures_;
+  prometheus::Family<prometheus::Counter>* http2_connection_errors_;
+  prometheus::Family<prometheus::Counter>* http2_flood_goaways_;
   prometheus::Family<prometheus::Counter>* reloads_;
   prometheus::Gauge* ready_;
 

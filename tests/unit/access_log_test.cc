@@ -150,7 +150,7 @@ TEST_F(AccessLogTest, RecordWritesExactLine) {
             R"("authority":"example.com","path":"/items?id=7","protocol":"HTTP/1.1",)"
             R"("request_id":"req-1","downstream":"127.0.0.1:50000","upstream":"10.0.0.2:8080",)"
             R"("status":200,"request_bytes":12,"response_bytes":345,"duration_ms":12.500,)"
-            R"("upstream_ms":10.000,"reason":"","decision":"queued"})");
+            R"("upstream_ms":10.000,"reason":"","decision":"queued","grpc_status":""})");
 }
 
 TEST_F(AccessLogTest, UpstreamTimeNullWhenUnused) {

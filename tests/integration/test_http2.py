@@ -1,0 +1,213 @@
+"""HTTP/2 cleartext with prior knowledge, on the listener that also serves HTTP/1.1.
+
+Clients are curl --http2-prior-knowledge, nghttp and the scripted h2peer client. The upstream
+is the scripted HTTP/1.1 RawUpstream, so each case checks the exact HTTP/1.1 bytes deferd
+sent for an HTTP/2 request, and what came back to the client.
+"""
+
+import subprocess
+
+import harness
+import h2peer
+from harness import Reply
+
+TRAILER_RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTrailer: x-checksum\r\n"
+    b"Transfer-Encoding: chunked\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\r\n"
+    b"5\r\nhello\r\n6\r\n world\r\n0\r\nx-checksum: 1234\r\n\r\n"
+)
+
+
+class Http2Test(harness.DeferdTestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.curl = harness.require_tool("curl")
+        cls.nghttp = harness.require_tool("nghttp")
+        cls.upstream = harness.RawUpstream(handler=cls.reply_for)
+        cls.addClassCleanup(cls.upstream.close)
+        cls.port = harness.free_port()
+        routes = [
+            {"match": {"prefix": "/down"}, "cluster": "down"},
+            {"match": {"prefix": "/slow"}, "cluster": "scripted", "timeout": "300ms"},
+            {"match": {"prefix": "/"}, "cluster": "scripted"},
+        ]
+        cls.deferd = harness.Deferd(
+            listeners=[harness.listener_config("inbound", cls.port, routes)],
+            clusters=[
+                harness.cluster_config("down", [harness.free_port()], connect_timeout="500ms"),
+                harness.cluster_config("scripted", [cls.upstream.port]),
+            ],
+        ).start()
+        cls.addClassCleanup(cls.deferd.stop)
+
+    @staticmethod
+    def reply_for(request):
+        if request.target.startswith("/trailers"):
+            return Reply(action="raw", raw=TRAILER_RESPONSE)
+        if request.target.startswith("/slow"):
+            return Reply(200, [], b"late", delay=1.5)
+        if request.target.startswith("/hop"):
+            return Reply(
+                200,
+                [("Connection", "x-private, close"), ("X-Private", "secret"),
+                 ("Keep-Alive", "timeout=5"), ("X-Kept", "yes")],
+                b"ok",
+            )
+        return harness.echo_reply(request)
+
+    def setUp(self):
+        self.upstream.reset()
+
+    def last_request(self):
+        return self.upstream.wait_for_requests(1)[-1]
+
+    def test_curl_get_reaches_http1_upstream(self):
+        result = subprocess.run(
+            [self.curl, "-s", "--http2-prior-knowledge", "-o", "-", "-w", "\n%{http_version}",
+             f"http://{harness.LOOPBACK}:{self.port}/hello?x=1"],
+            capture_output=True, timeout=10,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertTrue(result.stdout.endswith(b"\n2"), result.stdout)
+        request = self.last_request()
+        self.assertEqual(request.method, "GET")
+        self.assertEqual(request.target, "/hello?x=1")
+        self.assertEqual(request.version, "HTTP/1.1")
+        self.assertEqual(request.header("host"), f"{harness.LOOPBACK}:{self.port}")
+        self.assertEqual(request.header("x-forwarded-for"), harness.LOOPBACK)
+        self.assertIsNotNone(request.header("x-request-id"))
+
+    def test_curl_post_body_arrives_whole(self):
+        body = bytes(range(256)) * 1000
+        result = subprocess.run(
+            [self.curl, "-s", "--http2-prior-knowledge", "--data-binary", "@-",
+             f"http://{harness.LOOPBACK}:{self.port}/upload"],
+            input=body, capture_output=True, timeout=10,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        request = self.last_request()
+        self.assertEqual(request.method, "POST")
+        self.assertEqual(request.header("content-length"), str(len(body)))
+        self.assertEqual(request.body_length, len(body))
+        self.assertFalse(request.chunked)
+
+    def test_http1_still_served_on_same_listener(self):
+        resp = harness.http_get(self.port, "/plain")
+        self.assertStatus(resp, 200)
+        self.assertEqual(self.last_request().target, "/plain")
+
+    def test_nghttp_receives_response_trailers(self):
+        result = subprocess.run(
+            [self.nghttp, "-v", f"http://{harness.LOOPBACK}:{self.port}/trailers"],
+            capture_output=True, timeout=10,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        output = result.stdout.decode()
+        self.assertIn("hello world", output)
+        self.assertIn("x-checksum: 1234", output)
+
+    def test_response_trailers_and_connection_fields(self):
+        with h2peer.H2Client(self.port) as client:
+            stream = client.get("/trailers")
+        self.assertEqual(stream.status, 200, stream)
+        self.assertEqual(bytes(stream.body), b"hello world")
+        self.assertEqual(stream.trailer("x-checksum"), "1234")
+        names = [name for name, _ in stream.headers]
+        for forbidden in ("connection", "keep-alive", "transfer-encoding"):
+            self.assertNotIn(forbidden, names)
+
+    def test_fields_named_by_connection_not_forwarded(self):
+        with h2peer.H2Client(self.port) as client:
+            stream = client.get("/hop")
+        self.assertEqual(stream.status, 200, stream)
+        self.assertIsNone(stream.header("x-private"))
+        self.assertIsNone(stream.header("connection"))
+        self.assertEqual(stream.header("x-kept"), "yes")
+
+    def test_request_trailers_forwarded_chunked(self):
+        with h2peer.H2Client(self.port) as client:
+            stream_id = client.request("POST", "/with-trailers", end_stream=False,
+                                       headers=[("te", "trailers")])
+            client.send_data(stream_id, b"abcdef")
+            client.send_trailers(stream_id, [("x-digest", "42")])
+            stream = client.wait(stream_id)
+        self.assertEqual(stream.status, 200, stream)
+        request = self.last_request()
+        self.assertTrue(request.chunked)
+        self.assertEqual(request.body_length, 6)
+        self.assertIsNone(request.header("te"))
+        raw = bytes(self.upstream.all_bytes())
+        self.assertIn(b"0\r\nx-digest: 42\r\n\r\n", raw)
+
+    def test_split_cookies_joined(self):
+        with h2peer.H2Client(self.port) as client:
+            stream = client.get("/cookies", headers=[("cookie", "a=1"), ("cookie", "b=2")])
+        self.assertEqual(stream.status, 200, stream)
+        self.assertEqual(self.last_request().header_values("cookie"), ["a=1; b=2"])
+
+    def test_connection_specific_request_field_rejected(self):
+        with h2peer.H2Client(self.port, validate=False) as client:
+            stream = client.get("/bad", headers=[("connection", "keep-alive")])
+        self.assertEqual(stream.reset_code, 1, stream)  # PROTOCOL_ERROR
+        self.assertEqual(self.upstream.snapshot()[0], [])
+
+    def test_content_length_mismatch_reset(self):
+        with h2peer.H2Client(self.port, validate=False) as client:
+            stream_id = client.request("POST", "/short", end_stream=False,
+                                       headers=[("content-length", "10")])
+            client.send_data(stream_id, b"abc", end_stream=True)
+            stream = client.wait(stream_id)
+        self.assertEqual(stream.reset_code, 1, stream)
+
+    def test_upstream_down_is_503(self):
+        with h2peer.H2Client(self.port) as client:
+            stream = client.get("/down/here")
+        self.assertEqual(stream.status, 503, stream)
+        self.assertEqual(stream.header("deferd-reason"), "connect-failed")
+        self.assertEqual(bytes(stream.body), b"connect-failed\n")
+
+    def test_route_timeout_is_504(self):
+        with h2peer.H2Client(self.port) as client:
+            stream = client.get("/slow")
+        self.assertEqual(stream.status, 504, stream)
+        self.assertEqual(stream.header("deferd-reason"), "upstream-timeout")
+
+    def test_many_streams_on_one_connection(self):
+        with h2peer.H2Client(self.port) as client:
+            ids = [client.request("GET", f"/multi/{i}") for i in range(20)]
+            results = [client.wait(stream_id) for stream_id in ids]
+        self.assertEqual([r.status for r in results], [200] * 20)
+        targets = sorted(r.target for r in self.upstream.snapshot()[0])
+        self.assertEqual(targets, sorted(f"/multi/{i}" for i in range(20)))
+
+    def test_client_reset_cancels_upstream_request(self):
+        with h2peer.H2Client(self.port) as client:
+            stream_id = client.request("GET", "/slow/cancel")
+            self.upstream.wait_for_requests(1)
+            client.reset(stream_id)
+            client.read_once(timeout=0.3)
+            other = client.get("/after-reset")
+        self.assertEqual(other.status, 200)
+        entries = self.deferd.access_log_entries()
+
+        def cancelled():
+            return any(e["path"] == "/slow/cancel" and e["reason"] == "downstream-closed"
+                       for e in self.deferd.access_log_entries())
+
+        harness.wait_until(cancelled, 5, f"access log entry of the reset stream: {entries}")
+
+    def test_access_log_and_metrics(self):
+        with h2peer.H2Client(self.port) as client:
+            client.get("/logged")
+
+        def logged():
+            return [e for e in self.deferd.access_log_entries() if e["path"] == "/logged"]
+
+        harness.wait_until(logged, 5, "access log entry for /logged")
+        entry = logged()[0]
+        self.assertEqual(entry["protocol"], "HTTP/2")
+        self.assertEqual(entry["status"], 200)
+
+
+if __name__ == "__main__":
+    harness.main()
