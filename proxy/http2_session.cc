@@ -16,6 +16,7 @@
 #include "proxy/filter_chain.h"
 #include "proxy/grpc.h"
 #include "proxy/http1_response_parser.h"
+#include "proxy/http2_upstream.h"
 #include "proxy/http_translation.h"
 #include "proxy/worker.h"
 
@@ -41,12 +42,15 @@ nghttp2_nv makeNv(std::string_view name, std::string_view value) {
 
 class Http2Session;
 
-// One request stream of a downstream HTTP/2 connection and its HTTP/1.1 upstream exchange.
+// One request stream of a downstream HTTP/2 connection and its upstream exchange: HTTP/1.1 on a
+// pooled connection, or a stream on a multiplexed HTTP/2 connection for http2 clusters.
 //
 // Lifetime: the session's stream map and every pending upstream handler hold a shared_ptr.
 // When nghttp2 closes the stream, detach() ends the upstream exchange and drops the pointer to
 // the session. Handlers that complete later find `detached_` set and return.
-class Http2Stream final : public ChainOwner, public std::enable_shared_from_this<Http2Stream> {
+class Http2Stream final : public ChainOwner,
+                          public Http2UpstreamHandler,
+                          public std::enable_shared_from_this<Http2Stream> {
 public:
   Http2Stream(std::shared_ptr<Http2Session> session, int32_t id);
   ~Http2Stream() override;
@@ -66,6 +70,14 @@ public:
   void onChainContinue() override { acquireUpstream(nullptr); }
   void onChainLocalReply(LocalReplyReason reason) override { sendLocalReply(reason); }
 
+  // --- Http2UpstreamHandler (http2 clusters) ---
+  void onUpstreamHeaders(unsigned status, HeaderList fields, bool end_stream) override;
+  void onUpstreamData(const uint8_t* data, size_t size) override;
+  void onUpstreamComplete(HeaderList trailers) override;
+  void onUpstreamFailed(UpstreamFailure failure, bool retryable, std::string_view cause) override;
+  ssize_t readUpstreamBody(uint8_t* out, size_t length, uint32_t* flags,
+                           HeaderList* trailers) override;
+
 private:
   enum class State {
     kReceivingHeaders,
@@ -83,6 +95,10 @@ private:
   void beginRequest();
   void acquireUpstream(const UpstreamEndpoint* exclude);
   void onUpstreamAcquired(AcquireResult result);
+  void startHttp2Upstream(UpstreamEndpoint& endpoint, const config::Cluster& cluster);
+  void releaseHttp2Upstream();
+  void setUpstreamGrpcTimeout();
+  bool submitResponse(unsigned status, HeaderList fields, bool has_body);
   void writeUpstream();
   void onUpstreamWritten(error_code ec, size_t body_bytes);
   void readUpstream();
@@ -138,6 +154,9 @@ private:
   bool upstream_reading_ = false;
   bool upstream_paused_ = false;
   std::optional<Http1ResponseParser> parser_;
+  std::unique_ptr<Http2UpstreamRequest> h2_upstream_; // http2 clusters
+  size_t h2_unconsumed_ = 0;  // response bytes not yet passed to consumeResponse()
+  uint64_t h2_body_sent_ = 0; // request body bytes handed to the HTTP/2 upstream
 
   // Response.
   bool response_submitted_ = false;
@@ -702,11 +721,19 @@ void Http2Stream::onRequestData(const uint8_t* data, size_t size) {
   }
   request_body_.append(reinterpret_cast<const char*>(data), size);
   unacknowledged_ += size;
+  if (h2_upstream_) {
+    h2_upstream_->resumeBody();
+    return;
+  }
   writeUpstream();
 }
 
 void Http2Stream::onRequestEnd() {
   request_ended_ = true;
+  if (h2_upstream_) {
+    h2_upstream_->resumeBody();
+    return;
+  }
   writeUpstream();
 }
 
@@ -739,6 +766,11 @@ void Http2Stream::acquireUpstream(const UpstreamEndpoint* exclude) {
   endpoint_label_ = endpoint->label();
   endpoint_->in_flight++;
   counted_in_flight_ = true;
+
+  if (cluster_config.protocol == config::UpstreamProtocol::kHttp2) {
+    startHttp2Upstream(*endpoint, cluster_config);
+    return;
+  }
 
   bool has_body = !request_ended_ || !request_body_.empty();
   if (ConnectionPtr idle = endpoint->takeIdle(std::chrono::steady_clock::now(), has_body)) {
@@ -797,12 +829,7 @@ void Http2Stream::onUpstreamAcquired(AcquireResult result) {
   } else {
     framing_ = BodyFraming::kChunked;
   }
-  if (grpc_deadline_ != MonotonicTime{}) {
-    // The upstream gets the time that is left, not the time the client started with.
-    auto left = grpc_deadline_ - std::chrono::steady_clock::now();
-    headers.set("grpc-timeout",
-                formatGrpcTimeout(std::chrono::duration_cast<std::chrono::nanoseconds>(left)));
-  }
+  setUpstreamGrpcTimeout();
   upstream_out_.clear();
   appendHttp1RequestHead(upstream_out_, head_, framing_);
   request_head_sent_ = false;
@@ -811,6 +838,138 @@ void Http2Stream::onUpstreamAcquired(AcquireResult result) {
   writeUpstream();
   readUpstream();
 }
+
+void Http2Stream::setUpstreamGrpcTimeout() {
+  if (grpc_deadline_ == MonotonicTime{}) {
+    return;
+  }
+  // The upstream gets the time that is left, not the time the client started with.
+  auto left = grpc_deadline_ - std::chrono::steady_clock::now();
+  HeaderListMap(head_.fields)
+      .set("grpc-timeout",
+           formatGrpcTimeout(std::chrono::duration_cast<std::chrono::nanoseconds>(left)));
+}
+
+// ---- HTTP/2 upstream ----
+
+void Http2Stream::startHttp2Upstream(UpstreamEndpoint& endpoint, const config::Cluster& cluster) {
+  state_ = State::kProxying;
+  upstream_sent_at_ = std::chrono::steady_clock::now();
+  setUpstreamGrpcTimeout();
+  bool has_body = !request_ended_ || !request_body_.empty();
+  deadline_ =
+      upstream_sent_at_ + (has_body ? session_->listener().config->limits.stream_idle_timeout
+                                    : route_->config->timeout);
+  request_sent_ = !has_body;
+  h2_upstream_ = endpoint.http2Pool().startRequest(head_, has_body, *this, cluster.connect_timeout);
+}
+
+void Http2Stream::releaseHttp2Upstream() {
+  if (!h2_upstream_) {
+    return;
+  }
+  // Bytes still waiting for the client belong to the connection's window too.
+  if (h2_unconsumed_ > 0) {
+    h2_upstream_->consumeResponse(h2_unconsumed_);
+    h2_unconsumed_ = 0;
+  }
+  h2_upstream_.reset(); // resets the upstream stream unless it completed
+}
+
+void Http2Stream::onUpstreamHeaders(unsigned status, HeaderList fields, bool end_stream) {
+  if (detached_ || state_ != State::kProxying) {
+    return;
+  }
+  upstream_seconds_ =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - upstream_sent_at_).count();
+  removeConnectionSpecific(fields);
+  submitResponse(status, std::move(fields), !end_stream);
+  flushSession();
+}
+
+void Http2Stream::onUpstreamData(const uint8_t* data, size_t size) {
+  if (detached_ || state_ != State::kProxying) {
+    return;
+  }
+  response_body_.append(reinterpret_cast<const char*>(data), size);
+  response_bytes_ += size;
+  h2_unconsumed_ += size;
+  deadline_ =
+      std::chrono::steady_clock::now() + session_->listener().config->limits.stream_idle_timeout;
+  resumeResponseData();
+  flushSession();
+}
+
+void Http2Stream::onUpstreamComplete(HeaderList trailers) {
+  if (detached_ || state_ != State::kProxying) {
+    return;
+  }
+  removeConnectionSpecific(trailers);
+  for (const HeaderField& field : trailers) {
+    if (field.name == "grpc-status") {
+      grpc_status_ = field.value;
+    }
+  }
+  response_trailers_ = std::move(trailers);
+  response_complete_ = true;
+  resumeResponseData();
+  flushSession();
+}
+
+void Http2Stream::onUpstreamFailed(UpstreamFailure failure, bool retryable,
+                                   std::string_view cause) {
+  if (detached_ || state_ != State::kProxying) {
+    return;
+  }
+  if (retryable && !retried_ && h2_body_sent_ == 0 && !response_submitted_) {
+    // The upstream did not process the request (GOAWAY, REFUSED_STREAM or no connection), and
+    // no body byte is lost: send it once more, on another connection.
+    spdlog::debug("cluster {}: upstream {} did not process an HTTP/2 request ({}); retrying",
+                  cluster_name_, endpoint_label_, cause);
+    retried_ = true;
+    h2_upstream_.reset();
+    releaseEndpoint();
+    acquireUpstream(nullptr);
+    flushSession();
+    return;
+  }
+  LocalReplyReason reason = LocalReplyReason::kUpstreamReset;
+  if (failure == UpstreamFailure::kConnectFailed) {
+    reason = LocalReplyReason::kConnectFailed;
+  } else if (failure == UpstreamFailure::kConnectTimeout) {
+    reason = LocalReplyReason::kConnectTimeout;
+  } else if (failure == UpstreamFailure::kBadResponse) {
+    reason = LocalReplyReason::kBadUpstreamResponse;
+  }
+  onUpstreamError(failure, reason, cause);
+  flushSession();
+}
+
+ssize_t Http2Stream::readUpstreamBody(uint8_t* out, size_t length, uint32_t* flags,
+                                      HeaderList* trailers) {
+  size_t size = std::min(length, request_body_.size());
+  std::memcpy(out, request_body_.data(), size);
+  request_body_.erase(0, size);
+  h2_body_sent_ += size;
+  // The bytes are with the upstream connection's flow control now, so the client may send more.
+  acknowledgeRequestBytes(size);
+  flushSession();
+  if (!request_body_.empty()) {
+    return static_cast<ssize_t>(size);
+  }
+  if (!request_ended_) {
+    return size > 0 ? static_cast<ssize_t>(size) : static_cast<ssize_t>(NGHTTP2_ERR_DEFERRED);
+  }
+  *flags |= NGHTTP2_DATA_FLAG_EOF;
+  *trailers = request_trailers_;
+  request_sent_ = true;
+  if (!response_submitted_) {
+    deadline_ = std::chrono::steady_clock::now() + route_->config->timeout;
+  }
+  return static_cast<ssize_t>(size);
+}
+
+// ---- HTTP/1.1 upstream ----
 
 void Http2Stream::writeUpstream() {
   if (!upstream_ || upstream_writing_ || detached_ || request_sent_) {
@@ -992,9 +1151,14 @@ void Http2Stream::processUpstreamBytes() {
 bool Http2Stream::onResponseHead() {
   upstream_seconds_ =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - upstream_sent_at_).count();
-  status_ = parser_->status();
-  response_fields_ = parser_->headers();
-  removeConnectionSpecific(response_fields_);
+  HeaderList fields = parser_->headers();
+  removeConnectionSpecific(fields);
+  return submitResponse(parser_->status(), std::move(fields), parser_->hasBody());
+}
+
+bool Http2Stream::submitResponse(unsigned status, HeaderList fields, bool has_body) {
+  status_ = status;
+  response_fields_ = std::move(fields);
   if (chain_) {
     HeaderListMap headers(response_fields_);
     chain_->runResponseHeaders(static_cast<int>(status_), headers);
@@ -1014,9 +1178,8 @@ bool Http2Stream::onResponseHead() {
   nghttp2_data_provider provider{};
   provider.source.ptr = this;
   provider.read_callback = &readResponseBodyCallback;
-  bool body = parser_->hasBody();
-  int rv =
-      nghttp2_submit_response(nghttp2(), id_, nv_.data(), nv_.size(), body ? &provider : nullptr);
+  int rv = nghttp2_submit_response(nghttp2(), id_, nv_.data(), nv_.size(),
+                                   has_body ? &provider : nullptr);
   if (rv != 0) {
     resetStream(NGHTTP2_INTERNAL_ERROR, "upstream-reset");
     return false;
@@ -1055,6 +1218,11 @@ ssize_t Http2Stream::readResponseBody(uint8_t* out, size_t length, uint32_t* fla
   size_t size = std::min(length, response_body_.size());
   std::memcpy(out, response_body_.data(), size);
   response_body_.erase(0, size);
+  if (h2_upstream_ && size > 0) {
+    size_t consumed = std::min(size, h2_unconsumed_);
+    h2_unconsumed_ -= consumed;
+    h2_upstream_->consumeResponse(consumed);
+  }
 
   if (upstream_paused_ && response_body_.size() < Http2Defaults::kSendBufferLimit / 2) {
     readUpstream();
@@ -1231,6 +1399,7 @@ void Http2Stream::releaseEndpoint() {
 }
 
 void Http2Stream::releaseUpstream(bool reusable) {
+  releaseHttp2Upstream();
   if (!upstream_) {
     return;
   }
@@ -1318,6 +1487,7 @@ void Http2Stream::detach() {
   state_ = State::kClosed;
   chain_.reset();
   releaseEndpoint();
+  releaseHttp2Upstream();
   if (upstream_) {
     // Cancels the upstream request: a pending read or write ends with operation_aborted.
     error_code ignored;

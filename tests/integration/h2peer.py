@@ -7,6 +7,7 @@ slow reader. Every wait has a deadline.
 """
 
 import socket
+import threading
 import time
 
 import h2.config
@@ -220,3 +221,68 @@ class H2Client:
 
     def get(self, path, headers=None, timeout=IO_TIMEOUT):
         return self.wait(self.request("GET", path, headers=headers), timeout=timeout)
+
+
+class GoawayUpstream:
+    """An h2c server that sends GOAWAY (last stream id 0) on the first request of each of its
+    first `refuse_connections` connections, and 200 "served" for every other request.
+
+    deferd must retry a request refused that way on a new connection, since the server did
+    not process it.
+    """
+
+    def __init__(self, refuse_connections=1):
+        self.refuse_connections = refuse_connections
+        self.connections = 0
+        self.requests = 0  # requests that got 200
+        self.lock = threading.Lock()
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind((LOOPBACK, 0))
+        self._sock.listen(16)
+        self.port = self._sock.getsockname()[1]
+        self._closed = False
+        threading.Thread(target=self._accept_loop, daemon=True).start()
+
+    def close(self):
+        self._closed = True
+        self._sock.close()
+
+    def _accept_loop(self):
+        while not self._closed:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.connections += 1
+                refuse = self.connections <= self.refuse_connections
+            threading.Thread(target=self._serve, args=(conn, refuse), daemon=True).start()
+
+    def _serve(self, conn, refuse):
+        config = h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
+        h2conn = h2.connection.H2Connection(config=config)
+        h2conn.initiate_connection()
+        conn.settimeout(IO_TIMEOUT)
+        try:
+            conn.sendall(h2conn.data_to_send())
+            deadline = time.monotonic() + IO_TIMEOUT
+            while time.monotonic() < deadline:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                for event in h2conn.receive_data(data):
+                    if isinstance(event, h2.events.RequestReceived):
+                        if refuse:
+                            h2conn.close_connection(last_stream_id=0)
+                            conn.sendall(h2conn.data_to_send())
+                            return
+                        h2conn.send_headers(event.stream_id, [(":status", "200")])
+                        h2conn.send_data(event.stream_id, b"served", end_stream=True)
+                        with self.lock:
+                            self.requests += 1
+                conn.sendall(h2conn.data_to_send())
+        except (OSError, h2.exceptions.ProtocolError):
+            return
+        finally:
+            conn.close()

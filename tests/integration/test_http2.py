@@ -5,6 +5,7 @@ is the scripted HTTP/1.1 RawUpstream, so each case checks the exact HTTP/1.1 byt
 sent for an HTTP/2 request, and what came back to the client.
 """
 
+import os
 import subprocess
 
 import harness
@@ -207,6 +208,81 @@ class Http2Test(harness.DeferdTestCase):
         entry = logged()[0]
         self.assertEqual(entry["protocol"], "HTTP/2")
         self.assertEqual(entry["status"], 200)
+
+
+class Http2UpstreamTest(harness.DeferdTestCase):
+    """HTTP/2 from client to an h2c upstream (nghttpd) through an http2 cluster."""
+
+    BODY = b"served by nghttpd\n"
+
+    @classmethod
+    def setUpClass(cls):
+        cls.curl = harness.require_tool("curl")
+        cls.nghttp = harness.require_tool("nghttp")
+        nghttpd = harness.require_tool("nghttpd")
+        docroot = harness.make_dir("nghttpd")
+        with open(os.path.join(docroot, "index.txt"), "wb") as f:
+            f.write(cls.BODY)
+        cls.nghttpd_port = harness.free_port()
+        cls.nghttpd = harness.start_process(
+            [nghttpd, "--no-tls", "-a", harness.LOOPBACK, "-d", docroot, "--echo-upload",
+             "--trailer", "x-upstream-trailer: yes", str(cls.nghttpd_port)],
+            "nghttpd")
+        cls.addClassCleanup(harness.stop_process, cls.nghttpd)
+        harness.wait_for_port(cls.nghttpd_port, proc=cls.nghttpd, what="nghttpd")
+        cls.goaway = h2peer.GoawayUpstream(refuse_connections=1)
+        cls.addClassCleanup(cls.goaway.close)
+
+        cls.port = harness.free_port()
+        routes = [
+            {"match": {"prefix": "/goaway"}, "cluster": "goaway"},
+            {"match": {"prefix": "/"}, "cluster": "h2"},
+        ]
+        cls.deferd = harness.Deferd(
+            listeners=[harness.listener_config("inbound", cls.port, routes)],
+            clusters=[
+                harness.cluster_config("h2", [cls.nghttpd_port], protocol="http2"),
+                harness.cluster_config("goaway", [cls.goaway.port], protocol="http2"),
+            ],
+        ).start()
+        cls.addClassCleanup(cls.deferd.stop)
+
+    def test_curl_through_to_nghttpd(self):
+        result = subprocess.run(
+            [self.curl, "-s", "--http2-prior-knowledge",
+             f"http://{harness.LOOPBACK}:{self.port}/index.txt"],
+            capture_output=True, timeout=10,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stdout, self.BODY)
+
+    def test_nghttp_sees_upstream_trailer(self):
+        result = subprocess.run(
+            [self.nghttp, "-v", f"http://{harness.LOOPBACK}:{self.port}/index.txt"],
+            capture_output=True, timeout=10,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        output = result.stdout.decode()
+        self.assertIn("served by nghttpd", output)
+        self.assertIn("x-upstream-trailer: yes", output)
+
+    def test_upload_echoed_with_request_trailers(self):
+        body = bytes(range(256)) * 2000  # 512000 bytes: more than one stream window
+        with h2peer.H2Client(self.port) as client:
+            stream_id = client.request("POST", "/echo", end_stream=False)
+            client.send_data(stream_id, body)
+            client.send_trailers(stream_id, [("x-request-trailer", "1")])
+            stream = client.wait(stream_id, timeout=10)
+        self.assertEqual(stream.status, 200, stream)
+        self.assertEqual(bytes(stream.body), body)
+
+    def test_goaway_before_processing_is_retried(self):
+        with h2peer.H2Client(self.port) as client:
+            stream = client.get("/goaway/first")
+        self.assertEqual(stream.status, 200, f"{stream}\n{self.deferd.log()}")
+        self.assertEqual(bytes(stream.body), b"served")
+        self.assertEqual(self.goaway.connections, 2)
+        self.assertEqual(self.goaway.requests, 1)
 
 
 if __name__ == "__main__":
