@@ -949,7 +949,7 @@ private:
 
   void sendLocalReply(LocalReplyReason reason) {
     const LocalReplySpec& spec = localReplySpec(reason);
-    listener_->stats->local_replies[static_cast<size_t>(reason)]->Increment();
+    listener_->stats->localReply(Protocol::kHttp1, reason)->Increment();
     reason_ = spec.reason;
     response_status_ = spec.status;
     state_ = State::kReplying;
@@ -1041,7 +1041,7 @@ private:
     auto now = std::chrono::steady_clock::now();
     double seconds = std::chrono::duration<double>(now - request_start_).count();
     if (route_ && response_status_ != 0) {
-      route_->stats->recordRequest(response_status_, seconds);
+      route_->stats->recordRequest(Protocol::kHttp1, response_status_, seconds);
     }
     if (AccessLog* log = worker_.accessLog()) {
       AccessLogEntry entry;

@@ -1296,7 +1296,7 @@ void Http2Stream::sendLocalReply(LocalReplyReason reason) {
     return;
   }
   const LocalReplySpec& spec = localReplySpec(reason);
-  session_->listener().stats->local_replies[static_cast<size_t>(reason)]->Increment();
+  session_->listener().stats->localReply(Protocol::kHttp2, reason)->Increment();
   state_ = State::kReplied;
   reason_ = spec.reason;
   deadline_ = {};
@@ -1455,7 +1455,7 @@ void Http2Stream::endRequest(StreamEnd end) {
   double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
   bool answered = end == StreamEnd::kCompleted || end == StreamEnd::kLocalReply;
   if (route_ && status_ != 0 && answered) {
-    route_->stats->recordRequest(status_, seconds);
+    route_->stats->recordRequest(Protocol::kHttp2, status_, seconds);
   }
   if (AccessLog* log = session_->worker().accessLog()) {
     AccessLogEntry entry;

@@ -166,6 +166,9 @@ class Http2Test(harness.DeferdTestCase):
         self.assertEqual(stream.status, 503, stream)
         self.assertEqual(stream.header("deferd-reason"), "connect-failed")
         self.assertEqual(bytes(stream.body), b"connect-failed\n")
+        metrics = self.deferd.metrics()
+        self.assertGreaterEqual(metrics.value("deferd_local_replies_total", listener="inbound",
+                                              protocol="http2", reason="connect-failed"), 1)
 
     def test_route_timeout_is_504(self):
         with h2peer.H2Client(self.port) as client:
@@ -198,8 +201,24 @@ class Http2Test(harness.DeferdTestCase):
         harness.wait_until(cancelled, 5, f"access log entry of the reset stream: {entries}")
 
     def test_access_log_and_metrics(self):
+        def counts():
+            metrics = self.deferd.metrics()
+            return (
+                metrics.value("deferd_requests_total", listener="inbound", cluster="scripted",
+                              protocol="http2", status_class="2xx"),
+                metrics.value("deferd_requests_total", listener="inbound", cluster="scripted",
+                              protocol="http1"),
+                metrics.value("deferd_request_duration_seconds_count", listener="inbound",
+                              cluster="scripted", protocol="http2"),
+            )
+
+        before = counts()
         with h2peer.H2Client(self.port) as client:
             client.get("/logged")
+        after = counts()
+        self.assertEqual(after[0] - before[0], 1)
+        self.assertEqual(after[1] - before[1], 0)
+        self.assertEqual(after[2] - before[2], 1)
 
         def logged():
             return [e for e in self.deferd.access_log_entries() if e["path"] == "/logged"]
