@@ -223,9 +223,10 @@ class H2Client:
         return self.wait(self.request("GET", path, headers=headers), timeout=timeout)
 
 
-class GoawayUpstream:
-    """An h2c server that sends GOAWAY (last stream id 0) on the first request of each of its
-    first `refuse_connections` connections, and 200 "served" for every other request.
+class H2Upstream:
+    """A scripted h2c server. It sends GOAWAY (last stream id 0) on the first request of each of
+    its first `refuse_connections` connections, and 200 "served" for every other request, with
+    no content-length and, when the path ends in "/trailers", the trailer x-upstream-trailer.
 
     deferd must retry a request refused that way on a new connection, since the server did
     not process it.
@@ -277,8 +278,13 @@ class GoawayUpstream:
                             h2conn.close_connection(last_stream_id=0)
                             conn.sendall(h2conn.data_to_send())
                             return
+                        path = dict(event.headers).get(":path", "")
+                        with_trailers = path.endswith("/trailers")
                         h2conn.send_headers(event.stream_id, [(":status", "200")])
-                        h2conn.send_data(event.stream_id, b"served", end_stream=True)
+                        h2conn.send_data(event.stream_id, b"served", end_stream=not with_trailers)
+                        if with_trailers:
+                            h2conn.send_headers(event.stream_id, [("x-upstream-trailer", "yes")],
+                                                end_stream=True)
                         with self.lock:
                             self.requests += 1
                 conn.sendall(h2conn.data_to_send())

@@ -179,6 +179,10 @@ class GrpcTest(harness.DeferdTestCase):
         self.assertEqual(raised.exception.code(), grpc.StatusCode.UNAVAILABLE)
         self.assertEqual(raised.exception.details(), "connect-failed")
 
+    def test_http1_request_to_down_http2_cluster(self):
+        resp = harness.http_request(self.port, "POST", "/deferd.test.Down/Unary", body=b"x")
+        self.assertLocalReply(resp, 503, "connect-failed")
+
     def test_calls_share_upstream_connections(self):
         call = self.method("unary", "Unary")
         before = self.deferd.metrics().value("deferd_upstream_connections_created_total",

@@ -7,6 +7,7 @@ sent for an HTTP/2 request, and what came back to the client.
 
 import os
 import subprocess
+import time
 
 import harness
 import h2peer
@@ -249,12 +250,15 @@ class Http2UpstreamTest(harness.DeferdTestCase):
             "nghttpd")
         cls.addClassCleanup(harness.stop_process, cls.nghttpd)
         harness.wait_for_port(cls.nghttpd_port, proc=cls.nghttpd, what="nghttpd")
-        cls.goaway = h2peer.GoawayUpstream(refuse_connections=1)
+        cls.goaway = h2peer.H2Upstream(refuse_connections=1)
         cls.addClassCleanup(cls.goaway.close)
+        cls.scripted = h2peer.H2Upstream(refuse_connections=0)
+        cls.addClassCleanup(cls.scripted.close)
 
         cls.port = harness.free_port()
         routes = [
             {"match": {"prefix": "/goaway"}, "cluster": "goaway"},
+            {"match": {"prefix": "/scripted"}, "cluster": "scripted"},
             {"match": {"prefix": "/"}, "cluster": "h2"},
         ]
         cls.deferd = harness.Deferd(
@@ -262,6 +266,7 @@ class Http2UpstreamTest(harness.DeferdTestCase):
             clusters=[
                 harness.cluster_config("h2", [cls.nghttpd_port], protocol="http2"),
                 harness.cluster_config("goaway", [cls.goaway.port], protocol="http2"),
+                harness.cluster_config("scripted", [cls.scripted.port], protocol="http2"),
             ],
         ).start()
         cls.addClassCleanup(cls.deferd.stop)
@@ -294,6 +299,34 @@ class Http2UpstreamTest(harness.DeferdTestCase):
             stream = client.wait(stream_id, timeout=10)
         self.assertEqual(stream.status, 200, stream)
         self.assertEqual(bytes(stream.body), body)
+
+    def test_http1_client_to_http2_cluster(self):
+        resp = harness.http_get(self.port, "/index.txt")
+        self.assertStatus(resp, 200)
+        self.assertEqual(resp.body, self.BODY)
+
+    def test_http1_upload_to_http2_cluster(self):
+        body = bytes(range(256)) * 2000
+        resp = harness.http_request(self.port, "POST", "/echo", body=body, timeout=10)
+        self.assertStatus(resp, 200)
+        self.assertEqual(resp.body, body)
+
+    def test_http1_client_gets_chunked_trailers(self):
+        with harness.RawClient(self.port) as client:
+            client.send(b"GET /scripted/trailers HTTP/1.1\r\nHost: h2\r\nTE: trailers\r\n\r\n")
+            data = b""
+            deadline = time.monotonic() + 5
+            while not data.endswith(b"\r\n\r\n") or b"\r\n0\r\n" not in data:
+                self.assertLess(time.monotonic(), deadline, data)
+                try:
+                    chunk = client.sock.recv(65536)
+                except TimeoutError:
+                    self.fail(f"no trailer section in time: {data!r}")
+                self.assertTrue(chunk, f"connection closed early: {data!r}")
+                data += chunk
+        self.assertIn(b"transfer-encoding: chunked", data.lower())
+        self.assertIn(b"served", data)
+        self.assertIn(b"\r\n0\r\nx-upstream-trailer: yes\r\n\r\n", data)
 
     def test_goaway_before_processing_is_retried(self):
         with h2peer.H2Client(self.port) as client:
