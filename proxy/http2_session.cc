@@ -434,9 +434,14 @@ void Http2Session::onTick(MonotonicTime now) {
   if (!streams_.empty()) {
     idle_since_ = now;
   }
-  // A stream's tick may reply or reset, but nghttp2 closes streams only inside mem_send or
-  // mem_recv, so the map does not change during the loop.
+  // A stream's tick may reply or reset it, and a flush from inside could close streams and
+  // change the map, so the loop runs over a copy.
+  std::vector<std::shared_ptr<Http2Stream>> streams;
+  streams.reserve(streams_.size());
   for (auto& [id, stream] : streams_) {
+    streams.push_back(stream);
+  }
+  for (auto& stream : streams) {
     stream->onTick(now);
   }
   flush();

@@ -48,6 +48,8 @@ class Http2Test(harness.DeferdTestCase):
             return Reply(action="raw", raw=TRAILER_RESPONSE)
         if request.target.startswith("/slow"):
             return Reply(200, [], b"late", delay=1.5)
+        if request.target.startswith("/partial"):
+            return Reply(200, [], b"x" * 100, action="partial", partial_bytes=10)
         if request.target.startswith("/hop"):
             return Reply(
                 200,
@@ -152,6 +154,19 @@ class Http2Test(harness.DeferdTestCase):
             stream = client.get("/bad", headers=[("connection", "keep-alive")])
         self.assertEqual(stream.reset_code, 1, stream)  # PROTOCOL_ERROR
         self.assertEqual(self.upstream.snapshot()[0], [])
+
+    def test_te_other_than_trailers_rejected(self):
+        with h2peer.H2Client(self.port, validate=False) as client:
+            stream = client.get("/te", headers=[("te", "gzip")])
+        self.assertEqual(stream.reset_code, 1, stream)  # PROTOCOL_ERROR
+        self.assertEqual(self.upstream.snapshot()[0], [])
+
+    def test_upstream_cut_mid_body_resets_stream(self):
+        with h2peer.H2Client(self.port) as client:
+            stream = client.get("/partial")
+        self.assertEqual(stream.status, 200, stream)
+        self.assertEqual(stream.reset_code, 2, stream)  # INTERNAL_ERROR
+        self.assertFalse(stream.ended)
 
     def test_content_length_mismatch_reset(self):
         with h2peer.H2Client(self.port, validate=False) as client:

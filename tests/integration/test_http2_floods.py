@@ -125,6 +125,35 @@ class Http2FloodTest(harness.DeferdTestCase):
         harness.wait_until(counted, 5, f"a counted connection error (socket closed: {closed})")
         self.assertServing()
 
+    def test_continuation_flood_closes_connection(self):
+        before = self.deferd.metrics().value("deferd_http2_connection_errors_total",
+                                             listener="inbound")
+        config = h2.config.H2Configuration(client_side=True)
+        conn = h2.connection.H2Connection(config=config)
+        conn.initiate_connection()
+        sock = socket.create_connection((harness.LOOPBACK, self.port), timeout=5)
+        # HEADERS without END_HEADERS on stream 1, then empty CONTINUATION frames that never
+        # end the header block: more than the 8 that deferd allows.
+        headers = b"\x00\x00\x00\x01\x00\x00\x00\x00\x01"
+        continuation = b"\x00\x00\x00\x09\x00\x00\x00\x00\x01"
+        closed = False
+        try:
+            sock.sendall(conn.data_to_send() + headers + continuation * 100)
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                if not sock.recv(65536):
+                    closed = True
+                    break
+        except (ConnectionResetError, BrokenPipeError):
+            closed = True
+        finally:
+            sock.close()
+        self.assertTrue(closed, "deferd kept the connection open")
+        after = self.deferd.metrics().value("deferd_http2_connection_errors_total",
+                                            listener="inbound")
+        self.assertEqual(after, before + 1)
+        self.assertServing()
+
     def test_concurrent_streams_over_limit_refused(self):
         with h2peer.H2Client(self.port) as client:
             # The streams open before deferd's SETTINGS is read, or h2 would hold the client to
