@@ -57,7 +57,8 @@ public:
 
   // --- Called by the session from nghttp2 callbacks. ---
   void onHeader(std::string_view name, std::string_view value, bool trailer);
-  void onRequestHeaders();
+  // `end_stream`: the HEADERS frame ended the request, so it has no body.
+  void onRequestHeaders(bool end_stream);
   void onRequestData(const uint8_t* data, size_t size);
   void onRequestEnd();
   void onClosed(uint32_t error_code);
@@ -107,6 +108,7 @@ private:
   bool onResponseHead();
   void onResponseComplete();
   void onUpstreamError(UpstreamFailure failure, LocalReplyReason reason, std::string_view cause);
+  bool retryOnNewConnection();
   void sendLocalReply(LocalReplyReason reason);
   void resetStream(uint32_t error_code, std::string_view reason);
   void resumeResponseData();
@@ -515,7 +517,10 @@ int Http2Session::onFrameReceived(nghttp2_session*, const nghttp2_frame* frame, 
   }
   bool end_stream = (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
   if (frame->hd.type == NGHTTP2_HEADERS && frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
-    stream->onRequestHeaders();
+    // The stream learns of END_STREAM with the headers, so a request without a body is framed
+    // as one upstream.
+    stream->onRequestHeaders(end_stream);
+    return 0;
   }
   if ((frame->hd.type == NGHTTP2_HEADERS || frame->hd.type == NGHTTP2_DATA) && end_stream) {
     stream->onRequestEnd();
@@ -628,8 +633,9 @@ void Http2Stream::beginRequest() {
   info_.path = head_.path;
 }
 
-void Http2Stream::onRequestHeaders() {
+void Http2Stream::onRequestHeaders(bool end_stream) {
   const ListenerRuntime& listener = session_->listener();
+  request_ended_ = end_stream;
   beginRequest();
   header_count_ = 0;
   header_bytes_ = 0;
@@ -1029,6 +1035,15 @@ void Http2Stream::onUpstreamWritten(error_code ec, size_t body_bytes) {
       // response goes on.
       return;
     }
+    if (upstream_reading_) {
+      // The pending read fails too and decides between a retry and a local reply.
+      error_code ignored;
+      upstream_->socket.cancel(ignored);
+      return;
+    }
+    if (retryOnNewConnection()) {
+      return;
+    }
     onUpstreamError(UpstreamFailure::kReset, LocalReplyReason::kUpstreamReset, ec.message());
     flushSession();
     return;
@@ -1079,6 +1094,9 @@ void Http2Stream::onUpstreamRead(error_code ec, size_t received) {
     return;
   }
   upstream_->buffer.commit(received);
+  if (ec && retryOnNewConnection()) {
+    return;
+  }
   if (ec == asio::error::eof) {
     processUpstreamBytes();
     if (response_complete_ || state_ != State::kProxying) {
@@ -1099,6 +1117,26 @@ void Http2Stream::onUpstreamRead(error_code ec, size_t received) {
   if (!response_complete_ && state_ == State::kProxying) {
     readUpstream();
   }
+}
+
+// A kept-alive connection the upstream closed just as it was reused: if no request body byte
+// was taken from the client and nothing of a response arrived, the request goes once more on a
+// new connection, as on the HTTP/1.1 path. Returns whether it did.
+bool Http2Stream::retryOnNewConnection() {
+  bool nothing_received = upstream_->buffer.size() == 0 && parser_ && parser_->status() == 0;
+  if (!upstream_->reused || retried_ || request_bytes_ > 0 || !nothing_received ||
+      response_submitted_ || upstream_writing_ || upstream_reading_) {
+    return false;
+  }
+  retried_ = true;
+  releaseUpstream(false);
+  releaseEndpoint();
+  parser_.reset();
+  request_head_sent_ = false;
+  request_sent_ = false;
+  upstream_out_.clear();
+  acquireUpstream(nullptr);
+  return true;
 }
 
 void Http2Stream::processUpstreamBytes() {

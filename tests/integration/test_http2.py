@@ -192,6 +192,17 @@ class Http2Test(harness.DeferdTestCase):
         self.assertEqual(stream.status, 504, stream)
         self.assertEqual(stream.header("deferd-reason"), "upstream-timeout")
 
+    def test_bodiless_requests_reuse_upstream(self):
+        with h2peer.H2Client(self.port) as client:
+            for i in range(10):
+                self.assertEqual(client.get(f"/reuse/{i}").status, 200)
+        requests, _, connections = self.upstream.snapshot()
+        self.assertEqual(len(requests), 10)
+        for request in requests:
+            self.assertFalse(request.chunked, request)
+            self.assertIsNone(request.header("transfer-encoding"))
+        self.assertLessEqual(connections, 1, "each GET should reuse the kept-alive connection")
+
     def test_many_streams_on_one_connection(self):
         with h2peer.H2Client(self.port) as client:
             ids = [client.request("GET", f"/multi/{i}") for i in range(20)]
