@@ -989,6 +989,7 @@ private:
     }
   }
 
+  // TODO: forward the trailers of a chunked HTTP/1.1 request body; Beast's parser drops them.
   ssize_t readUpstreamBody(uint8_t* out, size_t length, uint32_t* flags,
                            HeaderList* /*trailers*/) override {
     size_t size = std::min(length, h2_body_.size());

@@ -1119,9 +1119,9 @@ void Http2Stream::onUpstreamRead(error_code ec, size_t received) {
   }
 }
 
-// A kept-alive connection the upstream closed just as it was reused: if no request body byte
-// was taken from the client and nothing of a response arrived, the request goes once more on a
-// new connection, as on the HTTP/1.1 path. Returns whether it did.
+// Retries on a new connection when a kept-alive connection turns out closed as it is reused,
+// as the HTTP/1.1 path does. That is safe while no request body byte was taken from the client
+// and nothing of a response arrived. Returns whether it retried.
 bool Http2Stream::retryOnNewConnection() {
   bool nothing_received = upstream_->buffer.size() == 0 && parser_ && parser_->status() == 0;
   if (!upstream_->reused || retried_ || request_bytes_ > 0 || !nothing_received ||

@@ -39,6 +39,7 @@ namespace deferd {
 class Worker;
 
 // Protection defaults of downstream HTTP/2 connections.
+// TODO: make these listener limits in the config; they are fixed for every listener today.
 struct Http2Defaults {
   static constexpr uint32_t kMaxConcurrentStreams = 100;
   static constexpr uint32_t kInitialWindowSize = 256 * 1024;
