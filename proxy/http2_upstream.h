@@ -9,7 +9,7 @@
 // taken as 100 until its SETTINGS arrives) that has not received GOAWAY. When every connection
 // is full, a new one is opened, up to the endpoint's per-worker connection limit. Past that,
 // requests share the least busy connection, and nghttp2 queues what the peer does not yet
-// allow. Connections without streams are closed after the cluster's pool_idle_timeout.
+// allow. Connections without streams are closed after the cluster's idle_timeout.
 //
 // GOAWAY and REFUSED_STREAM: the peer did not process streams above the GOAWAY's last stream id
 // (RFC 9113 section 6.8), so their owners get the request back as retryable. The owner retries

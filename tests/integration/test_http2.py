@@ -285,6 +285,7 @@ class Http2UpstreamTest(harness.DeferdTestCase):
         routes = [
             {"match": {"prefix": "/goaway"}, "cluster": "goaway"},
             {"match": {"prefix": "/scripted"}, "cluster": "scripted"},
+            {"match": {"prefix": "/idle"}, "cluster": "short-idle"},
             {"match": {"prefix": "/"}, "cluster": "h2"},
         ]
         cls.deferd = harness.Deferd(
@@ -293,6 +294,8 @@ class Http2UpstreamTest(harness.DeferdTestCase):
                 harness.cluster_config("h2", [cls.nghttpd_port], protocol="http2"),
                 harness.cluster_config("goaway", [cls.goaway.port], protocol="http2"),
                 harness.cluster_config("scripted", [cls.scripted.port], protocol="http2"),
+                harness.cluster_config("short-idle", [cls.nghttpd_port], protocol="http2",
+                                       idle_timeout="500ms"),
             ],
         ).start()
         cls.addClassCleanup(cls.deferd.stop)
@@ -353,6 +356,19 @@ class Http2UpstreamTest(harness.DeferdTestCase):
         self.assertIn(b"transfer-encoding: chunked", data.lower())
         self.assertIn(b"served", data)
         self.assertIn(b"\r\n0\r\nx-upstream-trailer: yes\r\n\r\n", data)
+
+    def test_idle_upstream_connection_closed(self):
+        with h2peer.H2Client(self.port) as client:
+            # nghttpd has no such file: its 404 is enough to open the connection.
+            self.assertEqual(client.get("/idle/missing").status, 404)
+
+        def active():
+            return self.deferd.metrics().value("deferd_upstream_connections_active",
+                                               cluster="short-idle")
+
+        self.assertEqual(active(), 1)
+        # The worker checks idle connections once a second.
+        harness.wait_until(lambda: active() == 0, 5, "the idle h2c upstream connection to close")
 
     def test_goaway_before_processing_is_retried(self):
         with h2peer.H2Client(self.port) as client:
