@@ -741,12 +741,7 @@ void Loader::parseCluster(const Field& field) {
     parseEndpoints(*endpoints, &cluster.endpoints);
   }
   if (const Field* protocol = section->find("protocol")) {
-    // TODO: accept http2 once the data path speaks HTTP/2 upstream.
-    if (protocol->value.IsScalar() && protocol->value.Scalar() == "http2") {
-      error(*protocol, "'http2' is not supported by this build yet; use http1");
-    } else {
-      setIfValid(readEnum(*protocol, kProtocols), &cluster.protocol);
-    }
+    setIfValid(readEnum(*protocol, kProtocols), &cluster.protocol);
   }
   if (const Field* lb = section->find("lb")) {
     if (lb->value.IsScalar() && lb->value.Scalar() == "ewma") {

@@ -20,7 +20,7 @@ build_packages=(
 test_packages=(
   googletest libgtest-dev clang-format-16
   nginx-light curl wrk nghttp2-client nghttp2-server prometheus haproxy time
-  python3 python3-h2 python3-yaml
+  python3 python3-h2 python3-yaml python3-grpcio python3-grpc-tools
 )
 
 case "${1:-}" in

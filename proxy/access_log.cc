@@ -262,6 +262,7 @@ void AccessLog::record(const AccessLogEntry& entry) {
   appendKey(buffer_, "requested_urgency");
   appendOptional(buffer_, entry.requested_urgency);
   appendStringField(buffer_, "priority_source", entry.priority_source);
+  appendStringField(buffer_, "grpc_status", entry.grpc_status);
   buffer_ += "}\n";
 
   if (buffer_.size() > kFlushThresholdBytes) {

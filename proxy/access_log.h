@@ -22,7 +22,7 @@ struct AccessLogEntry {
   std::string_view method;
   std::string_view authority;
   std::string_view path;
-  std::string_view protocol; // "HTTP/1.1", "HTTP/1.0"
+  std::string_view protocol; // "HTTP/1.1", "HTTP/1.0", "HTTP/2"
   std::string_view request_id;
   std::string_view downstream_address;
   std::string_view upstream_endpoint;   // "host:port", empty when none was used
@@ -36,6 +36,7 @@ struct AccessLogEntry {
   std::optional<int> urgency;           // effective urgency, when a priority filter ran
   std::optional<int> requested_urgency; // urgency the priority header asked for
   std::string_view priority_source;     // where the effective urgency came from
+  std::string_view grpc_status;         // grpc-status sent to a gRPC client; empty if none
 };
 
 class AccessLogFile;

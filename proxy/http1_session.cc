@@ -19,20 +19,26 @@
 // Local replies are built in one place, sendLocalReply(), from the table in local_reply.h.
 
 #include <boost/asio/buffer.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 
+#include <nghttp2/nghttp2.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <array>
+#include <cctype>
 #include <chrono>
+#include <cstring>
 #include <memory>
 #include <optional>
 #include <string>
 
 #include "proxy/filter_chain.h"
 #include "proxy/http1_headers.h"
+#include "proxy/http2_upstream.h"
 #include "proxy/worker.h"
 
 namespace deferd {
@@ -102,6 +108,7 @@ private:
 
 class Http1Session final : public Session,
                            public ChainOwner,
+                           public Http2UpstreamHandler,
                            public std::enable_shared_from_this<Http1Session> {
 public:
   Http1Session(Worker& worker, Socket socket, size_t listener_index)
@@ -116,15 +123,20 @@ public:
     worker_.onSessionClosed();
   }
 
-  void start() {
+  // `received`: the connection's first bytes, already read by protocol detection.
+  void start(std::string_view received) {
+    if (!received.empty()) {
+      asio::buffer_copy(buffer_.prepare(received.size()),
+                        asio::buffer(received.data(), received.size()));
+      buffer_.commit(received.size());
+    }
     error_code ec;
     socket_.set_option(tcp::no_delay(true), ec);
     auto remote = socket_.remote_endpoint(ec);
     if (!ec) {
       peer_ip_ = remote.address().to_string();
     }
-    listener_->stats->connections_active->Increment();
-    listener_->stats->connections_total->Increment();
+    // Protocol detection counted the connection in connections_active and connections_total.
     worker_.addSession(*this);
     readHeader();
   }
@@ -142,6 +154,10 @@ public:
     }
     deadline_ = {};
     timed_out_ = true;
+    if (h2_mode_) {
+      onHttp2Deadline();
+      return;
+    }
     error_code ignored;
     switch (state_) {
     case State::kIdle:
@@ -372,6 +388,15 @@ private:
     upstream_seconds_ = -1;
     reason_ = {};
     retried_ = false;
+    h2_mode_ = false;
+    h2_body_.clear();
+    h2_body_ended_ = false;
+    h2_body_reading_ = false;
+    h2_sent_ = 0;
+    h2_pending_.clear();
+    h2_complete_ = false;
+    h2_last_written_ = false;
+    h2_trailers_.clear();
     response_started_ = false;
     request_sent_ = false;
 
@@ -496,6 +521,11 @@ private:
     endpoint_->in_flight++;
     counted_in_flight_ = true;
 
+    if (cluster_config.protocol == config::UpstreamProtocol::kHttp2) {
+      startHttp2Upstream(*endpoint, cluster_config);
+      return;
+    }
+
     bool has_body = !request_->is_done();
     if (ConnectionPtr idle = endpoint->takeIdle(std::chrono::steady_clock::now(), has_body)) {
       onUpstreamAcquired(AcquireResult{std::move(idle), UpstreamFailure::kCount});
@@ -587,6 +617,7 @@ private:
   }
 
   void readRequestBody() {
+    h2_body_reading_ = h2_mode_;
     auto& body = request_->get().body();
     body.data = body_buffer_.get();
     body.size = Worker::kBodyBufferSize;
@@ -677,6 +708,7 @@ private:
     if (ec == http::error::need_buffer) {
       ec = {};
     }
+    h2_body_reading_ = false;
     if (ec) {
       if (!request_sent_ && ec != asio::error::eof && ec != http::error::end_of_stream &&
           ec != asio::error::connection_reset && !timed_out_) {
@@ -701,6 +733,15 @@ private:
     }
     deadline_ = std::chrono::steady_clock::now() + listener_->config->limits.stream_idle_timeout;
 
+    if (h2_mode_) {
+      // The HTTP/2 upstream pulls the piece through readUpstreamBody(), which reads the next.
+      if (h2_upstream_) {
+        h2_body_.append(body_buffer_.get(), received);
+        h2_body_ended_ = request_->is_done();
+        h2_upstream_->resumeBody();
+      }
+      return;
+    }
     asio::async_write(upstream_->socket,
                       request_out_.frame(body_buffer_.get(), received, request_->is_done()),
                       [self = shared_from_this()](error_code write_ec, size_t) {
@@ -885,6 +926,300 @@ private:
     finishRequest(StreamEnd::kCompleted);
   }
 
+  // ---- HTTP/2 upstream (http2 clusters) ----
+  //
+  // The request goes out as a stream on one of the endpoint's multiplexed HTTP/2 connections.
+  // Its body is read from the client one piece at a time, as the upstream's flow control pulls
+  // it (readUpstreamBody). Response DATA is written to the client as HTTP/1.1 (chunked when the
+  // upstream gave no content-length, with HTTP/2 trailers as chunked trailers) and acknowledged
+  // upstream once written, so a slow client slows the upstream server.
+
+  void startHttp2Upstream(UpstreamEndpoint& endpoint, const config::Cluster& cluster) {
+    h2_mode_ = true;
+    state_ = State::kSendingRequest;
+    auto& request = request_->get();
+    Http2RequestHead head;
+    head.method = request.method_string();
+    head.scheme = "http";
+    head.authority = authority_.empty() ? endpoint_label_ : authority_;
+    head.path = path_;
+    for (const auto& field : request) {
+      std::string name(field.name_string());
+      std::transform(name.begin(), name.end(), name.begin(),
+                     [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+      if (name == "host" || name == "expect" || isConnectionSpecific(name)) {
+        continue;
+      }
+      head.fields.push_back(HeaderField{std::move(name), std::string(field.value())});
+    }
+
+    bool has_body = !request_->is_done();
+    h2_body_ended_ = !has_body;
+    upstream_sent_at_ = std::chrono::steady_clock::now();
+    deadline_ = upstream_sent_at_ + (has_body ? listener_->config->limits.stream_idle_timeout
+                                              : route_->config->timeout);
+    if (!has_body) {
+      state_ = State::kAwaitingResponse;
+      request_sent_ = true;
+    }
+    // The pool calls back through a plain pointer, so the exchange itself keeps the session.
+    h2_self_ = shared_from_this();
+    h2_upstream_ =
+        endpoint.http2Pool().startRequest(head, has_body, *this, cluster.connect_timeout);
+    if (!has_body) {
+      return;
+    }
+    if (!body_buffer_) {
+      body_buffer_ = worker_.takeBuffer();
+    }
+    if (expect_continue_) {
+      expect_continue_ = false;
+      static constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
+      asio::async_write(socket_, asio::buffer(kContinue.data(), kContinue.size()),
+                        [self = shared_from_this()](error_code ec, size_t) {
+                          if (ec) {
+                            self->abortRequest(StreamEnd::kDownstreamClosed);
+                            return;
+                          }
+                          if (self->h2_upstream_ && self->state_ == State::kSendingRequest) {
+                            self->readRequestBody();
+                          }
+                        });
+      return;
+    }
+    readRequestBody();
+  }
+
+  void releaseHttp2Upstream() {
+    if (h2_upstream_) {
+      if (h2_unconsumed_ > 0) {
+        h2_upstream_->consumeResponse(h2_unconsumed_);
+        h2_unconsumed_ = 0;
+      }
+      h2_upstream_.reset(); // resets the upstream stream unless it completed
+    }
+    if (h2_self_) {
+      // Dropped by a posted handler: this may be the last reference to the session.
+      asio::post(socket_.get_executor(), [self = std::move(h2_self_)] {});
+    }
+  }
+
+  // TODO: forward the trailers of a chunked HTTP/1.1 request body; Beast's parser drops them.
+  ssize_t readUpstreamBody(uint8_t* out, size_t length, uint32_t* flags,
+                           HeaderList* /*trailers*/) override {
+    size_t size = std::min(length, h2_body_.size());
+    std::memcpy(out, h2_body_.data(), size);
+    h2_body_.erase(0, size);
+    h2_sent_ += size;
+    if (size > 0) {
+      request_sent_ = true;
+    }
+    if (!h2_body_.empty()) {
+      return static_cast<ssize_t>(size);
+    }
+    if (!h2_body_ended_) {
+      if (!h2_body_reading_) {
+        // Posted: reading may end the request, which must not happen inside nghttp2's call.
+        h2_body_reading_ = true;
+        asio::post(socket_.get_executor(), [self = shared_from_this()] {
+          if (self->h2_upstream_ && self->state_ == State::kSendingRequest) {
+            self->readRequestBody();
+          } else {
+            self->h2_body_reading_ = false;
+          }
+        });
+      }
+      return size > 0 ? static_cast<ssize_t>(size) : static_cast<ssize_t>(NGHTTP2_ERR_DEFERRED);
+    }
+    *flags |= NGHTTP2_DATA_FLAG_EOF;
+    request_sent_ = true;
+    if (!response_started_) {
+      state_ = State::kAwaitingResponse;
+      deadline_ = std::chrono::steady_clock::now() + route_->config->timeout;
+    }
+    return static_cast<ssize_t>(size);
+  }
+
+  void onUpstreamHeaders(unsigned status, HeaderList fields, bool end_stream) override {
+    if (state_ == State::kClosed || state_ == State::kReplying) {
+      return;
+    }
+    upstream_seconds_ =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - upstream_sent_at_).count();
+    response_status_ = status;
+    removeConnectionSpecific(fields);
+
+    http::response_header<> head;
+    head.version(11);
+    head.result(status);
+    bool has_length = false;
+    for (const HeaderField& field : fields) {
+      head.insert(field.name, field.value);
+      has_length = has_length || field.name == "content-length";
+    }
+    bool head_request = request_->get().method() == http::verb::head;
+    bool bodiless_status = status == 204 || status == 304;
+    bool no_body = end_stream || head_request || bodiless_status;
+    h2_chunked_ = false;
+    if (!has_length && !head_request && !bodiless_status) {
+      if (no_body) {
+        head.set(http::field::content_length, "0");
+      } else if (!client_http10_) {
+        head.set(http::field::transfer_encoding, "chunked");
+        h2_chunked_ = true;
+      } else {
+        keep_alive_ = false; // HTTP/1.0: the body ends when the connection closes
+      }
+    }
+    if (!request_->is_done() || draining_ || worker_.draining()) {
+      keep_alive_ = false;
+    }
+    if (!keep_alive_) {
+      head.set(http::field::connection, "close");
+    }
+    if (chain_) {
+      BeastHeaderMap headers(head);
+      chain_->runResponseHeaders(static_cast<int>(status), headers);
+    }
+
+    state_ = State::kSendingResponse;
+    response_started_ = true;
+    deadline_ = std::chrono::steady_clock::now() + listener_->config->limits.stream_idle_timeout;
+    h2_out_.clear();
+    appendResponseHead(h2_out_, head);
+    writeHttp2Response();
+  }
+
+  void onUpstreamData(const uint8_t* data, size_t size) override {
+    if (state_ != State::kSendingResponse) {
+      return;
+    }
+    h2_pending_.append(reinterpret_cast<const char*>(data), size);
+    response_bytes_ += size;
+    h2_unconsumed_ += size;
+    writeHttp2Response();
+  }
+
+  void onUpstreamComplete(HeaderList trailers) override {
+    if (state_ != State::kSendingResponse) {
+      return;
+    }
+    removeConnectionSpecific(trailers);
+    h2_trailers_ = std::move(trailers);
+    h2_complete_ = true;
+    writeHttp2Response();
+  }
+
+  void writeHttp2Response() {
+    if (h2_writing_ || state_ != State::kSendingResponse) {
+      return;
+    }
+    size_t body_bytes = h2_pending_.size();
+    if (body_bytes > 0) {
+      if (h2_chunked_) {
+        char line[kChunkLineMax];
+        h2_out_.append(line, formatChunkLine(line, body_bytes));
+        h2_out_.append(h2_pending_);
+        h2_out_.append("\r\n");
+      } else {
+        h2_out_.append(h2_pending_);
+      }
+      h2_pending_.clear();
+    }
+    bool last = h2_complete_ && !h2_last_written_;
+    if (last) {
+      h2_last_written_ = true;
+      if (h2_chunked_) {
+        appendLastChunk(h2_out_, h2_trailers_);
+      }
+    }
+    if (h2_out_.empty()) {
+      return;
+    }
+    h2_writing_ = true;
+    asio::async_write(socket_, asio::buffer(h2_out_),
+                      [self = shared_from_this(), body_bytes, last](error_code ec, size_t) {
+                        self->onHttp2ResponseWritten(ec, body_bytes, last);
+                      });
+  }
+
+  void onHttp2ResponseWritten(error_code ec, size_t body_bytes, bool last) {
+    h2_writing_ = false;
+    h2_out_.clear();
+    if (ec) {
+      abortRequest(StreamEnd::kDownstreamClosed);
+      return;
+    }
+    if (h2_upstream_ && body_bytes > 0) {
+      size_t consumed = std::min(body_bytes, h2_unconsumed_);
+      h2_unconsumed_ -= consumed;
+      h2_upstream_->consumeResponse(consumed);
+    }
+    deadline_ = std::chrono::steady_clock::now() + listener_->config->limits.stream_idle_timeout;
+    if (last) {
+      releaseHttp2Upstream();
+      finishRequest(StreamEnd::kCompleted);
+      return;
+    }
+    writeHttp2Response();
+  }
+
+  void onUpstreamFailed(UpstreamFailure failure, bool retryable, std::string_view cause) override {
+    if (state_ == State::kClosed || state_ == State::kReplying || !h2_mode_) {
+      return;
+    }
+    if (retryable && !retried_ && h2_sent_ == 0 && !response_started_) {
+      // The upstream did not process the request and no body byte is lost: send it once more.
+      retried_ = true;
+      h2_upstream_.reset();
+      releaseEndpoint();
+      h2_body_reading_ = false;
+      acquireUpstream(nullptr);
+      return;
+    }
+    warnUpstreamFailure(std::string(cause));
+    recordUpstreamFailure(failure);
+    releaseHttp2Upstream();
+    if (response_started_) {
+      reason_ = upstreamFailureName(failure);
+      abortRequest(StreamEnd::kUpstreamFailed);
+      return;
+    }
+    sendLocalReply(failure == UpstreamFailure::kConnectFailed    ? LocalReplyReason::kConnectFailed
+                   : failure == UpstreamFailure::kConnectTimeout ? LocalReplyReason::kConnectTimeout
+                   : failure == UpstreamFailure::kBadResponse
+                       ? LocalReplyReason::kBadUpstreamResponse
+                       : LocalReplyReason::kUpstreamReset);
+  }
+
+  // The session's deadline passed during an HTTP/2 upstream exchange.
+  void onHttp2Deadline() {
+    timed_out_ = false;
+    switch (state_) {
+    case State::kAwaitingResponse:
+      warnUpstreamFailure("timed out");
+      recordUpstreamFailure(UpstreamFailure::kTimeout);
+      releaseHttp2Upstream();
+      sendLocalReply(LocalReplyReason::kUpstreamTimeout);
+      break;
+    case State::kSendingRequest:
+    case State::kSendingResponse:
+      // Nothing moved for stream_idle_timeout: close both sides.
+      reason_ = upstreamFailureName(UpstreamFailure::kTimeout);
+      abortRequest(response_started_ ? StreamEnd::kUpstreamFailed : StreamEnd::kDownstreamClosed);
+      break;
+    case State::kIdle:
+    case State::kReadingHeader:
+    case State::kReplying: {
+      error_code ignored;
+      socket_.cancel(ignored);
+      break;
+    }
+    default:
+      break;
+    }
+  }
+
   // ---- Failures ----
 
   void onUpstreamError(error_code ec) {
@@ -958,7 +1293,7 @@ private:
   void sendLocalReply(LocalReplyReason reason) {
     const LocalReplySpec& spec = localReplySpec(reason);
     info_.local_reply = reason;
-    listener_->stats->local_replies[static_cast<size_t>(reason)]->Increment();
+    listener_->stats->localReply(Protocol::kHttp1, reason)->Increment();
     reason_ = spec.reason;
     response_status_ = spec.status;
     state_ = State::kReplying;
@@ -1028,6 +1363,7 @@ private:
   }
 
   void releaseUpstream(bool reusable) {
+    releaseHttp2Upstream();
     if (!upstream_) {
       return;
     }
@@ -1051,7 +1387,7 @@ private:
     auto now = std::chrono::steady_clock::now();
     double seconds = std::chrono::duration<double>(now - request_start_).count();
     if (route_ && response_status_ != 0) {
-      route_->stats->recordRequest(response_status_, seconds);
+      route_->stats->recordRequest(Protocol::kHttp1, response_status_, seconds);
     }
     if (AccessLog* log = worker_.accessLog()) {
       AccessLogEntry entry;
@@ -1109,6 +1445,7 @@ private:
     state_ = State::kClosed;
     deadline_ = {};
     watching_ = false;
+    releaseHttp2Upstream();
     error_code ignored;
     if (upstream_) {
       // An operation on the connection may still be pending and refers to its buffer: close
@@ -1155,6 +1492,23 @@ private:
   bool request_sent_ = false;
   bool response_started_ = false;
   bool upstream_reusable_ = false;
+
+  // The current request's HTTP/2 upstream exchange (http2 clusters).
+  bool h2_mode_ = false;
+  std::unique_ptr<Http2UpstreamRequest> h2_upstream_;
+  std::shared_ptr<Http1Session> h2_self_; // keeps the session while h2_upstream_ is open
+  std::string h2_body_;          // request body read from the client, not yet sent upstream
+  bool h2_body_ended_ = false;   // h2_body_ ends the request body
+  bool h2_body_reading_ = false; // a read of the request body is pending or posted
+  uint64_t h2_sent_ = 0;         // request body bytes handed to the upstream
+  std::string h2_out_;           // response bytes being written to the client
+  std::string h2_pending_;       // response body received, waiting for the write
+  size_t h2_unconsumed_ = 0;     // response bytes not yet acknowledged upstream
+  bool h2_chunked_ = false;
+  bool h2_writing_ = false;
+  bool h2_complete_ = false;
+  bool h2_last_written_ = false;
+  HeaderList h2_trailers_;
   MonotonicTime request_start_{};
   MonotonicTime upstream_sent_at_{};
   unsigned response_status_ = 0;
@@ -1172,9 +1526,10 @@ private:
   std::string_view reason_;
 };
 
-void startHttp1Session(Worker& worker, Socket socket, size_t listener_index) {
+void startHttp1Session(Worker& worker, Socket socket, size_t listener_index,
+                       std::string_view received) {
   auto session = std::make_shared<Http1Session>(worker, std::move(socket), listener_index);
-  session->start();
+  session->start(received);
 }
 
 } // namespace deferd

@@ -29,7 +29,7 @@ enum class LocalReplyReason : uint8_t {
   kDraining,            // deferd is shutting down
   kLoadShed,            // backpressure: the queue was full and this request was the least urgent
   kQueueTimeout,        // backpressure: waited max_wait for a slot
-  kDeadlineExceeded,    // backpressure: the request's deadline could not be met
+  kDeadlineExceeded,    // the request's own deadline passed, or could not be met while queued
   kBreakerOpen,         // breaker: open, and no fallback
   kFallbackCapacity,    // breaker: open, and the fallback is at its capacity
   kFallbackLoop,        // breaker: the request already passed this service's fallback

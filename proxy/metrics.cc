@@ -81,19 +81,32 @@ LatencyHistogram::Snapshot LatencyHistogram::snapshot() const {
   return result;
 }
 
+std::string_view protocolName(Protocol protocol) {
+  switch (protocol) {
+  case Protocol::kHttp1:
+    return "http1";
+  case Protocol::kHttp2:
+    return "http2";
+  case Protocol::kCount:
+    break;
+  }
+  return "unknown";
+}
+
 // Requests with a status outside 100..599 (0 when no response was sent) are counted in neither
 // the status classes nor the histogram, so the histogram's count equals the sum of the classes.
-void RouteStats::recordRequest(unsigned status, double seconds) {
+void RouteStats::recordRequest(Protocol protocol, unsigned status, double seconds) {
   if (status < 100 || status > 599) {
     return;
   }
 
-  auto* counter = requests_by_class[status / 100 - 1];
+  size_t index = static_cast<size_t>(protocol);
+  auto* counter = requests_by_class[index][status / 100 - 1];
   if (counter != nullptr) {
     counter->Increment();
   }
-  if (duration != nullptr) {
-    duration->observe(seconds);
+  if (LatencyHistogram* histogram = duration[index]) {
+    histogram->observe(seconds);
   }
 }
 
@@ -105,10 +118,12 @@ class Metrics::HistogramCollector : public prometheus::Collectable {
 public:
   // Creates the histogram of one listener and cluster pair. The caller makes sure each pair is
   // added once.
-  LatencyHistogram* add(const std::string& listener, const std::string& cluster) {
+  LatencyHistogram* add(const std::string& listener, const std::string& cluster,
+                        std::string_view protocol) {
     auto entry = std::make_unique<Entry>();
     entry->listener = listener;
     entry->cluster = cluster;
+    entry->protocol = protocol;
     LatencyHistogram* histogram = &entry->histogram;
 
     std::lock_guard lock(mutex_);
@@ -134,12 +149,14 @@ private:
   struct Entry {
     std::string listener;
     std::string cluster;
+    std::string protocol;
     LatencyHistogram histogram;
   };
 
   static prometheus::ClientMetric collectOne(const Entry& entry) {
     prometheus::ClientMetric metric;
-    metric.label = {{"cluster", entry.cluster}, {"listener", entry.listener}};
+    metric.label = {
+        {"cluster", entry.cluster}, {"listener", entry.listener}, {"protocol", entry.protocol}};
 
     LatencyHistogram::Snapshot snapshot = entry.histogram.snapshot();
     metric.histogram.sample_count = snapshot.count;
@@ -200,6 +217,16 @@ Metrics::Metrics()
                             .Name("deferd_upstream_failures_total")
                             .Help("Failed upstream connections and exchanges, by reason.")
                             .Register(*registry_);
+  http2_connection_errors_ = &prometheus::BuildCounter()
+                                  .Name("deferd_http2_connection_errors_total")
+                                  .Help("Downstream HTTP/2 connections ended by a protocol "
+                                        "error, a flood or a frame nghttp2 rejected.")
+                                  .Register(*registry_);
+  http2_flood_goaways_ = &prometheus::BuildCounter()
+                              .Name("deferd_http2_flood_goaways_total")
+                              .Help("GOAWAY ENHANCE_YOUR_CALM sent to downstream HTTP/2 "
+                                    "clients that reset or sent control frames too fast.")
+                              .Register(*registry_);
   reloads_ = &prometheus::BuildCounter()
                   .Name("deferd_config_reloads_total")
                   .Help("Config reloads attempted, by result.")
@@ -324,10 +351,15 @@ ListenerStats* Metrics::listener(const std::string& name) {
   stats->connections_total = &connections_total_->Add({{"listener", name}});
   stats->connections_rejected = &connections_rejected_->Add({{"listener", name}});
   stats->requests_in_flight = &in_flight_->Add({{"listener", name}});
-  for (size_t i = 0; i < stats->local_replies.size(); ++i) {
-    std::string_view reason = localReplySpec(static_cast<LocalReplyReason>(i)).reason;
-    stats->local_replies[i] =
-        &local_replies_->Add({{"listener", name}, {"reason", std::string(reason)}});
+  stats->http2_connection_errors = &http2_connection_errors_->Add({{"listener", name}});
+  stats->http2_flood_goaways = &http2_flood_goaways_->Add({{"listener", name}});
+  for (size_t p = 0; p < kProtocolCount; ++p) {
+    std::string protocol(protocolName(static_cast<Protocol>(p)));
+    for (size_t i = 0; i < stats->local_replies[p].size(); ++i) {
+      std::string_view reason = localReplySpec(static_cast<LocalReplyReason>(i)).reason;
+      stats->local_replies[p][i] = &local_replies_->Add(
+          {{"listener", name}, {"protocol", protocol}, {"reason", std::string(reason)}});
+    }
   }
 
   slot = std::move(stats);
@@ -362,13 +394,17 @@ RouteStats* Metrics::route(const std::string& listener, const std::string& clust
   }
 
   auto stats = std::make_unique<RouteStats>();
-  for (size_t i = 0; i < kStatusClasses.size(); ++i) {
-    stats->requests_by_class[i] =
-        &requests_->Add({{"listener", listener},
-                         {"cluster", cluster},
-                         {"status_class", std::string(kStatusClasses[i])}});
+  for (size_t p = 0; p < kProtocolCount; ++p) {
+    std::string protocol(protocolName(static_cast<Protocol>(p)));
+    for (size_t i = 0; i < kStatusClasses.size(); ++i) {
+      stats->requests_by_class[p][i] =
+          &requests_->Add({{"listener", listener},
+                           {"cluster", cluster},
+                           {"protocol", protocol},
+                           {"status_class", std::string(kStatusClasses[i])}});
+    }
+    stats->duration[p] = histograms_->add(listener, cluster, protocol);
   }
-  stats->duration = histograms_->add(listener, cluster);
 
   slot = std::move(stats);
   return slot.get();

@@ -49,6 +49,14 @@ enum class UpstreamFailure : uint8_t {
 
 std::string_view upstreamFailureName(UpstreamFailure failure);
 
+// The downstream protocol of a request: the `protocol` label ("http1", "http2") of the request,
+// duration and local reply metrics.
+enum class Protocol : uint8_t { kHttp1, kHttp2, kCount };
+
+inline constexpr size_t kProtocolCount = static_cast<size_t>(Protocol::kCount);
+
+std::string_view protocolName(Protocol protocol);
+
 // A histogram of seconds with fixed buckets, updated with relaxed atomics.
 class LatencyHistogram {
 public:
@@ -75,15 +83,24 @@ struct ListenerStats {
   prometheus::Counter* connections_total = nullptr;
   prometheus::Counter* connections_rejected = nullptr; // over max_connections
   prometheus::Gauge* requests_in_flight = nullptr;
-  std::array<prometheus::Counter*, static_cast<size_t>(LocalReplyReason::kCount)> local_replies{};
+  // By protocol, then by reason.
+  std::array<std::array<prometheus::Counter*, static_cast<size_t>(LocalReplyReason::kCount)>,
+             kProtocolCount>
+      local_replies{};
+
+  prometheus::Counter* localReply(Protocol protocol, LocalReplyReason reason) const {
+    return local_replies[static_cast<size_t>(protocol)][static_cast<size_t>(reason)];
+  }
+  prometheus::Counter* http2_connection_errors = nullptr; // HTTP/2 connection-level errors
+  prometheus::Counter* http2_flood_goaways = nullptr;     // GOAWAY ENHANCE_YOUR_CALM sent
 };
 
-// One listener and cluster pair; requests counted by status class 1xx..5xx.
+// One listener and cluster pair; requests counted by protocol and status class 1xx..5xx.
 struct RouteStats {
-  std::array<prometheus::Counter*, 5> requests_by_class{};
-  LatencyHistogram* duration = nullptr;
+  std::array<std::array<prometheus::Counter*, 5>, kProtocolCount> requests_by_class{};
+  std::array<LatencyHistogram*, kProtocolCount> duration{};
 
-  void recordRequest(unsigned status, double seconds);
+  void recordRequest(Protocol protocol, unsigned status, double seconds);
 };
 
 // Backpressure gauges and counters of one cluster, refreshed once a second from the admission
@@ -152,6 +169,8 @@ private:
   prometheus::Family<prometheus::Gauge>* upstream_active_;
   prometheus::Family<prometheus::Counter>* upstream_created_;
   prometheus::Family<prometheus::Counter>* upstream_failures_;
+  prometheus::Family<prometheus::Counter>* http2_connection_errors_;
+  prometheus::Family<prometheus::Counter>* http2_flood_goaways_;
   prometheus::Family<prometheus::Counter>* reloads_;
   prometheus::Gauge* ready_;
   prometheus::Family<prometheus::Counter>* priority_requests_;

@@ -7,6 +7,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include "proxy/http2_upstream.h"
+
 namespace deferd {
 
 namespace asio = boost::asio;
@@ -196,6 +198,9 @@ void UpstreamEndpoint::closeIdle(MonotonicTime now, std::chrono::milliseconds id
   }
   idle_.resize(kept);
   serveWaiter();
+  if (http2_pool_) {
+    http2_pool_->closeIdle(now, idle_timeout);
+  }
 }
 
 void UpstreamEndpoint::closeAllIdle() {
@@ -206,6 +211,17 @@ void UpstreamEndpoint::closeAllIdle() {
     open_connections_--;
   }
   idle_.clear();
+  if (http2_pool_) {
+    http2_pool_->closeAllIdle();
+  }
+}
+
+Http2ConnectionPool& UpstreamEndpoint::http2Pool() {
+  if (!http2_pool_) {
+    http2_pool_ =
+        std::make_unique<Http2ConnectionPool>(io_, address_, label_, stats_, max_connections_);
+  }
+  return *http2_pool_;
 }
 
 } // namespace deferd

@@ -30,6 +30,7 @@
 namespace deferd {
 
 class UpstreamEndpoint;
+class Http2ConnectionPool;
 
 struct UpstreamConnection {
   // The read buffer is bounded so a peer that never finishes a framing element (a header or
@@ -85,6 +86,9 @@ public:
   // Closes every idle connection (drain, or the endpoint left the cluster).
   void closeAllIdle();
 
+  // This endpoint's multiplexed HTTP/2 connections (http2 clusters), created on first use.
+  Http2ConnectionPool& http2Pool();
+
   const boost::asio::ip::tcp::endpoint& address() const { return address_; }
   const std::string& label() const { return label_; }
 
@@ -108,6 +112,7 @@ private:
   uint32_t open_connections_ = 0;   // idle plus in use, plus connects in progress
   std::vector<ConnectionPtr> idle_; // most recently used last
   std::deque<std::shared_ptr<Waiter>> waiters_;
+  std::unique_ptr<Http2ConnectionPool> http2_pool_;
 };
 
 } // namespace deferd

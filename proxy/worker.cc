@@ -235,7 +235,7 @@ void Worker::accept(std::shared_ptr<ListenerSlot> slot) {
       socket.close(ignored);
       listener.stats->connections_rejected->Increment();
     } else {
-      startHttp1Session(*this, std::move(socket), slot->listener_index);
+      startDownstreamConnection(*this, std::move(socket), slot->listener_index);
     }
     accept(slot);
   });

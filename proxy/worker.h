@@ -26,6 +26,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -156,7 +157,14 @@ private:
   MonotonicTime last_idle_sweep_{};
 };
 
-// Starts serving an accepted connection (http1_session.cc).
-void startHttp1Session(Worker& worker, Socket socket, size_t listener_index);
+// Starts serving an accepted connection: detects HTTP/2 prior knowledge or HTTP/1.1 from its
+// first bytes and hands it to that protocol's session (protocol_detect.cc).
+void startDownstreamConnection(Worker& worker, Socket socket, size_t listener_index);
+
+// Starts serving an HTTP/1.1 connection whose first bytes, `received`, were already read
+// (http1_session.cc). The connection is already counted in the listener's connection metrics,
+// and the session uncounts it when it closes.
+void startHttp1Session(Worker& worker, Socket socket, size_t listener_index,
+                       std::string_view received);
 
 } // namespace deferd

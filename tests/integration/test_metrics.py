@@ -102,7 +102,8 @@ class MetricsTest(harness.DeferdTestCase):
     def test_histogram_buckets_cumulative(self):
         self.request("/static/index.html", 3)
         buckets = self.deferd.metrics().find(
-            "deferd_request_duration_seconds_bucket", listener="inbound", cluster="web"
+            "deferd_request_duration_seconds_bucket", listener="inbound", cluster="web",
+            protocol="http1"
         )
         self.assertTrue(buckets, "no deferd_request_duration_seconds_bucket samples")
         ordered = sorted(buckets, key=lambda b: float(b[0]["le"]))

@@ -154,7 +154,7 @@ TEST_F(AccessLogTest, RecordWritesExactLine) {
             R"("request_id":"req-1","downstream":"127.0.0.1:50000","upstream":"10.0.0.2:8080",)"
             R"("status":200,"request_bytes":12,"response_bytes":345,"duration_ms":12.500,)"
             R"("upstream_ms":10.000,"reason":"","decision":"queued","urgency":1,)"
-            R"("requested_urgency":0,"priority_source":"header"})");
+            R"("requested_urgency":0,"priority_source":"header","grpc_status":""})");
 }
 
 TEST_F(AccessLogTest, UpstreamTimeNullWhenUnused) {

@@ -1252,11 +1252,14 @@ policies: { p: { mode: enforcing } }
                    "enforce, shadow or off"}));
 }
 
-TEST(ConfigTest, Http2NotSupportedYet) {
-  EXPECT_EQ(errors(withEndpoint("127.0.0.1:8080], protocol: http2, x: [1")),
-            (Lines{"test.yaml:3:65: clusters[0].protocol: 'http2' is not supported by this "
-                   "build yet; use http1",
-                   "test.yaml:3:72: unknown key 'x' in clusters[0]"}));
+TEST(ConfigTest, Http2ClusterAccepted) {
+  auto config = loadValid("node: { service: demo }\n"
+                          "listeners: [ { name: in, address: 127.0.0.1:15006, routes: [ { cluster: "
+                          "app } ] } ]\n"
+                          "clusters: [ { name: app, endpoints: [127.0.0.1:8080], protocol: http2 } "
+                          "]\n");
+  ASSERT_EQ(config->clusters.size(), 1u);
+  EXPECT_EQ(config->clusters[0].protocol, UpstreamProtocol::kHttp2);
 }
 
 TEST(ConfigTest, EwmaNotSupportedYet) {
@@ -1558,9 +1561,8 @@ TEST(ConfigTest, PolicyMustBeMap) {
                    "test.yaml:11:6: policies.q: expected a map, found 'shadow'"}));
 }
 
-// The design's full example, whose filter sections and HTTP/2 cluster this build does not
-// implement yet.
-TEST(ConfigTest, TargetShapeFailsOnlyOnUnbuiltFeatures) {
+// The design's full example, in short.
+TEST(ConfigTest, TargetShapeLoads) {
   EXPECT_EQ(errors(R"(node:
   service: checkout
 admin:
@@ -1610,10 +1612,7 @@ policies:
     backpressure:
       limiter: aimd
 )"),
-            (Lines{
-                "test.yaml:31:15: clusters[1].protocol: 'http2' is not supported by this "
-                "build yet; use http1",
-            }));
+            (Lines{}));
 }
 
 } // namespace

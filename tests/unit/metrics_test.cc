@@ -86,15 +86,20 @@ TEST(MetricsTest, ListenerCountersAndGaugesSerialized) {
   stats->connections_total->Increment(3);
   stats->connections_active->Set(2);
   stats->requests_in_flight->Increment();
-  stats->local_replies[static_cast<size_t>(LocalReplyReason::kNoRoute)]->Increment();
+  stats->localReply(Protocol::kHttp1, LocalReplyReason::kNoRoute)->Increment();
+  stats->localReply(Protocol::kHttp2, LocalReplyReason::kNoRoute)->Increment(2);
 
   std::string text = metrics.serialize();
 
   EXPECT_EQ(sampleValue(text, "deferd_downstream_connections_total{listener=\"in\"}"), 3);
   EXPECT_EQ(sampleValue(text, "deferd_downstream_connections_active{listener=\"in\"}"), 2);
   EXPECT_EQ(sampleValue(text, "deferd_requests_in_flight{listener=\"in\"}"), 1);
-  EXPECT_EQ(sampleValue(text, "deferd_local_replies_total{listener=\"in\",reason=\"no-route\"}"),
+  EXPECT_EQ(sampleValue(text, "deferd_local_replies_total{listener=\"in\",protocol=\"http1\","
+                              "reason=\"no-route\"}"),
             1);
+  EXPECT_EQ(sampleValue(text, "deferd_local_replies_total{listener=\"in\",protocol=\"http2\","
+                              "reason=\"no-route\"}"),
+            2);
   EXPECT_NE(text.find("# TYPE deferd_downstream_connections_total counter\n"), std::string::npos);
   EXPECT_NE(text.find("# TYPE deferd_downstream_connections_active gauge\n"), std::string::npos);
 }
@@ -105,10 +110,13 @@ TEST(MetricsTest, LocalReplyReasonsCreatedUpFront) {
 
   std::string text = metrics.serialize();
 
-  for (const LocalReplySpec& spec : kLocalReplies) {
-    std::string series =
-        "deferd_local_replies_total{listener=\"in\",reason=\"" + std::string(spec.reason) + "\"}";
-    EXPECT_EQ(sampleValue(text, series), 0) << series;
+  for (const char* protocol : {"http1", "http2"}) {
+    for (const LocalReplySpec& spec : kLocalReplies) {
+      std::string series = "deferd_local_replies_total{listener=\"in\",protocol=\"" +
+                           std::string(protocol) + "\",reason=\"" + std::string(spec.reason) +
+                           "\"}";
+      EXPECT_EQ(sampleValue(text, series), 0) << series;
+    }
   }
 }
 
@@ -149,17 +157,18 @@ TEST(MetricsTest, UpstreamFailureNamesDistinctKebabCase) {
 TEST(MetricsTest, RequestsCountedByStatusClass) {
   Metrics metrics;
   RouteStats* route = metrics.route("in", "backend");
-  route->recordRequest(200, 0.01);
-  route->recordRequest(204, 0.01);
-  route->recordRequest(503, 0.01);
-  route->recordRequest(101, 0.01);
-  route->recordRequest(0, 0.01);   // no response sent: not counted
-  route->recordRequest(600, 0.01); // not a valid status: not counted
+  route->recordRequest(Protocol::kHttp1, 200, 0.01);
+  route->recordRequest(Protocol::kHttp1, 204, 0.01);
+  route->recordRequest(Protocol::kHttp1, 503, 0.01);
+  route->recordRequest(Protocol::kHttp1, 101, 0.01);
+  route->recordRequest(Protocol::kHttp1, 0, 0.01);   // no response sent: not counted
+  route->recordRequest(Protocol::kHttp1, 600, 0.01); // not a valid status: not counted
 
   std::string text = metrics.serialize();
   auto series = [](const char* status_class) {
     return std::string(
-               "deferd_requests_total{cluster=\"backend\",listener=\"in\",status_class=\"") +
+               "deferd_requests_total{cluster=\"backend\",listener=\"in\",protocol=\"http1\","
+               "status_class=\"") +
            status_class + "\"}";
   };
 
@@ -168,21 +177,22 @@ TEST(MetricsTest, RequestsCountedByStatusClass) {
   EXPECT_EQ(sampleValue(text, series("3xx")), 0);
   EXPECT_EQ(sampleValue(text, series("4xx")), 0);
   EXPECT_EQ(sampleValue(text, series("5xx")), 1);
-  EXPECT_EQ(sampleValue(
-                text, "deferd_request_duration_seconds_count{cluster=\"backend\",listener=\"in\"}"),
+  EXPECT_EQ(sampleValue(text,
+                        "deferd_request_duration_seconds_count{cluster=\"backend\",listener=\"in\","
+                        "protocol=\"http1\"}"),
             4);
 }
 
 TEST(MetricsTest, HistogramBucketsCumulativeWithInf) {
   Metrics metrics;
   RouteStats* route = metrics.route("in", "backend");
-  route->recordRequest(200, 0.0003);
-  route->recordRequest(200, 0.003);
-  route->recordRequest(200, 0.3);
-  route->recordRequest(200, 20);
+  route->recordRequest(Protocol::kHttp1, 200, 0.0003);
+  route->recordRequest(Protocol::kHttp1, 200, 0.003);
+  route->recordRequest(Protocol::kHttp1, 200, 0.3);
+  route->recordRequest(Protocol::kHttp1, 200, 20);
 
   std::string text = metrics.serialize();
-  const std::string labels = "cluster=\"backend\",listener=\"in\"";
+  const std::string labels = "cluster=\"backend\",listener=\"in\",protocol=\"http1\"";
   auto bucket = [&](const std::string& le) {
     return sampleValue(text,
                        "deferd_request_duration_seconds_bucket{" + labels + ",le=\"" + le + "\"}");
@@ -202,13 +212,13 @@ TEST(MetricsTest, HistogramBucketsCumulativeWithInf) {
   ASSERT_TRUE(sum.has_value());
   EXPECT_NEAR(*sum, 20.3033, 1e-6);
 
-  // Each bucket contains every bucket before it, and +Inf is the last one.
+  // Each bucket of the series contains every bucket before it, and +Inf is the last one.
   std::istringstream lines(text);
   std::string line;
   double previous = 0;
   std::string last_le;
   while (std::getline(lines, line)) {
-    if (line.rfind("deferd_request_duration_seconds_bucket{", 0) != 0) {
+    if (line.rfind("deferd_request_duration_seconds_bucket{" + labels, 0) != 0) {
       continue;
     }
     double value = std::stod(line.substr(line.rfind(' ') + 1));
@@ -300,8 +310,8 @@ TEST(MetricsTest, PromtoolAcceptsOutput) {
   Metrics metrics;
   metrics.listener("in")->connections_total->Increment();
   metrics.cluster("backend")->connections_created->Increment();
-  metrics.route("in", "backend")->recordRequest(200, 0.02);
-  metrics.route("in", "other")->recordRequest(503, 1.5);
+  metrics.route("in", "backend")->recordRequest(Protocol::kHttp1, 200, 0.02);
+  metrics.route("in", "other")->recordRequest(Protocol::kHttp2, 503, 1.5);
   metrics.recordReload(true);
   metrics.setReady(true);
 

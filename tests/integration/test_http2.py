@@ -1,0 +1,383 @@
+"""HTTP/2 cleartext with prior knowledge, on the listener that also serves HTTP/1.1.
+
+Clients are curl --http2-prior-knowledge, nghttp and the scripted h2peer client. The upstream
+is the scripted HTTP/1.1 RawUpstream, so each case checks the exact HTTP/1.1 bytes deferd
+sent for an HTTP/2 request, and what came back to the client.
+"""
+
+import os
+import subprocess
+import time
+
+import harness
+import h2peer
+from harness import Reply
+
+TRAILER_RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTrailer: x-checksum\r\n"
+    b"Transfer-Encoding: chunked\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\r\n"
+    b"5\r\nhello\r\n6\r\n world\r\n0\r\nx-checksum: 1234\r\n\r\n"
+)
+
+
+class Http2Test(harness.DeferdTestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.curl = harness.require_tool("curl")
+        cls.nghttp = harness.require_tool("nghttp")
+        cls.upstream = harness.RawUpstream(handler=cls.reply_for)
+        cls.addClassCleanup(cls.upstream.close)
+        cls.port = harness.free_port()
+        routes = [
+            {"match": {"prefix": "/down"}, "cluster": "down"},
+            {"match": {"prefix": "/slow"}, "cluster": "scripted", "timeout": "300ms"},
+            {"match": {"prefix": "/"}, "cluster": "scripted"},
+        ]
+        cls.deferd = harness.Deferd(
+            listeners=[harness.listener_config("inbound", cls.port, routes)],
+            clusters=[
+                harness.cluster_config("down", [harness.free_port()], connect_timeout="500ms"),
+                harness.cluster_config("scripted", [cls.upstream.port]),
+            ],
+        ).start()
+        cls.addClassCleanup(cls.deferd.stop)
+
+    @staticmethod
+    def reply_for(request):
+        if request.target.startswith("/trailers"):
+            return Reply(action="raw", raw=TRAILER_RESPONSE)
+        if request.target.startswith("/slow"):
+            return Reply(200, [], b"late", delay=1.5)
+        if request.target.startswith("/partial"):
+            return Reply(200, [], b"x" * 100, action="partial", partial_bytes=10)
+        if request.target.startswith("/hop"):
+            return Reply(
+                200,
+                [("Connection", "x-private, close"), ("X-Private", "secret"),
+                 ("Keep-Alive", "timeout=5"), ("X-Kept", "yes")],
+                b"ok",
+            )
+        return harness.echo_reply(request)
+
+    def setUp(self):
+        self.upstream.reset()
+
+    def last_request(self):
+        return self.upstream.wait_for_requests(1)[-1]
+
+    def test_curl_get_reaches_http1_upstream(self):
+        result = subprocess.run(
+            [self.curl, "-s", "--http2-prior-knowledge", "-o", "-", "-w", "\n%{http_version}",
+             f"http://{harness.LOOPBACK}:{self.port}/hello?x=1"],
+            capture_output=True, timeout=10,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertTrue(result.stdout.endswith(b"\n2"), result.stdout)
+        request = self.last_request()
+        self.assertEqual(request.method, "GET")
+        self.assertEqual(request.target, "/hello?x=1")
+        self.assertEqual(request.version, "HTTP/1.1")
+        self.assertEqual(request.header("host"), f"{harness.LOOPBACK}:{self.port}")
+        self.assertEqual(request.header("x-forwarded-for"), harness.LOOPBACK)
+        self.assertIsNotNone(request.header("x-request-id"))
+
+    def test_curl_post_body_arrives_whole(self):
+        body = bytes(range(256)) * 1000
+        result = subprocess.run(
+            [self.curl, "-s", "--http2-prior-knowledge", "--data-binary", "@-",
+             f"http://{harness.LOOPBACK}:{self.port}/upload"],
+            input=body, capture_output=True, timeout=10,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        request = self.last_request()
+        self.assertEqual(request.method, "POST")
+        self.assertEqual(request.header("content-length"), str(len(body)))
+        self.assertEqual(request.body_length, len(body))
+        self.assertFalse(request.chunked)
+
+    def test_http1_still_served_on_same_listener(self):
+        resp = harness.http_get(self.port, "/plain")
+        self.assertStatus(resp, 200)
+        self.assertEqual(self.last_request().target, "/plain")
+
+    def test_nghttp_receives_response_trailers(self):
+        result = subprocess.run(
+            [self.nghttp, "-v", f"http://{harness.LOOPBACK}:{self.port}/trailers"],
+            capture_output=True, timeout=10,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        output = result.stdout.decode()
+        self.assertIn("hello world", output)
+        self.assertIn("x-checksum: 1234", output)
+
+    def test_response_trailers_and_connection_fields(self):
+        with h2peer.H2Client(self.port) as client:
+            stream = client.get("/trailers")
+        self.assertEqual(stream.status, 200, stream)
+        self.assertEqual(bytes(stream.body), b"hello world")
+        self.assertEqual(stream.trailer("x-checksum"), "1234")
+        names = [name for name, _ in stream.headers]
+        for forbidden in ("connection", "keep-alive", "transfer-encoding"):
+            self.assertNotIn(forbidden, names)
+
+    def test_fields_named_by_connection_not_forwarded(self):
+        with h2peer.H2Client(self.port) as client:
+            stream = client.get("/hop")
+        self.assertEqual(stream.status, 200, stream)
+        self.assertIsNone(stream.header("x-private"))
+        self.assertIsNone(stream.header("connection"))
+        self.assertEqual(stream.header("x-kept"), "yes")
+
+    def test_request_trailers_forwarded_chunked(self):
+        with h2peer.H2Client(self.port) as client:
+            stream_id = client.request("POST", "/with-trailers", end_stream=False,
+                                       headers=[("te", "trailers")])
+            client.send_data(stream_id, b"abcdef")
+            client.send_trailers(stream_id, [("x-digest", "42")])
+            stream = client.wait(stream_id)
+        self.assertEqual(stream.status, 200, stream)
+        request = self.last_request()
+        self.assertTrue(request.chunked)
+        self.assertEqual(request.body_length, 6)
+        self.assertIsNone(request.header("te"))
+        raw = bytes(self.upstream.all_bytes())
+        self.assertIn(b"0\r\nx-digest: 42\r\n\r\n", raw)
+
+    def test_split_cookies_joined(self):
+        with h2peer.H2Client(self.port) as client:
+            stream = client.get("/cookies", headers=[("cookie", "a=1"), ("cookie", "b=2")])
+        self.assertEqual(stream.status, 200, stream)
+        self.assertEqual(self.last_request().header_values("cookie"), ["a=1; b=2"])
+
+    def test_connection_specific_request_field_rejected(self):
+        with h2peer.H2Client(self.port, validate=False) as client:
+            stream = client.get("/bad", headers=[("connection", "keep-alive")])
+        self.assertEqual(stream.reset_code, 1, stream)  # PROTOCOL_ERROR
+        self.assertEqual(self.upstream.snapshot()[0], [])
+
+    def test_te_other_than_trailers_rejected(self):
+        with h2peer.H2Client(self.port, validate=False) as client:
+            stream = client.get("/te", headers=[("te", "gzip")])
+        self.assertEqual(stream.reset_code, 1, stream)  # PROTOCOL_ERROR
+        self.assertEqual(self.upstream.snapshot()[0], [])
+
+    def test_upstream_cut_mid_body_resets_stream(self):
+        with h2peer.H2Client(self.port) as client:
+            stream = client.get("/partial")
+        self.assertEqual(stream.status, 200, stream)
+        self.assertEqual(stream.reset_code, 2, stream)  # INTERNAL_ERROR
+        self.assertFalse(stream.ended)
+
+    def test_content_length_mismatch_reset(self):
+        with h2peer.H2Client(self.port, validate=False) as client:
+            stream_id = client.request("POST", "/short", end_stream=False,
+                                       headers=[("content-length", "10")])
+            client.send_data(stream_id, b"abc", end_stream=True)
+            stream = client.wait(stream_id)
+        self.assertEqual(stream.reset_code, 1, stream)
+
+    def test_upstream_down_is_503(self):
+        with h2peer.H2Client(self.port) as client:
+            stream = client.get("/down/here")
+        self.assertEqual(stream.status, 503, stream)
+        self.assertEqual(stream.header("deferd-reason"), "connect-failed")
+        self.assertEqual(bytes(stream.body), b"connect-failed\n")
+        metrics = self.deferd.metrics()
+        self.assertGreaterEqual(metrics.value("deferd_local_replies_total", listener="inbound",
+                                              protocol="http2", reason="connect-failed"), 1)
+
+    def test_route_timeout_is_504(self):
+        with h2peer.H2Client(self.port) as client:
+            stream = client.get("/slow")
+        self.assertEqual(stream.status, 504, stream)
+        self.assertEqual(stream.header("deferd-reason"), "upstream-timeout")
+
+    def test_bodiless_requests_reuse_upstream(self):
+        with h2peer.H2Client(self.port) as client:
+            for i in range(10):
+                self.assertEqual(client.get(f"/reuse/{i}").status, 200)
+        requests, _, connections = self.upstream.snapshot()
+        self.assertEqual(len(requests), 10)
+        for request in requests:
+            self.assertFalse(request.chunked, request)
+            self.assertIsNone(request.header("transfer-encoding"))
+        self.assertLessEqual(connections, 1, "each GET should reuse the kept-alive connection")
+
+    def test_many_streams_on_one_connection(self):
+        with h2peer.H2Client(self.port) as client:
+            ids = [client.request("GET", f"/multi/{i}") for i in range(20)]
+            results = [client.wait(stream_id) for stream_id in ids]
+        self.assertEqual([r.status for r in results], [200] * 20)
+        targets = sorted(r.target for r in self.upstream.snapshot()[0])
+        self.assertEqual(targets, sorted(f"/multi/{i}" for i in range(20)))
+
+    def test_client_reset_cancels_upstream_request(self):
+        with h2peer.H2Client(self.port) as client:
+            stream_id = client.request("GET", "/slow/cancel")
+            self.upstream.wait_for_requests(1)
+            client.reset(stream_id)
+            client.read_once(timeout=0.3)
+            other = client.get("/after-reset")
+        self.assertEqual(other.status, 200)
+        entries = self.deferd.access_log_entries()
+
+        def cancelled():
+            return any(e["path"] == "/slow/cancel" and e["reason"] == "downstream-closed"
+                       for e in self.deferd.access_log_entries())
+
+        harness.wait_until(cancelled, 5, f"access log entry of the reset stream: {entries}")
+
+    def test_access_log_and_metrics(self):
+        def counts():
+            metrics = self.deferd.metrics()
+            return (
+                metrics.value("deferd_requests_total", listener="inbound", cluster="scripted",
+                              protocol="http2", status_class="2xx"),
+                metrics.value("deferd_requests_total", listener="inbound", cluster="scripted",
+                              protocol="http1"),
+                metrics.value("deferd_request_duration_seconds_count", listener="inbound",
+                              cluster="scripted", protocol="http2"),
+            )
+
+        before = counts()
+        with h2peer.H2Client(self.port) as client:
+            client.get("/logged")
+        after = counts()
+        self.assertEqual(after[0] - before[0], 1)
+        self.assertEqual(after[1] - before[1], 0)
+        self.assertEqual(after[2] - before[2], 1)
+
+        def logged():
+            return [e for e in self.deferd.access_log_entries() if e["path"] == "/logged"]
+
+        harness.wait_until(logged, 5, "access log entry for /logged")
+        entry = logged()[0]
+        self.assertEqual(entry["protocol"], "HTTP/2")
+        self.assertEqual(entry["status"], 200)
+
+
+class Http2UpstreamTest(harness.DeferdTestCase):
+    """HTTP/2 from client to an h2c upstream (nghttpd) through an http2 cluster."""
+
+    BODY = b"served by nghttpd\n"
+
+    @classmethod
+    def setUpClass(cls):
+        cls.curl = harness.require_tool("curl")
+        cls.nghttp = harness.require_tool("nghttp")
+        nghttpd = harness.require_tool("nghttpd")
+        docroot = harness.make_dir("nghttpd")
+        with open(os.path.join(docroot, "index.txt"), "wb") as f:
+            f.write(cls.BODY)
+        cls.nghttpd_port = harness.free_port()
+        cls.nghttpd = harness.start_process(
+            [nghttpd, "--no-tls", "-a", harness.LOOPBACK, "-d", docroot, "--echo-upload",
+             "--trailer", "x-upstream-trailer: yes", str(cls.nghttpd_port)],
+            "nghttpd")
+        cls.addClassCleanup(harness.stop_process, cls.nghttpd)
+        harness.wait_for_port(cls.nghttpd_port, proc=cls.nghttpd, what="nghttpd")
+        cls.goaway = h2peer.H2Upstream(refuse_connections=1)
+        cls.addClassCleanup(cls.goaway.close)
+        cls.scripted = h2peer.H2Upstream(refuse_connections=0)
+        cls.addClassCleanup(cls.scripted.close)
+
+        cls.port = harness.free_port()
+        routes = [
+            {"match": {"prefix": "/goaway"}, "cluster": "goaway"},
+            {"match": {"prefix": "/scripted"}, "cluster": "scripted"},
+            {"match": {"prefix": "/idle"}, "cluster": "short-idle"},
+            {"match": {"prefix": "/"}, "cluster": "h2"},
+        ]
+        cls.deferd = harness.Deferd(
+            listeners=[harness.listener_config("inbound", cls.port, routes)],
+            clusters=[
+                harness.cluster_config("h2", [cls.nghttpd_port], protocol="http2"),
+                harness.cluster_config("goaway", [cls.goaway.port], protocol="http2"),
+                harness.cluster_config("scripted", [cls.scripted.port], protocol="http2"),
+                harness.cluster_config("short-idle", [cls.nghttpd_port], protocol="http2",
+                                       idle_timeout="500ms"),
+            ],
+        ).start()
+        cls.addClassCleanup(cls.deferd.stop)
+
+    def test_curl_through_to_nghttpd(self):
+        result = subprocess.run(
+            [self.curl, "-s", "--http2-prior-knowledge",
+             f"http://{harness.LOOPBACK}:{self.port}/index.txt"],
+            capture_output=True, timeout=10,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stdout, self.BODY)
+
+    def test_nghttp_sees_upstream_trailer(self):
+        result = subprocess.run(
+            [self.nghttp, "-v", f"http://{harness.LOOPBACK}:{self.port}/index.txt"],
+            capture_output=True, timeout=10,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        output = result.stdout.decode()
+        self.assertIn("served by nghttpd", output)
+        self.assertIn("x-upstream-trailer: yes", output)
+
+    def test_upload_echoed_with_request_trailers(self):
+        body = bytes(range(256)) * 2000  # 512000 bytes: more than one stream window
+        with h2peer.H2Client(self.port) as client:
+            stream_id = client.request("POST", "/echo", end_stream=False)
+            client.send_data(stream_id, body)
+            client.send_trailers(stream_id, [("x-request-trailer", "1")])
+            stream = client.wait(stream_id, timeout=10)
+        self.assertEqual(stream.status, 200, stream)
+        self.assertEqual(bytes(stream.body), body)
+
+    def test_http1_client_to_http2_cluster(self):
+        resp = harness.http_get(self.port, "/index.txt")
+        self.assertStatus(resp, 200)
+        self.assertEqual(resp.body, self.BODY)
+
+    def test_http1_upload_to_http2_cluster(self):
+        body = bytes(range(256)) * 2000
+        resp = harness.http_request(self.port, "POST", "/echo", body=body, timeout=10)
+        self.assertStatus(resp, 200)
+        self.assertEqual(resp.body, body)
+
+    def test_http1_client_gets_chunked_trailers(self):
+        with harness.RawClient(self.port) as client:
+            client.send(b"GET /scripted/trailers HTTP/1.1\r\nHost: h2\r\nTE: trailers\r\n\r\n")
+            data = b""
+            deadline = time.monotonic() + 5
+            while not data.endswith(b"\r\n\r\n") or b"\r\n0\r\n" not in data:
+                self.assertLess(time.monotonic(), deadline, data)
+                try:
+                    chunk = client.sock.recv(65536)
+                except TimeoutError:
+                    self.fail(f"no trailer section in time: {data!r}")
+                self.assertTrue(chunk, f"connection closed early: {data!r}")
+                data += chunk
+        self.assertIn(b"transfer-encoding: chunked", data.lower())
+        self.assertIn(b"served", data)
+        self.assertIn(b"\r\n0\r\nx-upstream-trailer: yes\r\n\r\n", data)
+
+    def test_idle_upstream_connection_closed(self):
+        with h2peer.H2Client(self.port) as client:
+            # nghttpd has no such file: its 404 is enough to open the connection.
+            self.assertEqual(client.get("/idle/missing").status, 404)
+
+        def active():
+            return self.deferd.metrics().value("deferd_upstream_connections_active",
+                                               cluster="short-idle")
+
+        self.assertEqual(active(), 1)
+        # The worker checks idle connections once a second.
+        harness.wait_until(lambda: active() == 0, 5, "the idle h2c upstream connection to close")
+
+    def test_goaway_before_processing_is_retried(self):
+        with h2peer.H2Client(self.port) as client:
+            stream = client.get("/goaway/first")
+        self.assertEqual(stream.status, 200, f"{stream}\n{self.deferd.log()}")
+        self.assertEqual(bytes(stream.body), b"served")
+        self.assertEqual(self.goaway.connections, 2)
+        self.assertEqual(self.goaway.requests, 1)
+
+
+if __name__ == "__main__":
+    harness.main()
