@@ -249,6 +249,9 @@ struct BreakerPolicy {
 
   std::optional<std::string> fallback; // cluster name; it must declare a capacity
   LoopAction on_loop = LoopAction::kReject;
+  // Also send requests to the fallback, within its capacity, while the backpressure filter's
+  // load signals mark every endpoint of the primary as deferring.
+  bool fallback_when_deferring = false;
 
   std::optional<OutlierPolicy> outlier;
 

@@ -101,7 +101,7 @@ const Keys kBreakerWindowKeys = {"type", "size", "min_requests"};
 const Keys kOpenWhenKeys = {"failure_rate", "slow_call_rate", "slow_call", "consecutive_failures"};
 const Keys kFailureKeys = {"status", "connect_failure", "reset", "timeout", "grpc"};
 const Keys kHalfOpenKeys = {"probes", "timeout"};
-const Keys kFallbackKeys = {"cluster", "on_loop"};
+const Keys kFallbackKeys = {"cluster", "on_loop", "when_deferring"};
 const Keys kOutlierKeys = {"consecutive_failures", "base_ejection", "max_ejection",
                            "max_ejection_percent"};
 
@@ -1389,6 +1389,9 @@ void Loader::parseBreakerFallback(const Field& field, BreakerPolicy* breaker) {
                             "max_rps }' so the breaker knows how much traffic it may send there");
       }
     }
+  }
+  if (const Field* value = section->find("when_deferring")) {
+    setIfValid(readBool(*value), &breaker->fallback_when_deferring);
   }
   if (const Field* value = section->find("on_loop")) {
     setIfValid(readEnum(*value, kLoopActions), &breaker->on_loop);

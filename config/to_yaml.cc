@@ -330,6 +330,7 @@ void emitBreaker(YAML::Emitter& out, const BreakerPolicy& b) {
     out << YAML::Key << "fallback" << YAML::Value << YAML::Flow << YAML::BeginMap;
     emitPair(out, "cluster", *b.fallback);
     emitPair(out, "on_loop", b.on_loop == LoopAction::kReject ? "reject" : "primary");
+    out << YAML::Key << "when_deferring" << YAML::Value << b.fallback_when_deferring;
     out << YAML::EndMap;
   }
   if (b.outlier) {

@@ -122,6 +122,8 @@ void addBreakerFilter(const config::Config& config, const config::Route& route,
   filter.service = config.service;
   filter.rollout = policy->rollout;
   filter.probe_timeout = breaker.probe_timeout;
+  filter.fallback_when_deferring = breaker.fallback_when_deferring;
+  filter.endpoints = &state.endpoints();
   runtime.filters.push_back(
       std::make_shared<filters::breaker::BreakerFilterFactory>(std::move(filter)));
 }

@@ -164,6 +164,15 @@ FilterStatus BreakerFilter::onRequestHeaders(HeaderMap& headers) {
   const BreakerTarget& primary = config_.primary;
 
   Admission admission = primary.breaker->allow(now);
+  if (admission.verdict() == Admission::Verdict::kAllowed && config_.fallback &&
+      config_.fallback_when_deferring && config_.endpoints != nullptr &&
+      config_.endpoints->allDeferring(primary.cluster) &&
+      inRollout(info.request_id, config_.rollout * 100.0)) {
+    // The primary is healthy but loaded: move what the fallback can take, keep the rest.
+    if (std::optional<FilterStatus> moved = redirectWhileDeferring(headers, now)) {
+      return *moved;
+    }
+  }
   if (admission.sendToPrimary()) {
     if (admission.verdict() == Admission::Verdict::kRejected) {
       // Shadow mode: the breaker counted the would-be rejection, and the filter exports it.
@@ -214,6 +223,9 @@ FilterStatus BreakerFilter::redirect(HeaderMap& headers, const Admission& reject
   }
 
   const BreakerTarget& fallback = *config_.fallback;
+  if (config_.endpoints != nullptr) {
+    config_.capacity->setAllEndpointsDeferring(config_.endpoints->allDeferring(fallback.cluster));
+  }
   FallbackDecision decision = admitToFallback(*fallback.breaker, *config_.capacity, now);
   if (!decision.granted()) {
     auto reason = static_cast<size_t>(decision.rejection);
@@ -236,6 +248,29 @@ FilterStatus BreakerFilter::redirect(HeaderMap& headers, const Admission& reject
   grant_ = std::move(decision.grant);
   increment(config_.fallback_requests);
   info.decision = "fallback";
+  letThrough(fallback, now);
+  startProbeTimer(grant_->admission);
+  return FilterStatus::kContinue;
+}
+
+std::optional<FilterStatus> BreakerFilter::redirectWhileDeferring(HeaderMap& headers,
+                                                                  MonotonicTime now) {
+  LoopCheck loop = checkFallbackLoop(headers, config_.service, LoopPolicy::kSendToPrimary);
+  if (loop.verdict != LoopVerdict::kRedirect) {
+    return std::nullopt;
+  }
+  const BreakerTarget& fallback = *config_.fallback;
+  if (config_.endpoints != nullptr) {
+    config_.capacity->setAllEndpointsDeferring(config_.endpoints->allDeferring(fallback.cluster));
+  }
+  FallbackDecision decision = admitToFallback(*fallback.breaker, *config_.capacity, now);
+  if (!decision.granted() || !callbacks().routeToCluster(fallback.cluster_index)) {
+    return std::nullopt;
+  }
+  headers.set(kFallbackPathHeader, loop.fallback_path);
+  grant_ = std::move(decision.grant);
+  increment(config_.fallback_requests);
+  callbacks().requestInfo().decision = "fallback-deferring";
   letThrough(fallback, now);
   startProbeTimer(grant_->admission);
   return FilterStatus::kContinue;

@@ -43,6 +43,7 @@
 #include "filters/breaker/fallback_capacity.h"
 #include "filters/breaker/loop_guard.h"
 #include "filters/breaker/outlier_detector.h"
+#include "filters/common/endpoint.h"
 #include "filters/filter.h"
 
 namespace deferd::filters::breaker {
@@ -102,6 +103,10 @@ struct BreakerRouteConfig {
   std::string service;  // node.service, appended to deferd-fallback-path
   double rollout = 1.0; // share of requests enforced, 0..1
   std::chrono::milliseconds probe_timeout{5000};
+  // Redirect within the fallback's capacity while every primary endpoint defers.
+  bool fallback_when_deferring = false;
+  // The endpoints' load-signal flags, for the deferring checks of both clusters.
+  EndpointRegistry* endpoints = nullptr;
 };
 
 class BreakerFilter : public StreamFilter {
@@ -115,6 +120,9 @@ public:
 private:
   FilterStatus redirect(HeaderMap& headers, const Admission& rejected, MonotonicTime now);
   FilterStatus rejectOpen(const Admission& rejected);
+  // Sends a request to the fallback while every primary endpoint defers, when the fallback
+  // has room; nothing when it has not, and the request goes on to the primary.
+  std::optional<FilterStatus> redirectWhileDeferring(HeaderMap& headers, MonotonicTime now);
   void letThrough(const BreakerTarget& target, MonotonicTime now);
   void startProbeTimer(const Admission& admission);
   void onProbeTimeout();

@@ -67,6 +67,20 @@ public:
     return slot;
   }
 
+  // Whether every endpoint the cluster has had is deferring; false for an unknown cluster.
+  bool allDeferring(const std::string& cluster) {
+    std::lock_guard lock(mutex_);
+    bool any = false;
+    for (auto it = endpoints_.lower_bound({cluster, std::string()});
+         it != endpoints_.end() && it->first.first == cluster; ++it) {
+      if (!it->second->deferring.load(std::memory_order_relaxed)) {
+        return false;
+      }
+      any = true;
+    }
+    return any;
+  }
+
   // The number of endpoints the cluster has had, which is one past its highest id.
   size_t count(const std::string& cluster) {
     std::lock_guard lock(mutex_);

@@ -246,6 +246,51 @@ TEST_F(BreakerFilterTest, RedirectsWithinFallbackCapacity) {
   EXPECT_EQ(third.callbacks.routed_to, kFallbackIndex);
 }
 
+TEST_F(BreakerFilterTest, DeferringPrimaryMovesWhatFallbackCanTake) {
+  EndpointRegistry registry;
+  BreakerRouteConfig config = withFallback(1);
+  config.fallback_when_deferring = true;
+  config.endpoints = &registry;
+  std::shared_ptr<SharedEndpoint> primary = registry.get("primary", "10.0.0.1:80");
+  registry.get("fallback", "10.0.0.2:80");
+
+  // A healthy primary that does not defer keeps its traffic.
+  Request normal(config, clock_);
+  EXPECT_EQ(normal.start(), FilterStatus::kContinue);
+  EXPECT_FALSE(normal.callbacks.routed_to);
+  normal.respond(200);
+
+  // Every primary endpoint defers: the first request fits the fallback, the second goes on
+  // to the primary instead of being rejected.
+  primary->deferring = true;
+  Request moved(config, clock_);
+  EXPECT_EQ(moved.start(), FilterStatus::kContinue);
+  EXPECT_EQ(moved.callbacks.routed_to, kFallbackIndex);
+  EXPECT_EQ(moved.callbacks.info.decision, "fallback-deferring");
+  Request kept(config, clock_);
+  EXPECT_EQ(kept.start(), FilterStatus::kContinue);
+  EXPECT_FALSE(kept.callbacks.routed_to);
+  EXPECT_TRUE(kept.callbacks.replies.empty());
+  moved.respond(200);
+  kept.respond(200);
+}
+
+TEST_F(BreakerFilterTest, DeferringFallbackIsNotUsed) {
+  EndpointRegistry registry;
+  BreakerRouteConfig config = withFallback(10);
+  config.endpoints = &registry;
+  registry.get("fallback", "10.0.0.2:80")->deferring = true;
+  trip(config);
+
+  Request request(config, clock_);
+  EXPECT_EQ(request.start(), FilterStatus::kStop);
+  EXPECT_EQ(request.callbacks.replies, std::vector{LocalReplyReason::kFallbackCapacity});
+  EXPECT_EQ(primary_stats_
+                .fallback_rejections[static_cast<size_t>(FallbackRejection::kFallbackDeferring)]
+                ->Value(),
+            1);
+}
+
 TEST_F(BreakerFilterTest, FallbackWithOpenBreakerIsNotUsed) {
   BreakerRouteConfig config = withFallback(10);
   trip(config);
