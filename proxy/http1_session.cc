@@ -266,6 +266,8 @@ private:
       return;
     }
 
+    // A connection accepted before a reload serves its next request with the new config.
+    adoptCurrentSnapshot();
     beginRequest();
     http::request<http::buffer_body>& request = request_->get();
 
@@ -1082,7 +1084,32 @@ private:
       close();
       return;
     }
+    adoptCurrentSnapshot();
     readHeader();
+  }
+
+  // Moves the connection to the worker's current snapshot between two requests, so a reload or
+  // a runtime policy switch applies from the next request on. A connection whose listener (same
+  // name and address) is gone from the new snapshot keeps the old one.
+  void adoptCurrentSnapshot() {
+    const std::shared_ptr<const Snapshot>& current = worker_.snapshot();
+    if (!current || current == snapshot_) {
+      return;
+    }
+    for (const ListenerRuntime& candidate : current->listeners) {
+      if (candidate.config->name != listener_->config->name ||
+          !(candidate.config->address == listener_->config->address)) {
+        continue;
+      }
+      // Same name, so the same ListenerStats: connections_active stays balanced.
+      snapshot_ = current;
+      listener_ = &candidate;
+      size_t needed = listener_->config->limits.max_header_bytes + Worker::kBodyBufferSize;
+      if (buffer_.max_size() < needed) {
+        buffer_.max_size(needed);
+      }
+      return;
+    }
   }
 
   void abortRequest(StreamEnd end) {

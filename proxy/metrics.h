@@ -125,6 +125,9 @@ public:
   // deferd_config_reloads_total{result="success"|"failure"}.
   void recordReload(bool success);
 
+  // Sets deferd_config_hash to the hash of the running config's bytes (see configHash()).
+  void setConfigHash(double hash);
+
   // Sets deferd_ready (1 serving, 0 draining or not started).
   void setReady(bool ready);
 
@@ -149,6 +152,7 @@ private:
   prometheus::Family<prometheus::Counter>* upstream_created_;
   prometheus::Family<prometheus::Counter>* upstream_failures_;
   prometheus::Family<prometheus::Counter>* reloads_;
+  prometheus::Gauge* config_hash_;
   prometheus::Gauge* ready_;
   prometheus::Family<prometheus::Counter>* priority_requests_;
   prometheus::Family<prometheus::Counter>* priority_clamped_;
