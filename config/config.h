@@ -47,6 +47,9 @@ enum class PolicyMode { kEnforce, kShadow, kOff };
 
 struct AdminConfig {
   Address address{"127.0.0.1", 9901};
+  // File whose content (surrounding whitespace removed) is the bearer token that POST requests
+  // to the admin listener must carry. Unset: POST is allowed only on a loopback admin address.
+  std::optional<std::string> token_file;
 };
 
 struct LogConfig {

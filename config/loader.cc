@@ -57,7 +57,7 @@ namespace {
 const Keys kRootKeys = {"node",       "admin",     "workers",  "drain_timeout", "log",
                         "access_log", "listeners", "clusters", "policies",      "inheritance"};
 const Keys kNodeKeys = {"service"};
-const Keys kAdminKeys = {"address"};
+const Keys kAdminKeys = {"address", "token_file"};
 const Keys kLogKeys = {"level"};
 const Keys kAccessLogKeys = {"path"};
 const Keys kListenerKeys = {"name",   "address", "direction",     "trust",
@@ -314,6 +314,14 @@ void Loader::parseAdmin(const Field& field) {
     setIfValid(admin, &config_.admin.address);
     admin_state_ = admin ? AdminState::kGiven : AdminState::kInvalid;
     admin_line_ = locate(address->mark).line;
+  }
+  if (const Field* token_file = section->find("token_file")) {
+    std::optional<std::string> path = readString(*token_file);
+    if (path && path->empty()) {
+      error(*token_file, "must not be empty; give the path of a file that contains the token");
+    } else if (path) {
+      config_.admin.token_file = *path;
+    }
   }
 }
 

@@ -284,6 +284,9 @@ std::string toYaml(const Config& config) {
 
   out << YAML::Key << "admin" << YAML::Value << YAML::BeginMap;
   emitPair(out, "address", config.admin.address.toString());
+  if (config.admin.token_file) {
+    emitPair(out, "token_file", *config.admin.token_file);
+  }
   out << YAML::EndMap;
 
   if (config.workers == 0) {

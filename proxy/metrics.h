@@ -125,6 +125,9 @@ public:
   // deferd_config_reloads_total{result="success"|"failure"}.
   void recordReload(bool success);
 
+  // deferd_admin_unauthorized_total: admin POST requests rejected for a missing or wrong token.
+  void recordAdminUnauthorized();
+
   // Sets deferd_config_hash to the hash of the running config's bytes (see configHash()).
   void setConfigHash(double hash);
 
@@ -153,6 +156,7 @@ private:
   prometheus::Family<prometheus::Counter>* upstream_failures_;
   prometheus::Family<prometheus::Counter>* reloads_;
   prometheus::Gauge* config_hash_;
+  prometheus::Counter* admin_unauthorized_;
   prometheus::Gauge* ready_;
   prometheus::Family<prometheus::Counter>* priority_requests_;
   prometheus::Family<prometheus::Counter>* priority_clamped_;

@@ -20,6 +20,7 @@
 #include "proxy/admin.h"
 #include "proxy/config_watch.h"
 #include "proxy/metrics.h"
+#include "proxy/runtime_switches.h"
 #include "proxy/snapshot.h"
 #include "proxy/worker.h"
 
@@ -115,6 +116,10 @@ public:
       spdlog::error("not starting: {}", error);
       return 1;
     }
+    if (!loadAdminToken(*config_, &admin_token_, &error)) {
+      spdlog::error("not starting: {}", error);
+      return 1;
+    }
     resolveAllNow(*config_);
     if (!applyConfig(config_, &error)) {
       spdlog::error("not starting: {}", error);
@@ -124,13 +129,26 @@ public:
     AdminHandlers handlers;
     handlers.metrics = [this] { return metrics_.serialize(); };
     handlers.ready = [this] { return ready_.load(); };
-    handlers.config_yaml = [this] { return config::toYaml(*config_); };
+    handlers.config_yaml = [this] {
+      return switches_.describe(*config_) + config::toYaml(*snapshot_->config);
+    };
+    handlers.set_policy_mode = [this](const std::string& policy, const std::string& body,
+                                      const std::string& peer) {
+      return setPolicyMode(policy, body, peer);
+    };
+    handlers.token = [this] { return admin_token_; };
+    handlers.unauthorized = [this] { metrics_.recordAdminUnauthorized(); };
     admin_ = std::make_unique<AdminServer>(io_, std::move(handlers));
     if (!admin_->start(config_->admin.address, &error)) {
       spdlog::error("not starting: admin listener: {}", error);
       return 1;
     }
     admin_address_ = config_->admin.address.toString();
+    if (!admin_token_ && !isLoopbackHost(config_->admin.address.host)) {
+      spdlog::warn("admin listener on {} is not on loopback and admin.token_file is not set: "
+                   "runtime switches are disabled",
+                   admin_address_);
+    }
 
     for (auto& worker : workers_) {
       worker->start();
@@ -177,6 +195,44 @@ private:
       asio::post(worker->io(), [w = worker.get(), file] { w->setAccessLog(file); });
     }
     return true;
+  }
+
+  // Reads admin.token_file into `token`, or clears it when the config has none.
+  static bool loadAdminToken(const config::Config& config, std::optional<std::string>* token,
+                             std::string* error) {
+    if (!config.admin.token_file) {
+      token->reset();
+      return true;
+    }
+    std::optional<std::string> read = readAdminToken(*config.admin.token_file, error);
+    if (!read) {
+      return false;
+    }
+    *token = std::move(read);
+    return true;
+  }
+
+  static bool isLoopbackHost(const std::string& host) {
+    boost::system::error_code ec;
+    auto address = asio::ip::make_address(host, ec);
+    return !ec && address.is_loopback();
+  }
+
+  // POST /policies/NAME/mode: records the switch and, when the effective mode changed, hands
+  // every worker a snapshot built with it.
+  AdminReply setPolicyMode(const std::string& policy, const std::string& body,
+                           const std::string& peer) {
+    bool changed = false;
+    AdminReply reply = switches_.setMode(*config_, policy, body, peer, &changed);
+    if (!changed) {
+      return reply;
+    }
+    std::string error;
+    if (!applyConfig(switches_.apply(config_), &error)) {
+      spdlog::error("admin: applying the switch of policy {} failed: {}", policy, error);
+      return {500, "failed to apply the switch: " + error + "\n"};
+    }
+    return reply;
   }
 
   // Binds what the new config needs and hands it to every worker. On a bind error nothing
@@ -405,6 +461,12 @@ private:
     if (loaded.config->workers != config_->workers) {
       spdlog::warn("reload: worker count change takes effect at the next restart");
     }
+    std::optional<std::string> token;
+    if (!loadAdminToken(*loaded.config, &token, &error)) {
+      spdlog::error("reload rejected: {}; the running config is unchanged", error);
+      metrics_.recordReload(false);
+      return;
+    }
     resolveAllNow(*loaded.config);
     if (!applyConfig(loaded.config, &error)) {
       spdlog::error("reload rejected: {}; the running config is unchanged", error);
@@ -415,6 +477,10 @@ private:
       spdlog::error("reload: access log: {}; access logging is off", error);
     }
     config_ = loaded.config;
+    admin_token_ = std::move(token);
+    if (size_t cleared = switches_.clear(); cleared > 0) {
+      spdlog::info("reload: {} runtime policy switches reset to the file's modes", cleared);
+    }
     running_hash_ = bytes.hash;
     metrics_.setConfigHash(bytes.hash);
     spdlog::set_level(parseLevel(log_level_.empty() ? config_->log.level : log_level_));
@@ -498,8 +564,10 @@ private:
   std::shared_ptr<const config::Config> config_;
   std::shared_ptr<const Snapshot> snapshot_;
   std::unique_ptr<ConfigWatch> watch_;
-  double running_hash_ = 0;     // configHash() of the running config's bytes
-  double last_read_hash_ = 0;   // of the bytes the last reload read, applied or not
+  RuntimeSwitches switches_;
+  std::optional<std::string> admin_token_; // from admin.token_file; never logged
+  double running_hash_ = 0;                // configHash() of the running config's bytes
+  double last_read_hash_ = 0;              // of the bytes the last reload read, applied or not
   std::string last_read_error_; // why the last read failed; empty after a successful read
   std::vector<std::unique_ptr<Worker>> workers_;
   std::unique_ptr<AdminServer> admin_;

@@ -402,6 +402,24 @@ TEST(ConfigTest, BackpressureRoundTrips) {
   EXPECT_EQ(second->policies.at("tuned").backpressure->signal->hold_below, 15s);
 }
 
+TEST(ConfigTest, AdminTokenFileRoundTrips) {
+  std::shared_ptr<const Config> config = loadValid(
+      "admin: { address: 0.0.0.0:9901, token_file: /etc/deferd/admin-token }\n" + kMinimal);
+  ASSERT_TRUE(config->admin.token_file.has_value());
+  EXPECT_EQ(*config->admin.token_file, "/etc/deferd/admin-token");
+
+  std::string yaml = toYaml(*config);
+  EXPECT_NE(yaml.find("token_file: /etc/deferd/admin-token"), std::string::npos) << yaml;
+  EXPECT_EQ(loadValid(yaml)->admin.token_file, config->admin.token_file);
+  EXPECT_FALSE(loadValid(kMinimal)->admin.token_file.has_value());
+}
+
+TEST(ConfigTest, AdminTokenFileErrors) {
+  EXPECT_EQ(errors("admin: { token_file: \"\" }\n" + kMinimal),
+            (Lines{"test.yaml:1:22: admin.token_file: must not be empty; give the path of a file "
+                   "that contains the token"}));
+}
+
 TEST(ConfigTest, BackpressureErrors) {
   EXPECT_EQ(errors(kMinimal + R"(policies:
   p:
