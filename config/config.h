@@ -209,6 +209,18 @@ struct BackpressurePolicy {
   bool operator==(const BackpressurePolicy&) const = default;
 };
 
+// The fault section of a policy: delays and aborts injected on purpose, for rehearsals.
+struct FaultPolicy {
+  double delay_share = 0; // share of requests delayed, 0..1
+  Duration delay{0};
+  double abort_share = 0; // share of requests aborted, 0..1
+  uint16_t abort_status = 503;
+  std::optional<uint32_t> grpc_status; // for gRPC requests; unset: mapped from abort_status
+  bool header_control = false;         // honour x-deferd-fault on trusted listeners
+
+  bool operator==(const FaultPolicy&) const = default;
+};
+
 // The process-wide table behind priority inheritance.
 struct InheritanceConfig {
   uint32_t max_entries = 65536;
@@ -225,6 +237,7 @@ struct Policy {
   HeaderMutation response_headers;
   std::optional<PriorityPolicy> priority;
   std::optional<BackpressurePolicy> backpressure;
+  std::optional<FaultPolicy> fault;
   Location location;
 };
 

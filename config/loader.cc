@@ -83,7 +83,11 @@ const Keys kInheritanceKeys = {"max_entries", "ttl", "release_grace"};
 
 // Policy sections of the design that this build does not implement. They are known keys so a
 // typo near them gets a suggestion, but each one present is rejected.
-const Keys kUnsupportedPolicySections = {"breaker", "fault"};
+const Keys kUnsupportedPolicySections = {"breaker"};
+
+const Keys kFaultKeys = {"delay", "abort", "header_control"};
+const Keys kFaultDelayKeys = {"percent", "duration"};
+const Keys kFaultAbortKeys = {"percent", "status", "grpc_status"};
 
 const Keys kBackpressureKeys = {
     "limiter", "initial_limit",   "min_limit", "max_limit",   "gradient",           "aimd",
@@ -177,6 +181,7 @@ private:
   void parseInherit(const Field& field, PriorityPolicy* priority);
   void parseInheritance(const Field& field);
   void parseBackpressure(const Field& field, BackpressurePolicy* backpressure);
+  void parseFault(const Field& field, FaultPolicy* fault);
   void parseSignal(const Field& field, SignalPolicy* signal);
   // Reads a plain number within [min, max].
   std::optional<double> readNumber(const Field& field, double min, double max);
@@ -866,6 +871,10 @@ void Loader::parsePolicy(const Field& field, Policy* policy) {
     policy->backpressure.emplace();
     parseBackpressure(*backpressure, &*policy->backpressure);
   }
+  if (const Field* fault = section->find("fault")) {
+    policy->fault.emplace();
+    parseFault(*fault, &*policy->fault);
+  }
 
   for (std::string_view key : kUnsupportedPolicySections) {
     if (const Field* unsupported = section->find(key)) {
@@ -1069,6 +1078,42 @@ std::optional<int> Loader::readUrgency(const Field& field,
 }
 
 // --- Backpressure ----------------------------------------------------------------------------
+
+void Loader::parseFault(const Field& field, FaultPolicy* fault) {
+  std::optional<Section> section = openSection(field, kFaultKeys);
+  if (!section) {
+    return;
+  }
+  if (const Field* delay = section->find("delay")) {
+    if (std::optional<Section> values = openSection(*delay, kFaultDelayKeys)) {
+      if (const Field* percent = require(*values, "percent")) {
+        setIfValid(readPercent(*percent), &fault->delay_share);
+      }
+      if (const Field* duration = require(*values, "duration")) {
+        setIfValid(readDuration(*duration), &fault->delay);
+      }
+    }
+  }
+  if (const Field* abort = section->find("abort")) {
+    if (std::optional<Section> values = openSection(*abort, kFaultAbortKeys)) {
+      if (const Field* percent = require(*values, "percent")) {
+        setIfValid(readPercent(*percent), &fault->abort_share);
+      }
+      if (const Field* status = values->find("status")) {
+        setIfValid(readUnsigned(*status, 400, 599), &fault->abort_status);
+      }
+      if (const Field* grpc_status = values->find("grpc_status")) {
+        std::optional<uint64_t> code = readUnsigned(*grpc_status, 1, 16);
+        if (code) {
+          fault->grpc_status = static_cast<uint32_t>(*code);
+        }
+      }
+    }
+  }
+  if (const Field* header_control = section->find("header_control")) {
+    setIfValid(readBool(*header_control), &fault->header_control);
+  }
+}
 
 void Loader::parseBackpressure(const Field& field, BackpressurePolicy* backpressure) {
   if (field.value.IsNull()) {

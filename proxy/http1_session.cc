@@ -951,7 +951,10 @@ private:
     info_.local_reply = reason;
     listener_->stats->local_replies[static_cast<size_t>(reason)]->Increment();
     reason_ = spec.reason;
-    response_status_ = spec.status;
+
+    // A gRPC client reads the outcome from grpc-status, so such a reply is an HTTP 200.
+    unsigned status = info_.grpc_status ? 200 : info_.local_reply_status.value_or(spec.status);
+    response_status_ = status;
     state_ = State::kReplying;
     deadline_ = std::chrono::steady_clock::now() + listener_->config->limits.idle_timeout;
     releaseEndpoint();
@@ -967,10 +970,14 @@ private:
 
     auto reply = std::make_shared<http::response<http::string_body>>();
     reply->version(11);
-    reply->result(spec.status);
-    reply->set(http::field::content_type, "text/plain");
+    reply->result(status);
+    reply->set(http::field::content_type, info_.grpc_status ? "application/grpc" : "text/plain");
     reply->set(kReasonHeader, spec.reason);
-    if (spec.status == 503) {
+    if (info_.grpc_status) {
+      reply->set("grpc-status", std::to_string(*info_.grpc_status));
+      reply->set("grpc-message", spec.reason);
+    }
+    if (status == 503) {
       int64_t seconds = info_.retry_after ? info_.retry_after->count() : kRetryAfterSeconds;
       reply->set(http::field::retry_after, std::to_string(seconds));
     }
@@ -979,6 +986,8 @@ private:
     }
     if (request_ && request_->is_header_done() && request_->get().method() == http::verb::head) {
       reply->content_length(spec.reason.size() + 1);
+    } else if (info_.grpc_status) {
+      reply->content_length(0); // a trailers-only gRPC response has no message
     } else {
       reply->body() = std::string(spec.reason) + "\n";
       reply->prepare_payload();
@@ -987,7 +996,7 @@ private:
     reply->keep_alive(keep_alive_);
     if (chain_) {
       BeastHeaderMap headers(*reply);
-      chain_->runResponseHeaders(spec.status, headers);
+      chain_->runResponseHeaders(static_cast<int>(status), headers);
     }
 
     if (request_ && request_->is_header_done() && request_->get().method() == http::verb::head) {

@@ -88,10 +88,10 @@ private:
   FaultRequest choose(HeaderMap& headers) {
     if (config_->header_control) {
       if (std::optional<std::string_view> value = headers.get(kFaultHeader)) {
-        std::optional<FaultRequest> asked = parseFaultHeader(*value);
+        std::optional<FaultRequest> requested = parseFaultHeader(*value);
         headers.remove(kFaultHeader);
-        if (asked) {
-          return *asked;
+        if (requested) {
+          return *requested;
         }
         callbacks().requestInfo().decision = "fault-header-invalid";
         return {};

@@ -4,9 +4,9 @@
 // other policies behave before a real failure does.
 //
 // Per request, the filter draws two independent numbers in [0, 1): one against the delay share
-// and one against the abort share. When the route allows header control, an
-// `x-deferd-fault` request header can ask for a fault instead (`abort=503`, `delay=200ms`, or
-// both separated by a comma); the header is then removed, so it does not reach the upstream.
+// and one against the abort share. When the route allows header control, an `x-deferd-fault`
+// request header can request a fault instead: `abort=503`, `delay=200ms`, or both separated by
+// a comma. The filter then removes the header, so it does not reach the upstream.
 // A delay holds the request on a dispatcher timer and is cancelled when the stream ends (the
 // client left). An abort is a local reply with reason fault-injected and the configured status.
 // A gRPC request (content-type application/grpc*) gets a grpc-status instead, with HTTP 200.
@@ -29,7 +29,7 @@ namespace deferd::filters::fault {
 
 inline constexpr std::string_view kFaultHeader = "x-deferd-fault";
 
-// Longest delay a request header may ask for; a longer one makes the header invalid.
+// Maximum delay a request header may request; a longer one makes the header invalid.
 inline constexpr std::chrono::milliseconds kMaxHeaderDelay{10000};
 
 // A fault asked for by the x-deferd-fault header.
@@ -41,10 +41,9 @@ struct FaultRequest {
 // Parses the header's value. Returns nothing for an invalid value.
 std::optional<FaultRequest> parseFaultHeader(std::string_view value);
 
-// The grpc-status for an HTTP status, as in gRPC's "HTTP to gRPC Status Code Mapping"
-// (doc/http-grpc-status-mapping.md in the grpc repository): 400 INTERNAL (13),
-// 401 UNAUTHENTICATED (16), 403 PERMISSION_DENIED (7), 404 UNIMPLEMENTED (12),
-// 429, 502, 503 and 504 UNAVAILABLE (14), anything else UNKNOWN (2).
+// The grpc-status for an HTTP status, following the mapping gRPC clients apply to HTTP errors:
+// 400 INTERNAL (13), 401 UNAUTHENTICATED (16), 403 PERMISSION_DENIED (7), 404 UNIMPLEMENTED
+// (12), 429, 502, 503 and 504 UNAVAILABLE (14), anything else UNKNOWN (2).
 uint32_t grpcStatusForHttp(uint16_t status);
 
 struct FaultRouteConfig {

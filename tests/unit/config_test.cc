@@ -420,6 +420,39 @@ TEST(ConfigTest, AdminTokenFileErrors) {
                    "that contains the token"}));
 }
 
+TEST(ConfigTest, FaultSectionRoundTrips) {
+  std::shared_ptr<const Config> config = loadValid(kMinimal + R"(policies:
+  p:
+    fault:
+      delay: { percent: 10%, duration: 200ms }
+      abort: { percent: 5%, status: 429, grpc_status: 8 }
+      header_control: true
+)");
+  const FaultPolicy& fault = *config->policies.at("p").fault;
+  EXPECT_DOUBLE_EQ(fault.delay_share, 0.1);
+  EXPECT_EQ(fault.delay, 200ms);
+  EXPECT_DOUBLE_EQ(fault.abort_share, 0.05);
+  EXPECT_EQ(fault.abort_status, 429);
+  EXPECT_EQ(fault.grpc_status, 8u);
+  EXPECT_TRUE(fault.header_control);
+
+  std::string yaml = toYaml(*config);
+  EXPECT_EQ(toYaml(*loadValid(yaml)), yaml);
+  EXPECT_EQ(*loadValid(yaml)->policies.at("p").fault, fault);
+}
+
+TEST(ConfigTest, FaultErrors) {
+  Lines found = errors(kMinimal + R"(policies:
+  p:
+    fault:
+      abort: { percent: 5%, status: 200 }
+      delay: { duration: 1s }
+)");
+  ASSERT_EQ(found.size(), 2u) << ::testing::PrintToString(found);
+  EXPECT_NE(found[0].find("test.yaml:12:"), std::string::npos) << found[0];
+  EXPECT_NE(found[1].find("test.yaml:13:"), std::string::npos) << found[1];
+}
+
 TEST(ConfigTest, BackpressureErrors) {
   EXPECT_EQ(errors(kMinimal + R"(policies:
   p:
@@ -1411,11 +1444,10 @@ TEST(ConfigTest, UnsupportedPolicySections) {
     priority: { header: deferd-priority }
     backpressure: { limiter: gradient }
     breaker: { cooldown: 30s }
-    fault: { abort: 1% }
+    fault: { abort: { percent: 1% } }
     backpresure: {}
 )"),
             (Lines{"test.yaml:14:5: policies.p: 'breaker' is not supported by this build yet",
-                   "test.yaml:15:5: policies.p: 'fault' is not supported by this build yet",
                    "test.yaml:16:5: unknown key 'backpresure' in policies.p; did you mean "
                    "'backpressure'?"}));
 }
