@@ -11,7 +11,9 @@
 // Debounce: an event arms a timer, and each further event moves it to `debounce` after the last
 // one, so a file written in several steps (an editor, `cp`, a kubelet swap) is read once the
 // writer has finished. A writer that pauses longer than `debounce` in the middle of a file can
-// still be read half, and the loader then rejects the half file and keeps the running config.
+// still be read half. The loader rejects a half that is invalid YAML or config, but a prefix
+// that happens to be a valid config is applied until the rest arrives.
+// TODO: detect a file still open for writing (IN_CLOSE_WRITE not yet seen) before reading it.
 //
 // Backstop: inotify can miss changes (a file system without inotify support, such as some
 // network file systems, or a directory replaced as a whole), so every `backstop` period the
