@@ -47,6 +47,9 @@ enum class PolicyMode { kEnforce, kShadow, kOff };
 
 struct AdminConfig {
   Address address{"127.0.0.1", 9901};
+  // File whose content (surrounding whitespace removed) is the bearer token that POST requests
+  // to the admin listener must carry. Unset: POST is allowed only on a loopback admin address.
+  std::optional<std::string> token_file;
 };
 
 struct LogConfig {
@@ -258,6 +261,18 @@ struct BreakerPolicy {
   bool operator==(const BreakerPolicy&) const = default;
 };
 
+// The fault section of a policy: delays and aborts injected on purpose, for rehearsals.
+struct FaultPolicy {
+  double delay_share = 0; // share of requests delayed, 0..1
+  Duration delay{0};
+  double abort_share = 0; // share of requests aborted, 0..1
+  uint16_t abort_status = 503;
+  std::optional<uint32_t> grpc_status; // for gRPC requests; unset: mapped from abort_status
+  bool header_control = false;         // honour x-deferd-fault on trusted listeners
+
+  bool operator==(const FaultPolicy&) const = default;
+};
+
 // The process-wide table behind priority inheritance.
 struct InheritanceConfig {
   uint32_t max_entries = 65536;
@@ -275,6 +290,7 @@ struct Policy {
   std::optional<PriorityPolicy> priority;
   std::optional<BackpressurePolicy> backpressure;
   std::optional<BreakerPolicy> breaker;
+  std::optional<FaultPolicy> fault;
   Location location;
 };
 

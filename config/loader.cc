@@ -57,7 +57,7 @@ namespace {
 const Keys kRootKeys = {"node",       "admin",     "workers",  "drain_timeout", "log",
                         "access_log", "listeners", "clusters", "policies",      "inheritance"};
 const Keys kNodeKeys = {"service"};
-const Keys kAdminKeys = {"address"};
+const Keys kAdminKeys = {"address", "token_file"};
 const Keys kLogKeys = {"level"};
 const Keys kAccessLogKeys = {"path"};
 const Keys kListenerKeys = {"name",   "address", "direction",     "trust",
@@ -81,9 +81,9 @@ const Keys kInheritKeys = {"from", "max_depth", "ttl"};
 const Keys kBoostKeys = {"after"};
 const Keys kInheritanceKeys = {"max_entries", "ttl", "release_grace"};
 
-// Policy sections of the design that this build does not implement. They are known keys so a
-// typo near them gets a suggestion, but each one present is rejected.
-const Keys kUnsupportedPolicySections = {"fault"};
+const Keys kFaultKeys = {"delay", "abort", "header_control"};
+const Keys kFaultDelayKeys = {"percent", "duration"};
+const Keys kFaultAbortKeys = {"percent", "status", "grpc_status"};
 
 const Keys kBackpressureKeys = {
     "limiter", "initial_limit",   "min_limit", "max_limit",   "gradient",           "aimd",
@@ -211,6 +211,7 @@ private:
   void parseInherit(const Field& field, PriorityPolicy* priority);
   void parseInheritance(const Field& field);
   void parseBackpressure(const Field& field, BackpressurePolicy* backpressure);
+  void parseFault(const Field& field, FaultPolicy* fault);
   void parseSignal(const Field& field, SignalPolicy* signal);
   void parseBreaker(const Field& field, BreakerPolicy* breaker);
   void parseBreakerWindow(const Field& field, BreakerPolicy* breaker);
@@ -355,6 +356,14 @@ void Loader::parseAdmin(const Field& field) {
     setIfValid(admin, &config_.admin.address);
     admin_state_ = admin ? AdminState::kGiven : AdminState::kInvalid;
     admin_line_ = locate(address->mark).line;
+  }
+  if (const Field* token_file = section->find("token_file")) {
+    std::optional<std::string> path = readString(*token_file);
+    if (path && path->empty()) {
+      error(*token_file, "must not be empty; give the path of a file that contains the token");
+    } else if (path) {
+      config_.admin.token_file = *path;
+    }
   }
 }
 
@@ -899,12 +908,9 @@ void Loader::parsePolicy(const Field& field, Policy* policy) {
     policy->breaker.emplace();
     parseBreaker(*breaker, &*policy->breaker);
   }
-
-  for (std::string_view key : kUnsupportedPolicySections) {
-    if (const Field* unsupported = section->find(key)) {
-      error(unsupported->key_mark,
-            field.path + ": '" + std::string(key) + "' is not supported by this build yet");
-    }
+  if (const Field* fault = section->find("fault")) {
+    policy->fault.emplace();
+    parseFault(*fault, &*policy->fault);
   }
 }
 
@@ -1102,6 +1108,42 @@ std::optional<int> Loader::readUrgency(const Field& field,
 }
 
 // --- Backpressure ----------------------------------------------------------------------------
+
+void Loader::parseFault(const Field& field, FaultPolicy* fault) {
+  std::optional<Section> section = openSection(field, kFaultKeys);
+  if (!section) {
+    return;
+  }
+  if (const Field* delay = section->find("delay")) {
+    if (std::optional<Section> values = openSection(*delay, kFaultDelayKeys)) {
+      if (const Field* percent = require(*values, "percent")) {
+        setIfValid(readPercent(*percent), &fault->delay_share);
+      }
+      if (const Field* duration = require(*values, "duration")) {
+        setIfValid(readDuration(*duration), &fault->delay);
+      }
+    }
+  }
+  if (const Field* abort = section->find("abort")) {
+    if (std::optional<Section> values = openSection(*abort, kFaultAbortKeys)) {
+      if (const Field* percent = require(*values, "percent")) {
+        setIfValid(readPercent(*percent), &fault->abort_share);
+      }
+      if (const Field* status = values->find("status")) {
+        setIfValid(readUnsigned(*status, 400, 599), &fault->abort_status);
+      }
+      if (const Field* grpc_status = values->find("grpc_status")) {
+        std::optional<uint64_t> code = readUnsigned(*grpc_status, 1, 16);
+        if (code) {
+          fault->grpc_status = static_cast<uint32_t>(*code);
+        }
+      }
+    }
+  }
+  if (const Field* header_control = section->find("header_control")) {
+    setIfValid(readBool(*header_control), &fault->header_control);
+  }
+}
 
 void Loader::parseBackpressure(const Field& field, BackpressurePolicy* backpressure) {
   if (field.value.IsNull()) {

@@ -344,6 +344,23 @@ void emitBreaker(YAML::Emitter& out, const BreakerPolicy& b) {
   out << YAML::EndMap;
 }
 
+void emitFault(YAML::Emitter& out, const FaultPolicy& fault) {
+  out << YAML::Key << "fault" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "delay" << YAML::Value << YAML::Flow << YAML::BeginMap;
+  emitPair(out, "percent", formatPercent(fault.delay_share));
+  emitPair(out, "duration", fault.delay);
+  out << YAML::EndMap;
+  out << YAML::Key << "abort" << YAML::Value << YAML::Flow << YAML::BeginMap;
+  emitPair(out, "percent", formatPercent(fault.abort_share));
+  emitPair(out, "status", fault.abort_status);
+  if (fault.grpc_status) {
+    emitPair(out, "grpc_status", *fault.grpc_status);
+  }
+  out << YAML::EndMap;
+  out << YAML::Key << "header_control" << YAML::Value << fault.header_control;
+  out << YAML::EndMap;
+}
+
 void emitPolicy(YAML::Emitter& out, const Policy& policy) {
   out << YAML::Key << policy.name << YAML::Value << YAML::BeginMap;
   emitPair(out, "mode", modeName(policy.mode));
@@ -358,6 +375,9 @@ void emitPolicy(YAML::Emitter& out, const Policy& policy) {
   }
   if (policy.breaker) {
     emitBreaker(out, *policy.breaker);
+  }
+  if (policy.fault) {
+    emitFault(out, *policy.fault);
   }
   out << YAML::EndMap;
 }
@@ -374,6 +394,9 @@ std::string toYaml(const Config& config) {
 
   out << YAML::Key << "admin" << YAML::Value << YAML::BeginMap;
   emitPair(out, "address", config.admin.address.toString());
+  if (config.admin.token_file) {
+    emitPair(out, "token_file", *config.admin.token_file);
+  }
   out << YAML::EndMap;
 
   if (config.workers == 0) {

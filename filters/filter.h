@@ -109,6 +109,10 @@ struct RequestInfo {
   // The retry-after of a 503 local reply, when a filter knows better than the default (a
   // breaker's time until its next probe, for example).
   std::optional<std::chrono::seconds> retry_after;
+  // Overrides of the local reply's status from the reason's table entry, set by the fault
+  // filter: an HTTP status, or for gRPC requests a grpc-status sent with HTTP 200.
+  std::optional<uint16_t> local_reply_status;
+  std::optional<uint32_t> grpc_status;
 
   // Short code for the access log, set by the filter that decided something
   // (for example "queued" or "shed"). Empty when nothing was decided.

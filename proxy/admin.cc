@@ -39,11 +39,16 @@ constexpr std::chrono::seconds kAcceptRetryDelay{1};
 constexpr std::chrono::seconds kLingerTimeout{2};
 constexpr size_t kMaxDiscardedBytes = 64 * 1024;
 constexpr uint32_t kMaxHeaderBytes = 8 * 1024; // request line plus headers
+constexpr uint32_t kMaxPostBodyBytes = 64;     // a switch's body is one word
+
+constexpr std::string_view kPoliciesPrefix = "/policies/";
+constexpr std::string_view kModeSuffix = "/mode";
 
 constexpr std::string_view kMetricsContentType = "text/plain; version=0.0.4; charset=utf-8";
 constexpr std::string_view kTextContentType = "text/plain; charset=utf-8";
 constexpr std::string_view kYamlContentType = "application/yaml";
 
+using Request = http::request<http::string_body>;
 using Response = http::response<http::string_body>;
 
 std::shared_ptr<spdlog::logger> logger() {
@@ -64,6 +69,33 @@ Response makeResponse(http::status status, unsigned version, std::string_view co
   return response;
 }
 
+// Compares in time that depends only on the lengths, so a caller cannot find the token byte by
+// byte from response times.
+bool tokensEqual(std::string_view given, std::string_view expected) {
+  if (given.size() != expected.size()) {
+    return false;
+  }
+  unsigned char difference = 0;
+  for (size_t i = 0; i < given.size(); i++) {
+    difference |= static_cast<unsigned char>(given[i] ^ expected[i]);
+  }
+  return difference == 0;
+}
+
+// The NAME of /policies/NAME/mode, or nothing for any other path.
+std::optional<std::string> policyOfSwitchPath(std::string_view path) {
+  size_t affixes = kPoliciesPrefix.size() + kModeSuffix.size();
+  if (path.size() <= affixes || !path.starts_with(kPoliciesPrefix) ||
+      !path.ends_with(kModeSuffix)) {
+    return std::nullopt;
+  }
+  std::string_view name = path.substr(kPoliciesPrefix.size(), path.size() - affixes);
+  if (name.find('/') != std::string_view::npos) {
+    return std::nullopt;
+  }
+  return std::string(name);
+}
+
 } // namespace
 
 class AdminSession;
@@ -76,6 +108,7 @@ struct AdminState {
   asio::steady_timer retry_timer; // delays the next accept after EMFILE and similar errors
   AdminHandlers handlers;
   uint16_t port = 0;
+  bool loopback = true; // bound to a loopback address, where POST needs no configured token
   bool stopped = false;
   std::unordered_map<AdminSession*, std::weak_ptr<AdminSession>> sessions;
 };
@@ -94,6 +127,10 @@ public:
 
   void start() {
     state_->sessions[this] = weak_from_this();
+    beast::error_code ec;
+    auto remote = stream_.socket().remote_endpoint(ec);
+    peer_ = ec ? std::string("unknown")
+               : remote.address().to_string() + ":" + std::to_string(remote.port());
     doRead();
   }
 
@@ -108,7 +145,7 @@ private:
   void doRead() {
     parser_.emplace();
     parser_->header_limit(kMaxHeaderBytes);
-    parser_->body_limit(0); // no admin endpoint takes a request body
+    parser_->body_limit(kMaxPostBodyBytes); // only POST takes a body; others are checked later
 
     // The deadline covers the wait for the next request and the request itself.
     stream_.expires_after(kIdleTimeout);
@@ -136,16 +173,7 @@ private:
       return;
     }
     if (ec == http::error::body_limit || ec == http::error::unexpected_body) {
-      // A method the path does not allow is the more useful reply than the body's size. The
-      // request line is parsed before any header, so the method is known here.
-      const auto& request = parser_->get();
-      if (request.method() != http::verb::get && request.method() != http::verb::head) {
-        doWrite(serve(request), true);
-        return;
-      }
-      doWrite(makeResponse(http::status::payload_too_large, 11, kTextContentType,
-                           "admin requests must not have a body\n"),
-              true);
+      rejectBody(parser_->get());
       return;
     }
     if (ec && isHttpError(ec)) {
@@ -159,15 +187,35 @@ private:
     }
 
     const auto& request = parser_->get();
+    if (!request.body().empty() && request.method() != http::verb::post) {
+      rejectBody(request);
+      return;
+    }
     doWrite(serve(request), !request.keep_alive());
   }
 
-  Response serve(const http::request<http::empty_body>& request) const {
+  // Rejects a request whose body is not allowed or too large, and closes the connection, since
+  // the rest of the body may still be unread.
+  void rejectBody(const Request& request) {
+    // A method the path does not allow is the more useful reply than the body's size. The
+    // request line is parsed before any header, so the method is known here.
+    http::verb method = request.method();
+    if (method != http::verb::get && method != http::verb::head && method != http::verb::post) {
+      doWrite(serve(request), true);
+      return;
+    }
+    std::string message = method == http::verb::post
+                              ? "request body too large: send one of enforce, shadow or off\n"
+                              : "admin requests must not have a body\n";
+    doWrite(makeResponse(http::status::payload_too_large, 11, kTextContentType, message), true);
+  }
+
+  Response serve(const Request& request) const {
     std::string_view target = request.target();
     std::string_view path = target.substr(0, target.find('?'));
     unsigned version = request.version();
 
-    Response response = route(request.method(), path, version);
+    Response response = route(request, path, version);
     if (request.method() == http::verb::head) {
       // HEAD gets the headers of the GET response, with its content-length, and no body.
       auto length = response.body().size();
@@ -178,8 +226,13 @@ private:
     return response;
   }
 
-  Response route(http::verb method, std::string_view path, unsigned version) const {
+  Response route(const Request& request, std::string_view path, unsigned version) const {
     const AdminHandlers& handlers = state_->handlers;
+    http::verb method = request.method();
+    if (std::optional<std::string> policy = policyOfSwitchPath(path)) {
+      return routeSwitch(request, *policy, version);
+    }
+
     bool known = path == "/metrics" || path == "/healthz" || path == "/ready" || path == "/config";
     if (!known) {
       return makeResponse(http::status::not_found, version, kTextContentType, "not found\n");
@@ -216,6 +269,66 @@ private:
 
     // An endpoint whose handler the daemon did not set.
     return makeResponse(http::status::not_found, version, kTextContentType, "not found\n");
+  }
+
+  // POST /policies/NAME/mode.
+  Response routeSwitch(const Request& request, const std::string& policy, unsigned version) const {
+    const AdminHandlers& handlers = state_->handlers;
+    if (request.method() != http::verb::post) {
+      Response response = makeResponse(http::status::method_not_allowed, version, kTextContentType,
+                                       "method not allowed: runtime switches need POST\n");
+      response.set(http::field::allow, "POST");
+      return response;
+    }
+    if (!handlers.set_policy_mode) {
+      return makeResponse(http::status::not_found, version, kTextContentType, "not found\n");
+    }
+    if (std::optional<Response> rejected = authorize(request, version)) {
+      return *rejected;
+    }
+
+    try {
+      AdminReply reply = handlers.set_policy_mode(policy, request.body(), peer_);
+      return makeResponse(static_cast<http::status>(reply.status), version, kTextContentType,
+                          std::move(reply.body));
+    } catch (const std::exception& e) {
+      logger()->error("admin switch for policy {} from {} failed: {}", policy, peer_, e.what());
+      return makeResponse(http::status::internal_server_error, version, kTextContentType,
+                          "internal error\n");
+    }
+  }
+
+  // Returns a 401 response when the request may not change anything, nothing when it may.
+  std::optional<Response> authorize(const Request& request, unsigned version) const {
+    const AdminHandlers& handlers = state_->handlers;
+    std::optional<std::string> token = handlers.token ? handlers.token() : std::nullopt;
+    if (!token && state_->loopback) {
+      return std::nullopt;
+    }
+
+    std::string_view given = request[http::field::authorization];
+    constexpr std::string_view kScheme = "Bearer ";
+    std::string message;
+    if (!token) {
+      message = "unauthorized: the admin listener is not on loopback and admin.token_file is "
+                "not set, so runtime switches are disabled\n";
+    } else if (!given.starts_with(kScheme)) {
+      message = "unauthorized: missing 'authorization: Bearer TOKEN' header\n";
+    } else if (!tokensEqual(given.substr(kScheme.size()), *token)) {
+      message = "unauthorized: wrong bearer token\n";
+    } else {
+      return std::nullopt;
+    }
+
+    if (handlers.unauthorized) {
+      handlers.unauthorized();
+    }
+    logger()->warn("admin: rejected {} {} from {}: {}", request.method_string(), request.target(),
+                   peer_, message.substr(0, message.size() - 1));
+    Response response =
+        makeResponse(http::status::unauthorized, version, kTextContentType, std::move(message));
+    response.set(http::field::www_authenticate, "Bearer realm=\"deferd-admin\"");
+    return response;
   }
 
   void doWrite(Response response, bool close_after) {
@@ -280,10 +393,11 @@ private:
 
   beast::tcp_stream stream_;
   beast::flat_buffer buffer_;
-  std::optional<http::request_parser<http::empty_body>> parser_;
+  std::optional<http::request_parser<http::string_body>> parser_;
   std::optional<Response> response_; // kept alive until its write completes
   std::array<char, 4096> discard_;   // receives the bytes read while lingering
   size_t discarded_bytes_ = 0;
+  std::string peer_; // the client's address and port, for the log
   std::shared_ptr<AdminState> state_;
 };
 
@@ -348,6 +462,7 @@ bool AdminServer::Impl::start(const config::Address& address, std::string* error
     return fail(ec.message());
   }
   state_->port = bound.port();
+  state_->loopback = bound.address().is_loopback();
   logger()->info("admin listener started on {}:{}", address.host, state_->port);
   doAccept(state_);
   return true;

@@ -55,6 +55,7 @@ constexpr GrpcStatus grpcStatusFor(LocalReplyReason reason) {
   case LocalReplyReason::kBreakerOpen:
   case LocalReplyReason::kFallbackCapacity:
   case LocalReplyReason::kFallbackLoop:
+  case LocalReplyReason::kFaultInjected: // unless the fault filter names its own status
     return GrpcStatus::kUnavailable;
   case LocalReplyReason::kLoadShed:
   case LocalReplyReason::kQueueTimeout:

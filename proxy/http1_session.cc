@@ -294,6 +294,8 @@ private:
       return;
     }
 
+    // A connection accepted before a reload serves its next request with the new config.
+    adoptCurrentSnapshot();
     beginRequest();
     http::request<http::buffer_body>& request = request_->get();
 
@@ -1295,7 +1297,10 @@ private:
     info_.local_reply = reason;
     listener_->stats->localReply(Protocol::kHttp1, reason)->Increment();
     reason_ = spec.reason;
-    response_status_ = spec.status;
+
+    // A gRPC client reads the outcome from grpc-status, so such a reply is an HTTP 200.
+    unsigned status = info_.grpc_status ? 200 : info_.local_reply_status.value_or(spec.status);
+    response_status_ = status;
     state_ = State::kReplying;
     deadline_ = std::chrono::steady_clock::now() + listener_->config->limits.idle_timeout;
     releaseEndpoint();
@@ -1311,10 +1316,14 @@ private:
 
     auto reply = std::make_shared<http::response<http::string_body>>();
     reply->version(11);
-    reply->result(spec.status);
-    reply->set(http::field::content_type, "text/plain");
+    reply->result(status);
+    reply->set(http::field::content_type, info_.grpc_status ? "application/grpc" : "text/plain");
     reply->set(kReasonHeader, spec.reason);
-    if (spec.status == 503) {
+    if (info_.grpc_status) {
+      reply->set("grpc-status", std::to_string(*info_.grpc_status));
+      reply->set("grpc-message", spec.reason);
+    }
+    if (status == 503) {
       int64_t seconds = info_.retry_after ? info_.retry_after->count() : kRetryAfterSeconds;
       reply->set(http::field::retry_after, std::to_string(seconds));
     }
@@ -1323,6 +1332,8 @@ private:
     }
     if (request_ && request_->is_header_done() && request_->get().method() == http::verb::head) {
       reply->content_length(spec.reason.size() + 1);
+    } else if (info_.grpc_status) {
+      reply->content_length(0); // a trailers-only gRPC response has no message
     } else {
       reply->body() = std::string(spec.reason) + "\n";
       reply->prepare_payload();
@@ -1331,7 +1342,7 @@ private:
     reply->keep_alive(keep_alive_);
     if (chain_) {
       BeastHeaderMap headers(*reply);
-      chain_->runResponseHeaders(spec.status, headers);
+      chain_->runResponseHeaders(static_cast<int>(status), headers);
     }
 
     if (request_ && request_->is_header_done() && request_->get().method() == http::verb::head) {
@@ -1429,7 +1440,32 @@ private:
       close();
       return;
     }
+    adoptCurrentSnapshot();
     readHeader();
+  }
+
+  // Moves the connection to the worker's current snapshot between two requests, so a reload or
+  // a runtime policy switch applies from the next request on. A connection whose listener (same
+  // name and address) is gone from the new snapshot keeps the old one.
+  void adoptCurrentSnapshot() {
+    const std::shared_ptr<const Snapshot>& current = worker_.snapshot();
+    if (!current || current == snapshot_) {
+      return;
+    }
+    for (const ListenerRuntime& candidate : current->listeners) {
+      if (candidate.config->name != listener_->config->name ||
+          !(candidate.config->address == listener_->config->address)) {
+        continue;
+      }
+      // Same name, so the same ListenerStats: connections_active stays balanced.
+      snapshot_ = current;
+      listener_ = &candidate;
+      size_t needed = listener_->config->limits.max_header_bytes + Worker::kBodyBufferSize;
+      if (buffer_.max_size() < needed) {
+        buffer_.max_size(needed);
+      }
+      return;
+    }
   }
 
   void abortRequest(StreamEnd end) {

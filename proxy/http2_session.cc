@@ -1368,14 +1368,15 @@ void Http2Stream::sendLocalReply(LocalReplyReason reason) {
   if (is_grpc_) {
     // Trailers-only: the gRPC status travels in the one HEADERS frame.
     status_ = 200;
-    grpc_status_ = std::to_string(static_cast<int>(grpcStatusFor(reason)));
+    grpc_status_ = info_.grpc_status ? std::to_string(*info_.grpc_status)
+                                     : std::to_string(static_cast<int>(grpcStatusFor(reason)));
     response_fields_.push_back({"content-type", "application/grpc"});
     response_fields_.push_back({"grpc-status", grpc_status_});
     response_fields_.push_back({"grpc-message", std::string(spec.reason)});
   } else {
-    status_ = spec.status;
+    status_ = info_.local_reply_status.value_or(spec.status);
     response_fields_.push_back({"content-type", "text/plain"});
-    if (spec.status == 503) {
+    if (status_ == 503) {
       int64_t seconds = info_.retry_after ? info_.retry_after->count() : kRetryAfterSeconds;
       response_fields_.push_back({"retry-after", std::to_string(seconds)});
     }

@@ -33,6 +33,7 @@ enum class LocalReplyReason : uint8_t {
   kBreakerOpen,         // breaker: open, and no fallback
   kFallbackCapacity,    // breaker: open, and the fallback is at its capacity
   kFallbackLoop,        // breaker: the request already passed this service's fallback
+  kFaultInjected,       // fault: an abort injected on purpose; its status is the configured one
   kCount,
 };
 
@@ -64,6 +65,7 @@ inline constexpr std::array<LocalReplySpec, static_cast<size_t>(LocalReplyReason
         {503, "breaker-open", false},
         {503, "fallback-capacity", false},
         {503, "fallback-loop", false},
+        {503, "fault-injected", false},
     }};
 
 inline const LocalReplySpec& localReplySpec(LocalReplyReason reason) {

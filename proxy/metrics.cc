@@ -231,6 +231,17 @@ Metrics::Metrics()
                   .Name("deferd_config_reloads_total")
                   .Help("Config reloads attempted, by result.")
                   .Register(*registry_);
+  config_hash_ = &prometheus::BuildGauge()
+                      .Name("deferd_config_hash")
+                      .Help("Hash of the running config file's bytes: the top 52 bits of their "
+                            "64-bit FNV-1a.")
+                      .Register(*registry_)
+                      .Add({});
+  admin_unauthorized_ = &prometheus::BuildCounter()
+                             .Name("deferd_admin_unauthorized_total")
+                             .Help("Admin POST requests rejected for a missing or wrong token.")
+                             .Register(*registry_)
+                             .Add({});
   ready_ = &prometheus::BuildGauge()
                 .Name("deferd_ready")
                 .Help("1 while deferd accepts requests, 0 while starting or draining.")
@@ -532,6 +543,10 @@ void Metrics::recordInheritanceTable(size_t entries, uint64_t evictions) {
 void Metrics::recordReload(bool success) {
   reloads_->Add({{"result", success ? "success" : "failure"}}).Increment();
 }
+
+void Metrics::recordAdminUnauthorized() { admin_unauthorized_->Increment(); }
+
+void Metrics::setConfigHash(double hash) { config_hash_->Set(hash); }
 
 void Metrics::setReady(bool ready) { ready_->Set(ready ? 1 : 0); }
 

@@ -146,6 +146,12 @@ public:
   // deferd_config_reloads_total{result="success"|"failure"}.
   void recordReload(bool success);
 
+  // deferd_admin_unauthorized_total: admin POST requests rejected for a missing or wrong token.
+  void recordAdminUnauthorized();
+
+  // Sets deferd_config_hash to the hash of the running config's bytes (see configHash()).
+  void setConfigHash(double hash);
+
   // Sets deferd_ready (1 serving, 0 draining or not started).
   void setReady(bool ready);
 
@@ -172,6 +178,8 @@ private:
   prometheus::Family<prometheus::Counter>* http2_connection_errors_;
   prometheus::Family<prometheus::Counter>* http2_flood_goaways_;
   prometheus::Family<prometheus::Counter>* reloads_;
+  prometheus::Gauge* config_hash_;
+  prometheus::Counter* admin_unauthorized_;
   prometheus::Gauge* ready_;
   prometheus::Family<prometheus::Counter>* priority_requests_;
   prometheus::Family<prometheus::Counter>* priority_clamped_;

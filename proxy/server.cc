@@ -12,12 +12,15 @@
 #include <sys/socket.h>
 
 #include <map>
+#include <optional>
 #include <set>
 #include <thread>
 
 #include "config/loader.h"
 #include "proxy/admin.h"
+#include "proxy/config_watch.h"
 #include "proxy/metrics.h"
+#include "proxy/runtime_switches.h"
 #include "proxy/snapshot.h"
 #include "proxy/worker.h"
 
@@ -81,7 +84,13 @@ public:
         resolve_timer_(io_), drain_timer_(io_) {}
 
   int run() {
-    config::LoadResult loaded = config::loadFile(config_path_);
+    std::string error;
+    std::optional<ConfigBytes> bytes = readConfigBytes(config_path_, &error);
+    if (!bytes) {
+      spdlog::error("not starting: {}", error);
+      return 1;
+    }
+    config::LoadResult loaded = config::loadString(bytes->text, config_path_);
     if (!loaded.ok()) {
       for (const config::Diagnostic& diagnostic : loaded.diagnostics) {
         spdlog::error("{}", diagnostic.toString());
@@ -90,6 +99,9 @@ public:
       return 1;
     }
     config_ = loaded.config;
+    running_hash_ = bytes->hash;
+    last_read_hash_ = bytes->hash;
+    metrics_.setConfigHash(bytes->hash);
     spdlog::set_level(parseLevel(log_level_.empty() ? config_->log.level : log_level_));
 
     size_t worker_count = config_->workers;
@@ -100,8 +112,11 @@ public:
       workers_.push_back(std::make_unique<Worker>(i, worker_count));
     }
 
-    std::string error;
     if (!openAccessLog(*config_, &error)) {
+      spdlog::error("not starting: {}", error);
+      return 1;
+    }
+    if (!loadAdminToken(*config_, &admin_token_, &error)) {
       spdlog::error("not starting: {}", error);
       return 1;
     }
@@ -114,13 +129,26 @@ public:
     AdminHandlers handlers;
     handlers.metrics = [this] { return metrics_.serialize(); };
     handlers.ready = [this] { return ready_.load(); };
-    handlers.config_yaml = [this] { return config::toYaml(*config_); };
+    handlers.config_yaml = [this] {
+      return switches_.describe(*config_) + config::toYaml(*snapshot_->config);
+    };
+    handlers.set_policy_mode = [this](const std::string& policy, const std::string& body,
+                                      const std::string& peer) {
+      return setPolicyMode(policy, body, peer);
+    };
+    handlers.token = [this] { return admin_token_; };
+    handlers.unauthorized = [this] { metrics_.recordAdminUnauthorized(); };
     admin_ = std::make_unique<AdminServer>(io_, std::move(handlers));
     if (!admin_->start(config_->admin.address, &error)) {
       spdlog::error("not starting: admin listener: {}", error);
       return 1;
     }
     admin_address_ = config_->admin.address.toString();
+    if (!admin_token_ && !isLoopbackHost(config_->admin.address.host)) {
+      spdlog::warn("admin listener on {} is not on loopback and admin.token_file is not set: "
+                   "runtime switches are disabled",
+                   admin_address_);
+    }
 
     for (auto& worker : workers_) {
       worker->start();
@@ -136,6 +164,9 @@ public:
 
     waitForSignals();
     scheduleResolve();
+    watch_ = std::make_unique<ConfigWatch>(io_, config_path_, ConfigWatchOptions{},
+                                           [this] { reload(ReloadTrigger::kWatch); });
+    watch_->start();
     io_.run();
 
     for (auto& worker : workers_) {
@@ -164,6 +195,44 @@ private:
       asio::post(worker->io(), [w = worker.get(), file] { w->setAccessLog(file); });
     }
     return true;
+  }
+
+  // Reads admin.token_file into `token`, or clears it when the config has none.
+  static bool loadAdminToken(const config::Config& config, std::optional<std::string>* token,
+                             std::string* error) {
+    if (!config.admin.token_file) {
+      token->reset();
+      return true;
+    }
+    std::optional<std::string> read = readAdminToken(*config.admin.token_file, error);
+    if (!read) {
+      return false;
+    }
+    *token = std::move(read);
+    return true;
+  }
+
+  static bool isLoopbackHost(const std::string& host) {
+    boost::system::error_code ec;
+    auto address = asio::ip::make_address(host, ec);
+    return !ec && address.is_loopback();
+  }
+
+  // POST /policies/NAME/mode: records the switch and, when the effective mode changed, hands
+  // every worker a snapshot built with it.
+  AdminReply setPolicyMode(const std::string& policy, const std::string& body,
+                           const std::string& peer) {
+    bool changed = false;
+    AdminReply reply = switches_.setMode(*config_, policy, body, peer, &changed);
+    if (!changed) {
+      return reply;
+    }
+    std::string error;
+    if (!applyConfig(switches_.apply(config_), &error)) {
+      spdlog::error("admin: applying the switch of policy {} failed: {}", policy, error);
+      return {500, "failed to apply the switch: " + error + "\n"};
+    }
+    return reply;
   }
 
   // Binds what the new config needs and hands it to every worker. On a bind error nothing
@@ -317,7 +386,7 @@ private:
         return;
       }
       if (signal == SIGHUP) {
-        reload();
+        reload(ReloadTrigger::kSighup);
         waitForSignals();
         return;
       }
@@ -325,9 +394,54 @@ private:
     });
   }
 
-  void reload() {
-    spdlog::info("SIGHUP: reloading {}", config_path_);
-    config::LoadResult loaded = config::loadFile(config_path_);
+  enum class ReloadTrigger { kSighup, kWatch };
+
+  // Reads the file and applies it when its bytes differ from the running config's.
+  void reload(ReloadTrigger trigger) {
+    std::optional<ConfigBytes> bytes = readChangedConfig(trigger);
+    if (bytes) {
+      applyReload(*bytes, trigger);
+    }
+  }
+
+  // Returns the file's bytes when they are worth loading. A SIGHUP loads any bytes that are not
+  // the running config's, also bytes tried before (a listener that could not be bound may be
+  // free now). The watch skips bytes it has already tried, so an invalid file is rejected and
+  // counted once, not on every backstop tick. A read error counts as a failed reload; the watch
+  // counts the same error once.
+  std::optional<ConfigBytes> readChangedConfig(ReloadTrigger trigger) {
+    bool from_watch = trigger == ReloadTrigger::kWatch;
+    std::string error;
+    std::optional<ConfigBytes> bytes = readConfigBytes(config_path_, &error);
+    if (!bytes) {
+      if (from_watch && error == last_read_error_) {
+        return std::nullopt;
+      }
+      last_read_error_ = error;
+      spdlog::error("reload rejected: {}; the running config is unchanged", error);
+      metrics_.recordReload(false);
+      return std::nullopt;
+    }
+    last_read_error_.clear();
+
+    if (bytes->hash == running_hash_) {
+      last_read_hash_ = bytes->hash;
+      if (!from_watch) {
+        spdlog::info("SIGHUP: {} is unchanged; nothing to reload", config_path_);
+      }
+      return std::nullopt;
+    }
+    if (from_watch && bytes->hash == last_read_hash_) {
+      return std::nullopt;
+    }
+    last_read_hash_ = bytes->hash;
+    return bytes;
+  }
+
+  void applyReload(const ConfigBytes& bytes, ReloadTrigger trigger) {
+    spdlog::info("{}: reloading {}",
+                 trigger == ReloadTrigger::kWatch ? "config file changed" : "SIGHUP", config_path_);
+    config::LoadResult loaded = config::loadString(bytes.text, config_path_);
     if (!loaded.ok()) {
       for (const config::Diagnostic& diagnostic : loaded.diagnostics) {
         spdlog::error("{}", diagnostic.toString());
@@ -347,6 +461,12 @@ private:
     if (loaded.config->workers != config_->workers) {
       spdlog::warn("reload: worker count change takes effect at the next restart");
     }
+    std::optional<std::string> token;
+    if (!loadAdminToken(*loaded.config, &token, &error)) {
+      spdlog::error("reload rejected: {}; the running config is unchanged", error);
+      metrics_.recordReload(false);
+      return;
+    }
     resolveAllNow(*loaded.config);
     if (!applyConfig(loaded.config, &error)) {
       spdlog::error("reload rejected: {}; the running config is unchanged", error);
@@ -357,10 +477,16 @@ private:
       spdlog::error("reload: access log: {}; access logging is off", error);
     }
     config_ = loaded.config;
+    admin_token_ = std::move(token);
+    if (size_t cleared = switches_.clear(); cleared > 0) {
+      spdlog::info("reload: {} runtime policy switches reset to the file's modes", cleared);
+    }
+    running_hash_ = bytes.hash;
+    metrics_.setConfigHash(bytes.hash);
     spdlog::set_level(parseLevel(log_level_.empty() ? config_->log.level : log_level_));
     metrics_.recordReload(true);
-    spdlog::info("reload applied: {} listeners, {} clusters", config_->listeners.size(),
-                 config_->clusters.size());
+    spdlog::info("reload applied: {} listeners, {} clusters, config hash {:.0f}",
+                 config_->listeners.size(), config_->clusters.size(), running_hash_);
   }
 
   void drain(int signal) {
@@ -369,6 +495,9 @@ private:
     ready_ = false;
     metrics_.setReady(false);
     resolve_timer_.cancel();
+    if (watch_) {
+      watch_->stop(); // no reload while draining, as for SIGHUP
+    }
 
     auto remaining = std::make_shared<size_t>(workers_.size());
     for (auto& worker : workers_) {
@@ -415,6 +544,9 @@ private:
   void finish() {
     drain_timer_.cancel();
     signals_.cancel();
+    if (watch_) {
+      watch_->stop();
+    }
     if (admin_) {
       admin_->stop();
     }
@@ -431,6 +563,12 @@ private:
   FilterState filter_state_;
   std::shared_ptr<const config::Config> config_;
   std::shared_ptr<const Snapshot> snapshot_;
+  std::unique_ptr<ConfigWatch> watch_;
+  RuntimeSwitches switches_;
+  std::optional<std::string> admin_token_; // from admin.token_file; never logged
+  double running_hash_ = 0;                // configHash() of the running config's bytes
+  double last_read_hash_ = 0;              // of the bytes the last reload read, applied or not
+  std::string last_read_error_; // why the last read failed; empty after a successful read
   std::vector<std::unique_ptr<Worker>> workers_;
   std::unique_ptr<AdminServer> admin_;
   std::string admin_address_; // where the admin listener runs; a reload does not move it

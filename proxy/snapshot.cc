@@ -1,10 +1,12 @@
 #include "proxy/snapshot.h"
 
 #include <optional>
+#include <random>
 #include <string>
 
 #include "filters/backpressure/backpressure_filter.h"
 #include "filters/breaker/breaker_filter.h"
+#include "filters/fault/fault_filter.h"
 #include "filters/headers/header_mutation.h"
 #include "filters/priority/priority_filter.h"
 
@@ -19,7 +21,37 @@ const config::Policy* policyOf(const config::Config& config, const config::Route
   return policy == config.policies.end() ? nullptr : &policy->second;
 }
 
-// The priority filter runs first, so every later filter sees the request's effective urgency.
+// A uniform draw in [0, 1) from a generator per thread, so workers never share one.
+double uniformDraw() {
+  thread_local std::mt19937_64 engine{std::random_device{}()};
+  return std::uniform_real_distribution<double>(0.0, 1.0)(engine);
+}
+
+// The fault filter runs first: an injected abort or delay happens before any other policy
+// takes a slot or records an urgency, as a failure in front of the service would.
+void addFaultFilter(const config::Config& config, const config::Listener& listener,
+                    const config::Route& route, RouteRuntime& runtime) {
+  const config::Policy* policy = policyOf(config, route);
+  if (policy == nullptr || !policy->fault || policy->mode == config::PolicyMode::kOff) {
+    return;
+  }
+  const config::FaultPolicy& fault = *policy->fault;
+  filters::fault::FaultRouteConfig filter;
+  filter.delay_share = fault.delay_share;
+  filter.delay = fault.delay;
+  filter.abort_share = fault.abort_share;
+  filter.abort_status = fault.abort_status;
+  filter.grpc_status = fault.grpc_status;
+  // Outside callers on an untrusted listener must not be able to inject faults.
+  filter.header_control = fault.header_control && listener.trust == config::Trust::kTrusted;
+  filter.enforce = policy->mode == config::PolicyMode::kEnforce;
+  filter.random = uniformDraw;
+  runtime.filters.push_back(
+      std::make_shared<filters::fault::FaultFilterFactory>(std::move(filter)));
+}
+
+// The priority filter runs right after the fault filter, so every later filter reads the
+// request's effective urgency.
 void addPriorityFilter(const config::Config& config, const config::Listener& listener,
                        const config::Route& route, RouteRuntime& runtime, Metrics& metrics,
                        FilterState& state) {
@@ -176,6 +208,7 @@ std::shared_ptr<const Snapshot> Snapshot::build(std::shared_ptr<const config::Co
         }
       }
       route_runtime.stats = metrics.route(listener.name, route.cluster);
+      addFaultFilter(*config, listener, route, route_runtime);
       addPriorityFilter(*config, listener, route, route_runtime, metrics, state);
       addBreakerFilter(*config, route, route_runtime, metrics, state);
       addBackpressureFilter(*config, listener, route, route_runtime, metrics, state);

@@ -28,6 +28,7 @@ using tcp = asio::ip::tcp;
 
 constexpr std::string_view kMetricsText = "# TYPE deferd_ready gauge\ndeferd_ready 1\n";
 constexpr std::string_view kConfigYaml = "listeners: []\nclusters: []\n";
+constexpr std::string_view kToken = "admin-token-1";
 
 // A blocking HTTP/1.1 client for one loopback connection, with its own io_context.
 class Client {
@@ -46,6 +47,20 @@ public:
     }
     http::write(socket_, request);
     return read(method == http::verb::head);
+  }
+
+  // Sends a POST with an `authorization` header, when `authorization` is not empty.
+  http::response<http::string_body> post(const std::string& target, const std::string& body,
+                                         const std::string& authorization = "") {
+    http::request<http::string_body> request{http::verb::post, target, 11};
+    request.set(http::field::host, "127.0.0.1");
+    if (!authorization.empty()) {
+      request.set(http::field::authorization, authorization);
+    }
+    request.body() = body;
+    request.prepare_payload();
+    http::write(socket_, request);
+    return read(false);
   }
 
   // Sends `raw` as it is, for requests a well-behaved client would not send.
@@ -83,6 +98,21 @@ protected:
     handlers.metrics = [] { return std::string(kMetricsText); };
     handlers.ready = [this] { return ready_.load(); };
     handlers.config_yaml = [] { return std::string(kConfigYaml); };
+    handlers.set_policy_mode = [this](const std::string& policy, const std::string& body,
+                                      const std::string&) {
+      switch_calls_++;
+      if (policy != "checkout") {
+        return AdminReply{404, "policy " + policy + " not found\n"};
+      }
+      return AdminReply{200, policy + "=" + body};
+    };
+    handlers.token = [this]() -> std::optional<std::string> {
+      if (token_required_) {
+        return std::string(kToken);
+      }
+      return std::nullopt;
+    };
+    handlers.unauthorized = [this] { unauthorized_++; };
     server_.emplace(io_, std::move(handlers));
 
     std::string error;
@@ -115,6 +145,9 @@ protected:
   asio::executor_work_guard<asio::io_context::executor_type> work_ = asio::make_work_guard(io_);
   std::optional<AdminServer> server_;
   std::atomic<bool> ready_{true};
+  std::atomic<bool> token_required_{false};
+  std::atomic<int> switch_calls_{0};
+  std::atomic<int> unauthorized_{0};
   std::thread thread_;
 };
 
@@ -306,6 +339,79 @@ TEST_F(AdminServerTest, MissingHandlersNotFound) {
 
   asio::post(other_io, [&] { other.stop(); });
   other_thread.join();
+}
+
+TEST_F(AdminServerTest, PolicySwitchNeedsPost) {
+  Client client(server_->port());
+
+  for (http::verb method : {http::verb::get, http::verb::head, http::verb::put}) {
+    auto response = client.fetch(method, "/policies/checkout/mode");
+    EXPECT_EQ(response.result(), http::status::method_not_allowed) << method;
+    EXPECT_EQ(response[http::field::allow], "POST") << method;
+  }
+  EXPECT_EQ(switch_calls_, 0);
+}
+
+TEST_F(AdminServerTest, PolicySwitchOnLoopbackWithoutToken) {
+  Client client(server_->port());
+
+  auto response = client.post("/policies/checkout/mode", "off");
+
+  EXPECT_EQ(response.result(), http::status::ok);
+  EXPECT_EQ(response.body(), "checkout=off");
+  EXPECT_EQ(switch_calls_, 1);
+  EXPECT_EQ(unauthorized_, 0);
+}
+
+TEST_F(AdminServerTest, PolicySwitchHandlerStatusReturned) {
+  Client client(server_->port());
+
+  auto response = client.post("/policies/other/mode", "off");
+
+  EXPECT_EQ(response.result(), http::status::not_found);
+  EXPECT_EQ(response.body(), "policy other not found\n");
+}
+
+TEST_F(AdminServerTest, PolicySwitchMalformedPathsNotFound) {
+  Client client(server_->port());
+
+  for (const char* target : {"/policies/mode", "/policies//mode", "/policies/a/b/mode",
+                             "/policies/checkout", "/policies/checkout/modes"}) {
+    auto response = client.post(target, "off");
+    EXPECT_EQ(response.result(), http::status::not_found) << target;
+  }
+  EXPECT_EQ(switch_calls_, 0);
+}
+
+TEST_F(AdminServerTest, PolicySwitchChecksBearerToken) {
+  token_required_ = true;
+  Client client(server_->port());
+  std::string right = "Bearer " + std::string(kToken);
+
+  for (const std::string& authorization :
+       {std::string(), std::string("Bearer wrong"), std::string("Basic ") + std::string(kToken),
+        right + "x", std::string("Bearer ")}) {
+    auto response = client.post("/policies/checkout/mode", "off", authorization);
+    EXPECT_EQ(response.result(), http::status::unauthorized) << authorization;
+    EXPECT_EQ(response[http::field::www_authenticate], "Bearer realm=\"deferd-admin\"");
+  }
+  EXPECT_EQ(unauthorized_, 5);
+  EXPECT_EQ(switch_calls_, 0);
+
+  auto response = client.post("/policies/checkout/mode", "off", right);
+  EXPECT_EQ(response.result(), http::status::ok);
+  EXPECT_EQ(switch_calls_, 1);
+  EXPECT_EQ(unauthorized_, 5);
+}
+
+TEST_F(AdminServerTest, PolicySwitchLargeBodyRejected) {
+  Client client(server_->port());
+
+  auto response = client.post("/policies/checkout/mode", std::string(100, 'o'));
+
+  EXPECT_EQ(response.result(), http::status::payload_too_large);
+  EXPECT_EQ(switch_calls_, 0);
+  EXPECT_EQ(client.readError(), asio::error::eof);
 }
 
 } // namespace

@@ -402,6 +402,57 @@ TEST(ConfigTest, BackpressureRoundTrips) {
   EXPECT_EQ(second->policies.at("tuned").backpressure->signal->hold_below, 15s);
 }
 
+TEST(ConfigTest, AdminTokenFileRoundTrips) {
+  std::shared_ptr<const Config> config = loadValid(
+      "admin: { address: 0.0.0.0:9901, token_file: /etc/deferd/admin-token }\n" + kMinimal);
+  ASSERT_TRUE(config->admin.token_file.has_value());
+  EXPECT_EQ(*config->admin.token_file, "/etc/deferd/admin-token");
+
+  std::string yaml = toYaml(*config);
+  EXPECT_NE(yaml.find("token_file: /etc/deferd/admin-token"), std::string::npos) << yaml;
+  EXPECT_EQ(loadValid(yaml)->admin.token_file, config->admin.token_file);
+  EXPECT_FALSE(loadValid(kMinimal)->admin.token_file.has_value());
+}
+
+TEST(ConfigTest, AdminTokenFileErrors) {
+  EXPECT_EQ(errors("admin: { token_file: \"\" }\n" + kMinimal),
+            (Lines{"test.yaml:1:22: admin.token_file: must not be empty; give the path of a file "
+                   "that contains the token"}));
+}
+
+TEST(ConfigTest, FaultSectionRoundTrips) {
+  std::shared_ptr<const Config> config = loadValid(kMinimal + R"(policies:
+  p:
+    fault:
+      delay: { percent: 10%, duration: 200ms }
+      abort: { percent: 5%, status: 429, grpc_status: 8 }
+      header_control: true
+)");
+  const FaultPolicy& fault = *config->policies.at("p").fault;
+  EXPECT_DOUBLE_EQ(fault.delay_share, 0.1);
+  EXPECT_EQ(fault.delay, 200ms);
+  EXPECT_DOUBLE_EQ(fault.abort_share, 0.05);
+  EXPECT_EQ(fault.abort_status, 429);
+  EXPECT_EQ(fault.grpc_status, 8u);
+  EXPECT_TRUE(fault.header_control);
+
+  std::string yaml = toYaml(*config);
+  EXPECT_EQ(toYaml(*loadValid(yaml)), yaml);
+  EXPECT_EQ(*loadValid(yaml)->policies.at("p").fault, fault);
+}
+
+TEST(ConfigTest, FaultErrors) {
+  Lines found = errors(kMinimal + R"(policies:
+  p:
+    fault:
+      abort: { percent: 5%, status: 200 }
+      delay: { duration: 1s }
+)");
+  ASSERT_EQ(found.size(), 2u) << ::testing::PrintToString(found);
+  EXPECT_NE(found[0].find("test.yaml:12:"), std::string::npos) << found[0];
+  EXPECT_NE(found[1].find("test.yaml:13:"), std::string::npos) << found[1];
+}
+
 TEST(ConfigTest, BackpressureErrors) {
   EXPECT_EQ(errors(kMinimal + R"(policies:
   p:
@@ -1540,18 +1591,17 @@ TEST(ConfigTest, InvalidCapacity) {
                    "test.yaml:3:103: unknown key 'x' in clusters[0]"}));
 }
 
-TEST(ConfigTest, UnsupportedPolicySections) {
+TEST(ConfigTest, PolicySectionsTypoSuggests) {
   EXPECT_EQ(errors(kMinimal + R"(policies:
   p:
     mode: enforce
     priority: { header: deferd-priority }
     backpressure: { limiter: gradient }
     breaker: { cooldown: 30s }
-    fault: { abort: 1% }
+    fault: { abort: { percent: 1% } }
     backpresure: {}
 )"),
-            (Lines{"test.yaml:15:5: policies.p: 'fault' is not supported by this build yet",
-                   "test.yaml:16:5: unknown key 'backpresure' in policies.p; did you mean "
+            (Lines{"test.yaml:16:5: unknown key 'backpresure' in policies.p; did you mean "
                    "'backpressure'?"}));
 }
 
