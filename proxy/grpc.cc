@@ -19,37 +19,6 @@ bool isGrpcContentType(std::string_view content_type) {
          content_type[kGrpc.size()] == ';';
 }
 
-std::optional<std::chrono::nanoseconds> parseGrpcTimeout(std::string_view value) {
-  if (value.size() < 2 || value.size() > 9) {
-    return std::nullopt;
-  }
-  int64_t count = 0;
-  for (char digit : value.substr(0, value.size() - 1)) {
-    if (digit < '0' || digit > '9') {
-      return std::nullopt;
-    }
-    count = count * 10 + (digit - '0');
-  }
-
-  using std::chrono::nanoseconds;
-  switch (value.back()) {
-  case 'H':
-    return std::chrono::duration_cast<nanoseconds>(std::chrono::hours(count));
-  case 'M':
-    return std::chrono::duration_cast<nanoseconds>(std::chrono::minutes(count));
-  case 'S':
-    return std::chrono::duration_cast<nanoseconds>(std::chrono::seconds(count));
-  case 'm':
-    return std::chrono::duration_cast<nanoseconds>(std::chrono::milliseconds(count));
-  case 'u':
-    return std::chrono::duration_cast<nanoseconds>(std::chrono::microseconds(count));
-  case 'n':
-    return nanoseconds(count);
-  default:
-    return std::nullopt;
-  }
-}
-
 std::string formatGrpcTimeout(std::chrono::nanoseconds timeout) {
   struct Unit {
     int64_t nanoseconds;

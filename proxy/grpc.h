@@ -14,6 +14,7 @@
 #include <string>
 #include <string_view>
 
+#include "filters/common/deadline.h"
 #include "proxy/local_reply.h"
 
 namespace deferd {
@@ -71,8 +72,8 @@ constexpr GrpcStatus grpcStatusFor(LocalReplyReason reason) {
 bool isGrpcContentType(std::string_view content_type);
 
 // Parses a grpc-timeout value: 1 to 8 ASCII digits and a unit (H, M, S, m, u, n). Returns
-// nullopt when the value is invalid.
-std::optional<std::chrono::nanoseconds> parseGrpcTimeout(std::string_view value);
+// nullopt when the value is invalid. Shared with the filters, which read deadlines too.
+using filters::parseGrpcTimeout;
 
 // Formats `timeout` as a grpc-timeout value in the finest unit whose count fits in 8 digits,
 // rounded down so the next hop never gets more time than is left. Negative is formatted as 0n.
