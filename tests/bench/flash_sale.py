@@ -114,9 +114,10 @@ async def serve_app(port, slots, delay_ms, next_port):
                     status = 200
                     if next_port:
                         try:
-                            status = 200 if await sub_call(headers.get("traceparent")) == 200 else 502
+                            sub_status = await sub_call(headers.get("traceparent"))
                         except (OSError, asyncio.IncompleteReadError, ValueError):
-                            status = 502
+                            sub_status = 0
+                        status = 200 if sub_status == 200 else 502
                 writer.write(reply(status))
                 await writer.drain()
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
