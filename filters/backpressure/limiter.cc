@@ -67,6 +67,8 @@ double GradientAlgorithm::update(double limit, const SampleWindow& window) {
   } else if (busy && short_ns > options_.tolerance * long_latency_ns_) {
     holdLongLatency(short_ns, window.max_in_flight);
   } else {
+    // TODO: a window just under the tolerance still raises long by up to
+    // (tolerance - 1) / long_window of itself, so a long overload may creep the baseline up.
     episode_in_flight_ = 0;
     long_latency_ns_ += (short_ns - long_latency_ns_) / options_.long_window;
   }
