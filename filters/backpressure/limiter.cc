@@ -16,6 +16,10 @@ constexpr double kLongLatencyDecayRatio = 2.0;
 constexpr double kLongLatencyDecay = 0.95;
 // The gradient algorithm leaves a limit alone when the window used less than this of it.
 constexpr double kGradientInUseFraction = 0.5;
+// A queueing episode whose in-flight count fell to this share of its start while its latency
+// stayed above kSlowdownLatencyRatio of the start is a slower upstream, not a queue.
+constexpr double kSlowdownInFlightRatio = 0.7;
+constexpr double kSlowdownLatencyRatio = 0.9;
 
 int64_t toNanos(MonotonicTime time) {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(time.time_since_epoch()).count();
@@ -54,12 +58,18 @@ double GradientAlgorithm::update(double limit, const SampleWindow& window) {
     return limit;
   }
   const double short_ns = std::max<double>(static_cast<double>(window.mean_latency.count()), 1.0);
+  const bool busy = window.max_in_flight >= limit * kGradientInUseFraction;
 
-  // The long-term latency is an exponential average over long_window windows. Because it
-  // keeps moving toward the recent latency, a lasting slowdown becomes the new baseline.
+  // The long-term latency is an exponential average over long_window windows. It moves toward
+  // the recent latency, except while a busy window is over the tolerance (queueing).
   if (long_latency_ns_ <= 0.0) {
     long_latency_ns_ = short_ns;
+  } else if (busy && short_ns > options_.tolerance * long_latency_ns_) {
+    holdLongLatency(short_ns, window.max_in_flight);
   } else {
+    // TODO: a window just under the tolerance still raises long by up to
+    // (tolerance - 1) / long_window of itself, so a long overload may creep the baseline up.
+    episode_in_flight_ = 0;
     long_latency_ns_ += (short_ns - long_latency_ns_) / options_.long_window;
   }
   if (long_latency_ns_ / short_ns > kLongLatencyDecayRatio) {
@@ -69,12 +79,10 @@ double GradientAlgorithm::update(double limit, const SampleWindow& window) {
   // A window that used under half the limit carries no evidence of queueing caused by this
   // cluster's concurrency. Latency that grows while in-flight stays low is the upstream
   // slowing down, so the limit stays where it is.
-  if (window.max_in_flight < limit * kGradientInUseFraction) {
+  if (!busy) {
     return limit;
   }
 
-  // TODO: a busy window cannot tell queueing from a slower upstream. Comparing the latency
-  // change with the in-flight change between windows would, and would cut less on slowdowns.
   const double gradient =
       std::clamp(options_.tolerance * long_latency_ns_ / short_ns, kMinGradient, kMaxGradient);
   const double queue_allowance = std::sqrt(limit);
@@ -84,6 +92,26 @@ double GradientAlgorithm::update(double limit, const SampleWindow& window) {
   }
 
   return limit * (1.0 - options_.smoothing) + proposed * options_.smoothing;
+}
+
+void GradientAlgorithm::holdLongLatency(double short_ns, int in_flight) {
+  // A busy window over the tolerance is queueing until shown otherwise, and queueing must not
+  // become the baseline: if it did, the limit would follow its own queue upward and never
+  // settle under a lasting overload. The long-term latency stays put for the whole episode.
+  if (episode_in_flight_ <= 0) {
+    episode_in_flight_ = in_flight;
+    episode_latency_ns_ = short_ns;
+    return;
+  }
+
+  // Queueing latency falls with the concurrency that causes it. When the limit has cut the
+  // in-flight count well below the episode's start and the latency did not follow, the
+  // upstream itself became slower: that latency is the new baseline.
+  if (in_flight <= episode_in_flight_ * kSlowdownInFlightRatio &&
+      short_ns >= episode_latency_ns_ * kSlowdownLatencyRatio) {
+    long_latency_ns_ = short_ns;
+    episode_in_flight_ = 0;
+  }
 }
 
 double AimdAlgorithm::update(double limit, const SampleWindow& window) {

@@ -25,9 +25,12 @@
 //
 //   gradient  limit follows tolerance * long_latency / short_latency, where short_latency is
 //             the window's mean and long_latency a slow average over many windows. The slow
-//             average drifts toward the recent latency when that stays high, so an upstream
-//             that became slower per request gets its limit back without a probe at a low
-//             limit. A queue allowance of sqrt(limit) lets the limit grow while latency is flat.
+//             average drifts toward the recent latency, except in busy windows over the
+//             tolerance: those are queueing, and a baseline that absorbed them would let the
+//             limit climb after its own queue. When cutting the in-flight count does not
+//             lower such a window's latency, the upstream became slower per request and that
+//             latency becomes the baseline, without a probe at a low limit. A queue allowance
+//             of sqrt(limit) lets the limit grow while latency is flat.
 //   aimd      +increase per window while the limit is in use, *backoff per window with drops.
 //   fixed     initial_limit, always.
 //
@@ -117,8 +120,16 @@ public:
   double longLatency() const { return long_latency_ns_; }
 
 private:
+  // A busy window slower than tolerance * long: keeps the long-term latency, or moves it to
+  // the window's latency when the episode shows a slower upstream rather than a queue.
+  void holdLongLatency(double short_ns, int in_flight);
+
   const GradientOptions options_;
   double long_latency_ns_ = 0.0;
+  // The queueing episode in progress: the in-flight peak and latency of its first window.
+  // Zero in-flight means no episode.
+  int episode_in_flight_ = 0;
+  double episode_latency_ns_ = 0.0;
 };
 
 class AimdAlgorithm : public LimitAlgorithm {

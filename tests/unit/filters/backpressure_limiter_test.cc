@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <thread>
 #include <vector>
@@ -111,6 +112,52 @@ TEST_F(LimiterTest, GradientRecoversAfterLastingSlowdown) {
   runBusyWindows(300, 20ms);
   EXPECT_GT(limiter.limit(), before);
   EXPECT_EQ(limiter.limit(), limiter.maxLimit());
+}
+
+TEST_F(LimiterTest, GradientSettlesUnderLastingQueueing) {
+  // An upstream with 8 workers of 10 ms and a queue in front, offered more than it can take:
+  // a window's latency grows with the in-flight count past 8. The limit starts under the
+  // capacity, as it would before an overload, so the first windows see the real latency.
+  LimiterOptions options;
+  options.algorithm = LimitAlgorithmKind::kGradient;
+  options.initial_limit = 4;
+  options.min_limit = 1;
+  options.max_limit = 200;
+  options.sample_window = 100ms;
+  options.min_window_samples = kSamplesPerWindow;
+  ConcurrencyLimiter& limiter = makeLimiter(options);
+  static constexpr int kWorkers = 8;
+  auto queueing_latency = [](int in_flight) {
+    return 10ms * std::max(1, in_flight) / std::min(kWorkers, std::max(1, in_flight));
+  };
+
+  // Ten minutes of overload: if queueing leaked into the long-term latency, the limit would
+  // climb after it to max_limit within about a minute.
+  int peak = 0;
+  for (int i = 0; i < 6000; ++i) {
+    runWindow(queueing_latency(limiter.limit()), limiter.limit());
+    if (i >= 100) {
+      peak = std::max(peak, limiter.limit());
+    }
+  }
+  EXPECT_GE(limiter.limit(), kWorkers);
+  EXPECT_LE(peak, 3 * kWorkers);
+}
+
+TEST_F(LimiterTest, GradientTakesSlowerUpstreamAsBaselineWhenCutsDoNotHelp) {
+  ConcurrencyLimiter& limiter = makeLimiter(LimitAlgorithmKind::kGradient);
+  runBusyWindows(20, 10ms);
+  const int before = limiter.limit();
+
+  // Three times slower whatever the in-flight count: the cut gains nothing, so once it has
+  // cut the in-flight count by 30 % the limiter takes 30 ms as the new baseline and grows.
+  int low = before;
+  for (int i = 0; i < 100; ++i) {
+    runBusyWindows(1, 30ms);
+    low = std::min(low, limiter.limit());
+  }
+  EXPECT_LE(low, before * 0.7);
+  EXPECT_GT(limiter.limit(), before);
 }
 
 TEST_F(LimiterTest, GradientDoesNotGrowWhenAppLimited) {
