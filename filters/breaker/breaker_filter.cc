@@ -327,8 +327,16 @@ void BreakerFilter::onStreamEnd(StreamEnd end) {
     reset.local_failure = LocalFailure::kReset;
     finish(reset, callbacks().dispatcher().now());
   }
-  // A request that ends unrecorded (the client went away) frees its probe ticket here, and a
-  // fallback request its share of the fallback's concurrency.
+  // A request that ends unrecorded before it reached an endpoint (another filter answered it)
+  // gives its probe ticket back. One that reached an endpoint keeps it, since the primary may
+  // still be working on it, until the probe times out. A fallback request also ends its share
+  // of the fallback's concurrency here.
+  if (!recorded_ && callbacks().requestInfo().upstream == nullptr) {
+    admission_.giveBack();
+    if (grant_) {
+      grant_->admission.giveBack();
+    }
+  }
   admission_ = Admission();
   grant_.reset();
 }

@@ -102,6 +102,14 @@ void Admission::record(const CallResult& result, MonotonicTime now) {
   breaker_->recordOutcome(*this, outcome, probe_timed_out, now);
 }
 
+void Admission::giveBack() {
+  if (breaker_ && !done_ && verdict_ == Verdict::kProbe) {
+    breaker_->returnProbe(*this);
+  }
+  done_ = true;
+  breaker_.reset();
+}
+
 void Admission::recordTimeout(MonotonicTime now) {
   CallResult timeout;
   timeout.local_failure = LocalFailure::kTimeout;
@@ -225,7 +233,7 @@ void CircuitBreaker::recordOutcome(Admission& admission, Outcome outcome, bool t
   pending.notify(listener_);
 }
 
-void CircuitBreaker::releaseProbe(const Admission& admission) {
+void CircuitBreaker::returnProbe(const Admission& admission) {
   std::lock_guard lock(mutex_);
   if (admission.epoch_ != epoch_ || state_ != BreakerState::kHalfOpen) {
     return;
@@ -234,6 +242,11 @@ void CircuitBreaker::releaseProbe(const Admission& admission) {
   if (slot.state == SlotState::kOutstanding) {
     slot.state = SlotState::kFree;
   }
+}
+
+void CircuitBreaker::releaseProbe(const Admission& /*admission*/) {
+  // The ticket stays outstanding: the primary may still be working on the cancelled probe, so
+  // no other request takes its place, and applyTimersLocked fails it at probe_timeout.
 }
 
 void CircuitBreaker::applyTimersLocked(MonotonicTime now, PendingTransitions& pending) {

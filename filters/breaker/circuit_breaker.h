@@ -31,8 +31,9 @@
 // caller reports the timeout through its admission, and the breaker also reopens by itself
 // when it is next consulted (allow, record or state) and finds a probe outstanding that long,
 // so it can never stay half-open. A probe admission released without a result (the request was
-// cancelled before the primary answered) frees its ticket for another request, so a half-open
-// period may send more than `probes` requests in all, but never more than `probes` at once.
+// cancelled before the primary answered) keeps its ticket, since the primary may still be
+// working on it; it times out like a silent probe. So a half-open period lets exactly `probes`
+// requests through, never more, across all threads.
 //
 // Stale results: each transition starts a new epoch. A result whose admission was made in an
 // earlier epoch (a call that was in flight when the breaker opened) is ignored.
@@ -164,6 +165,10 @@ public:
   // Records that the call timed out, also for a probe whose timeout the classifier would not
   // count as failure.
   void recordTimeout(MonotonicTime now);
+  // Ends an admission whose request was never sent to the primary (a capacity check or
+  // another filter stopped it first). A probe ticket goes back for another request. Dropping
+  // an admission without this keeps the ticket until it times out.
+  void giveBack();
 
 private:
   friend class CircuitBreaker;
@@ -239,6 +244,7 @@ private:
   friend class Admission;
   void recordOutcome(Admission& admission, Outcome outcome, bool timed_out, MonotonicTime now);
   void releaseProbe(const Admission& admission);
+  void returnProbe(const Admission& admission);
 
   // Each function below expects mutex_ to be held.
   void applyTimersLocked(MonotonicTime now, PendingTransitions& pending);

@@ -137,10 +137,13 @@ FallbackDecision admitToFallback(CircuitBreaker& fallback_breaker, FallbackCapac
     return rejected;
   }
 
-  // A capacity rejection destroys the admission, which frees a probe ticket it held.
+  // A capacity rejection gives back a probe ticket the admission held: the request never
+  // reaches the fallback.
   FallbackDecision decision = capacity.tryAcquire(now);
   if (decision.grant) {
     decision.grant->admission = std::move(admission);
+  } else {
+    admission.giveBack();
   }
   return decision;
 }

@@ -392,14 +392,33 @@ TEST_F(BreakerFilterTest, HangingProbeReopensAfterProbeTimeout) {
   EXPECT_EQ(config.primary.breaker->state(clock_.now()), BreakerState::kOpen);
 }
 
-TEST_F(BreakerFilterTest, CancelledProbeFreesItsTicket) {
+TEST_F(BreakerFilterTest, CancelledProbeKeepsItsTicket) {
+  BreakerRouteConfig config = withoutFallback();
+  trip(config);
+  clock_.advance(5s);
+  SharedEndpoint endpoint("primary", "127.0.0.1:1", 0);
+  {
+    Request probe(config, clock_);
+    ASSERT_EQ(probe.start(), FilterStatus::kContinue);
+    probe.callbacks.info.upstream = &endpoint; // it was sent
+    probe.filter.onStreamEnd(StreamEnd::kDownstreamClosed);
+  }
+  // The primary may still be working on the cancelled probe: nothing else goes through.
+  Request next(config, clock_);
+  EXPECT_EQ(next.start(), FilterStatus::kStop);
+  EXPECT_EQ(next.callbacks.replies, std::vector{LocalReplyReason::kBreakerOpen});
+}
+
+TEST_F(BreakerFilterTest, ProbeStoppedBeforeSendingGivesTicketBack) {
   BreakerRouteConfig config = withoutFallback();
   trip(config);
   clock_.advance(5s);
   {
+    // A later filter (backpressure shedding, say) answered it before any endpoint was picked.
     Request probe(config, clock_);
     ASSERT_EQ(probe.start(), FilterStatus::kContinue);
-    probe.filter.onStreamEnd(StreamEnd::kDownstreamClosed);
+    probe.callbacks.info.local_reply = LocalReplyReason::kLoadShed;
+    probe.filter.onStreamEnd(StreamEnd::kLocalReply);
   }
   Request next(config, clock_);
   EXPECT_EQ(next.start(), FilterStatus::kContinue);
