@@ -153,7 +153,7 @@ std::optional<CallResult> callResult(int status, const HeaderMap& headers,
     result.local_failure = LocalFailure::kReset;
     return result;
   default:
-    // A filter's reply, or the connection limit's, tells nothing about the upstream.
+    // A filter's reply, or the connection limit's, is no outcome of the upstream.
     return std::nullopt;
   }
 }
@@ -222,11 +222,7 @@ FilterStatus BreakerFilter::redirect(HeaderMap& headers, const Admission& reject
     return FilterStatus::kContinue;
   }
 
-  const BreakerTarget& fallback = *config_.fallback;
-  if (config_.endpoints != nullptr) {
-    config_.capacity->setAllEndpointsDeferring(config_.endpoints->allDeferring(fallback.cluster));
-  }
-  FallbackDecision decision = admitToFallback(*fallback.breaker, *config_.capacity, now);
+  FallbackDecision decision = admitFallback(now);
   if (!decision.granted()) {
     auto reason = static_cast<size_t>(decision.rejection);
     if (stats != nullptr && reason < kFallbackRejections) {
@@ -241,15 +237,9 @@ FilterStatus BreakerFilter::redirect(HeaderMap& headers, const Admission& reject
     return FilterStatus::kStop;
   }
 
-  if (!callbacks().routeToCluster(fallback.cluster_index)) {
+  if (!sendToFallback(headers, loop, decision, "fallback", now)) {
     return rejectOpen(rejected);
   }
-  headers.set(kFallbackPathHeader, loop.fallback_path);
-  grant_ = std::move(decision.grant);
-  increment(config_.fallback_requests);
-  info.decision = "fallback";
-  letThrough(fallback, now);
-  startProbeTimer(grant_->admission);
   return FilterStatus::kContinue;
 }
 
@@ -259,21 +249,37 @@ std::optional<FilterStatus> BreakerFilter::redirectWhileDeferring(HeaderMap& hea
   if (loop.verdict != LoopVerdict::kRedirect) {
     return std::nullopt;
   }
+  FallbackDecision decision = admitFallback(now);
+  if (!decision.granted() || !sendToFallback(headers, loop, decision, "fallback-deferring", now)) {
+    return std::nullopt;
+  }
+  return FilterStatus::kContinue;
+}
+
+FallbackDecision BreakerFilter::admitFallback(MonotonicTime now) {
   const BreakerTarget& fallback = *config_.fallback;
   if (config_.endpoints != nullptr) {
     config_.capacity->setAllEndpointsDeferring(config_.endpoints->allDeferring(fallback.cluster));
   }
-  FallbackDecision decision = admitToFallback(*fallback.breaker, *config_.capacity, now);
-  if (!decision.granted() || !callbacks().routeToCluster(fallback.cluster_index)) {
-    return std::nullopt;
+  return admitToFallback(*fallback.breaker, *config_.capacity, now);
+}
+
+bool BreakerFilter::sendToFallback(HeaderMap& headers, const LoopCheck& loop,
+                                   FallbackDecision& decision, std::string_view decision_name,
+                                   MonotonicTime now) {
+  const BreakerTarget& fallback = *config_.fallback;
+  if (!callbacks().routeToCluster(fallback.cluster_index)) {
+    // The request never reaches the fallback, so a probe ticket it took goes back.
+    decision.grant->admission.giveBack();
+    return false;
   }
   headers.set(kFallbackPathHeader, loop.fallback_path);
   grant_ = std::move(decision.grant);
   increment(config_.fallback_requests);
-  callbacks().requestInfo().decision = "fallback-deferring";
+  callbacks().requestInfo().decision = decision_name;
   letThrough(fallback, now);
   startProbeTimer(grant_->admission);
-  return FilterStatus::kContinue;
+  return true;
 }
 
 FilterStatus BreakerFilter::rejectOpen(const Admission& rejected) {
@@ -327,7 +333,7 @@ void BreakerFilter::onStreamEnd(StreamEnd end) {
     reset.local_failure = LocalFailure::kReset;
     finish(reset, callbacks().dispatcher().now());
   }
-  // A request that ends unrecorded before it reached an endpoint (another filter answered it)
+  // A request that ends unrecorded before it reached an endpoint (another filter replied to it)
   // gives its probe ticket back. One that reached an endpoint keeps it, since the primary may
   // still be working on it, until the probe times out. A fallback request also ends its share
   // of the fallback's concurrency here.

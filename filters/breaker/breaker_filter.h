@@ -17,7 +17,7 @@
 //      path header and is redirected with routeToCluster().
 //
 // On the way down, the call's result is taken from the response status and grpc-status, or
-// from RequestInfo.local_reply when deferd answered for the upstream (connect failure, reset,
+// from RequestInfo.local_reply when deferd replied in the upstream's place (connect failure, reset,
 // timeout). It is recorded once, with the latency since the filter let the request through,
 // in the breaker that admitted it (the primary's or the fallback's) and in that cluster's
 // outlier detector, keyed by the endpoint's id. An ejection is copied to the SharedEndpoint,
@@ -123,6 +123,12 @@ private:
   // Sends a request to the fallback while every primary endpoint defers, when the fallback
   // has room; nothing when it has not, and the request goes on to the primary.
   std::optional<FilterStatus> redirectWhileDeferring(HeaderMap& headers, MonotonicTime now);
+  // Checks the fallback's breaker and capacity, with its endpoints' load signals.
+  FallbackDecision admitFallback(MonotonicTime now);
+  // Sends the request to the fallback under a granted decision. Returns false, and gives the
+  // grant back, when the stream cannot change cluster.
+  bool sendToFallback(HeaderMap& headers, const LoopCheck& loop, FallbackDecision& decision,
+                      std::string_view decision_name, MonotonicTime now);
   void letThrough(const BreakerTarget& target, MonotonicTime now);
   void startProbeTimer(const Admission& admission);
   void onProbeTimeout();

@@ -31,7 +31,7 @@
 // caller reports the timeout through its admission, and the breaker also reopens by itself
 // when it is next consulted (allow, record or state) and finds a probe outstanding that long,
 // so it can never stay half-open. A probe admission released without a result (the request was
-// cancelled before the primary answered) keeps its ticket, since the primary may still be
+// cancelled before the primary's response) keeps its ticket, since the primary may still be
 // working on it; it times out like a silent probe. So a half-open period lets exactly `probes`
 // requests through, never more, across all threads.
 //
