@@ -104,9 +104,9 @@ struct RequestInfo {
 
   // The endpoint the request was sent to, once one was picked; null before.
   filters::SharedEndpoint* upstream = nullptr;
-  // Set when deferd answered the request itself, before the response filters run.
+  // Set when deferd made a local reply, before the response filters run.
   std::optional<LocalReplyReason> local_reply;
-  // The retry-after of a 503 local reply, when a filter knows better than the default (a
+  // The retry-after of a 503 local reply, when a filter sets its own value (a
   // breaker's time until its next probe, for example).
   std::optional<std::chrono::seconds> retry_after;
   // Overrides of the local reply's status from the reason's table entry, set by the fault

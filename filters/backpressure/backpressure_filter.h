@@ -24,7 +24,7 @@
 // Response path:
 //   inbound, emit_signal  every response, local replies included, carries the cluster's load in
 //                         `endpoint-load-metrics` (see load_report.h), so callers can defer.
-//   outbound, signal      the header of the endpoint that answered updates its smoothed load;
+//   outbound, signal      the header of the endpoint that served it updates its smoothed load;
 //                         a change of its deferring state is mirrored into the SharedEndpoint
 //                         that every worker's balancer reads, and when every endpoint of the
 //                         cluster defers, the cluster's limit is lowered. The header is removed
@@ -122,7 +122,7 @@ public:
   void onStreamEnd(StreamEnd end) override;
 
 private:
-  // What a pending wait callback may touch: the filter, until it is gone.
+  // State that a pending wait callback may touch: the filter, while it exists.
   struct WaitState {
     BackpressureFilter* filter = nullptr;
   };

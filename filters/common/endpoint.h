@@ -1,6 +1,6 @@
 #pragma once
 
-// Facts about one upstream endpoint that every worker shares: whether its load signal says it
+// Facts about one upstream endpoint that every worker shares: whether its load signal reports it
 // is deferring, and until when outlier ejection keeps it out. Filters write them from any
 // worker; each worker's balancer reads them when it picks an endpoint, and skips an endpoint
 // to avoid unless every endpoint of the cluster is avoided.

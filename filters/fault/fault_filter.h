@@ -7,10 +7,10 @@
 // and one against the abort share. When the route allows header control, an `x-deferd-fault`
 // request header can request a fault instead: `abort=503`, `delay=200ms`, or both separated by
 // a comma. The filter then removes the header, so it does not reach the upstream.
-// A delay holds the request on a dispatcher timer and is cancelled when the stream ends (the
-// client left). An abort is a local reply with reason fault-injected and the configured status.
-// A gRPC request (content-type application/grpc*) gets a grpc-status instead, with HTTP 200.
-// When both happen, the delay comes first. In shadow mode nothing is injected; the access log
+// A delay keeps the request waiting on a dispatcher timer and is cancelled when the stream ends
+// (the client left). An abort is a local reply with reason fault-injected and the configured
+// status. A gRPC request (content-type application/grpc*) gets a grpc-status instead, with HTTP
+// 200. When both happen, the delay comes first. In shadow mode nothing is injected; the access log
 // decision records what would have been.
 //
 // Threading: a filter instance belongs to one request on one worker. The factory is shared

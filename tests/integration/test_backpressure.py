@@ -11,7 +11,7 @@ import time
 import harness
 from harness import Reply
 
-# The request that holds the slot takes long enough for the once-a-second queue gauge to see
+# The request that has the slot takes long enough for the once-a-second queue gauge to see
 # the requests queued behind it; the others are quick.
 HOLD_SECONDS = 2.0
 QUICK_SECONDS = 0.05
@@ -109,10 +109,10 @@ class QueueTest(harness.DeferdTestCase):
         return holder
 
     def setUp(self):
-        # Requests of the previous test have all been answered; forget them.
+        # Requests of the previous test have all completed, so forget them.
         self.upstream.reset()
 
-    def test_most_urgent_waiter_goes_first_and_least_urgent_is_shed(self):
+    def test_urgent_first_least_urgent_shed(self):
         holder = self.hold_the_slot()
 
         sheddable = Client(self.port, urgency=7)
@@ -170,7 +170,7 @@ class QueueTest(harness.DeferdTestCase):
         wait_for_queue(self.deferd, "app", 2)
         gone.close()
 
-        # The queue holds two. Had the closed client kept its place, this urgency 4 newcomer
+        # The queue has room for two. Had the closed client kept its place, this urgency 4 newcomer
         # would be shed; with the place free, it waits and is served.
         late = Client(self.port, urgency=4)
         late.start()
@@ -204,7 +204,7 @@ class QueueTest(harness.DeferdTestCase):
 
 
 class MaxWaitTest(harness.DeferdTestCase):
-    """max_wait: reject answers 503 queue-timeout; proceed lets the request through."""
+    """max_wait: reject replies 503 queue-timeout; proceed lets the request through."""
 
     def start_deferd(self, action):
         upstream = harness.RawUpstream(handler=lambda r: Reply(200, [], b"ok", delay=0.5))

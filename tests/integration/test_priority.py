@@ -3,7 +3,7 @@
 Four services call each other in a line, A -> B -> C -> D. Each app forwards `traceparent` on
 its sub-call but never the priority header, as most apps do. Every deferd has an untrusted
 inbound listener (only 127.0.0.1 is trusted) and an outbound listener whose policy inherits with
-max_depth 2. Each app answers with the priority header it received, followed by what the next
+max_depth 2. Each app responds with the priority header it received, followed by what the next
 service answered, so one request shows what every hop saw.
 """
 
@@ -129,7 +129,7 @@ class InheritanceChainTest(harness.DeferdTestCase):
             },
         )
 
-        # Every deferd says where the urgency came from.
+        # Every deferd logs where the urgency came from.
         def entries():
             # The access log is flushed in batches; wait until both lines of this request are
             # in. Only this test sends a sub-call at urgency 0 from A.
@@ -160,7 +160,7 @@ class InheritanceChainTest(harness.DeferdTestCase):
             1,
         )
 
-    def test_forged_urgency_clamped_at_entry_and_down_the_chain(self):
+    def test_forged_urgency_stays_clamped(self):
         before = self.sidecars["a"].metrics().value("deferd_priority_clamped_total", listener="inbound")
         seen = self.call_chain(
             UNTRUSTED_SOURCE, {"deferd-priority": "u=0, hop=1", "traceparent": traceparent()}
@@ -325,7 +325,7 @@ class Chain(threading.Thread):
 
 
 class BoostTest(harness.DeferdTestCase):
-    """B's app has one slot. A low-urgency request holds it and makes its sub-call to C late;
+    """B's app has one slot. A low-urgency request takes it and makes its sub-call to C late;
     a critical request waiting behind it boosts the holder, so the holder's sub-call reaches C
     at the critical urgency."""
 

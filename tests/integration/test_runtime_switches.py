@@ -1,7 +1,7 @@
 """Runtime policy switches on the admin listener: POST /policies/NAME/mode.
 
 The policy under test has a backpressure section with a fixed limit of one slot and no queue,
-so while a slow request holds the slot, the next one is shed when the policy is enforced and
+so while a slow request has the slot, the next one is shed when the policy is enforced and
 forwarded when it is off. That makes the effective mode visible in one request.
 """
 
@@ -22,7 +22,7 @@ def hold_or_quick(request):
 
 
 class Holder:
-    """A request that holds the policy's one slot in the background."""
+    """A request that takes the policy's one slot in the background."""
 
     def __init__(self, port, upstream):
         self.thread = threading.Thread(
@@ -65,7 +65,7 @@ class RuntimeSwitchTest(harness.DeferdTestCase):
         self.assertIn(f"now {mode}".encode(), resp.body)
 
     def status_while_held(self):
-        """Return the status of a request sent while another one holds the only slot."""
+        """Return the status of a request sent while another one has the only slot."""
         holder = Holder(self.port, self.upstream)
         resp = harness.http_get(self.port, "/quick")
         holder.join()

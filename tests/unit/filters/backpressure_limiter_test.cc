@@ -144,7 +144,7 @@ TEST_F(LimiterTest, GradientSettlesUnderLastingQueueing) {
   EXPECT_LE(peak, 3 * kWorkers);
 }
 
-TEST_F(LimiterTest, GradientTakesSlowerUpstreamAsBaselineWhenCutsDoNotHelp) {
+TEST_F(LimiterTest, GradientAcceptsSlowerUpstream) {
   ConcurrencyLimiter& limiter = makeLimiter(LimitAlgorithmKind::kGradient);
   runBusyWindows(20, 10ms);
   const int before = limiter.limit();

@@ -317,7 +317,7 @@ TEST_F(BreakerStateMachineTest, SilentProbeTimesOutByItself) {
   trip();
   clock_.advance(10s);
 
-  // The probe never answers and nobody reports it.
+  // The probe never answers and no caller reports it.
   Admission probe = breaker.allow(clock_.now());
   Admission second = breaker.allow(clock_.now());
   clock_.advance(1999ms);
@@ -331,7 +331,7 @@ TEST_F(BreakerStateMachineTest, SilentProbeTimesOutByItself) {
   EXPECT_EQ(lastTransition().cause, TransitionCause::kProbeTimeout);
   EXPECT_EQ(lastTransition().at, clock_.now());
 
-  // The late answer belongs to the ended half-open period and changes nothing.
+  // The late result belongs to the ended half-open period and changes nothing.
   size_t before = transitions_.size();
   probe.record(ok(), clock_.now());
   second.record(ok(), clock_.now());
@@ -372,7 +372,7 @@ TEST_F(BreakerStateMachineTest, AbandonedProbeKeepsTicketUntilTimeout) {
   first.record(ok(), clock_.now());
   EXPECT_EQ(breaker.state(clock_.now()), BreakerState::kHalfOpen);
 
-  // Without an answer, it fails like a silent probe.
+  // Without a response, it fails like a silent probe.
   clock_.advance(options.probe_timeout);
   EXPECT_EQ(breaker.state(clock_.now()), BreakerState::kOpen);
   EXPECT_EQ(lastTransition().cause, TransitionCause::kProbeTimeout);
@@ -385,7 +385,7 @@ TEST_F(BreakerStateMachineTest, MovedAdmissionRecordsOnce) {
 
   Admission original = breaker.allow(clock_.now());
   Admission moved = std::move(original);
-  // The moved-from admission holds nothing: it neither records nor frees the ticket.
+  // The moved-from admission contains nothing: it neither records nor frees the ticket.
   original.record(serverError(), clock_.now());
   EXPECT_EQ(breaker.state(clock_.now()), BreakerState::kHalfOpen);
 
@@ -546,7 +546,7 @@ TEST_F(BreakerStateMachineTest, ShadowLetsEverythingThrough) {
   trip();
   EXPECT_TRUE(lastTransition().shadow);
 
-  // Open: the verdict says rejected, but the request still goes to the primary.
+  // Open: the verdict is rejected, but the request still goes to the primary.
   Admission would_reject = breaker.allow(clock_.now());
   EXPECT_EQ(would_reject.verdict(), Verdict::kRejected);
   EXPECT_TRUE(would_reject.shadow());
@@ -602,7 +602,7 @@ TEST_F(BreakerStateMachineTest, ProbesNeverExceedLimitAcrossThreads) {
   trip();
   clock_.advance(10s);
 
-  // Eight threads race for tickets and keep every probe they get; the clock stands still.
+  // Eight threads race for tickets and keep every probe they get; the clock does not move.
   constexpr int kThreads = 8;
   constexpr int kAttempts = 2000;
   MonotonicTime now = clock_.now();

@@ -414,7 +414,7 @@ TEST_F(BreakerFilterTest, ProbeStoppedBeforeSendingGivesTicketBack) {
   trip(config);
   clock_.advance(5s);
   {
-    // A later filter (backpressure shedding, say) answered it before any endpoint was picked.
+    // A later filter (backpressure shedding, say) replied to it before any endpoint was picked.
     Request probe(config, clock_);
     ASSERT_EQ(probe.start(), FilterStatus::kContinue);
     probe.callbacks.info.local_reply = LocalReplyReason::kLoadShed;
