@@ -333,6 +333,10 @@ Metrics::Metrics()
                           .Name("deferd_priority_boosts_total")
                           .Help("Slot holders raised to the urgency of a request they blocked.")
                           .Register(*registry_);
+  fault_decisions_ = &prometheus::BuildCounter()
+                          .Name("deferd_fault_decisions_total")
+                          .Help("Faults injected, or only counted in shadow mode, by policy.")
+                          .Register(*registry_);
   table_entries_ = &prometheus::BuildGauge()
                         .Name("deferd_priority_table_entries")
                         .Help("Entries in the priority inheritance table.")
@@ -415,6 +419,25 @@ RouteStats* Metrics::route(const std::string& listener, const std::string& clust
                            {"status_class", std::string(kStatusClasses[i])}});
     }
     stats->duration[p] = histograms_->add(listener, cluster, protocol);
+  }
+
+  slot = std::move(stats);
+  return slot.get();
+}
+
+filters::fault::FaultStats* Metrics::fault(const std::string& policy) {
+  using filters::fault::FaultDecision;
+  std::lock_guard lock(mutex_);
+  auto& slot = fault_[policy];
+  if (slot != nullptr) {
+    return slot.get();
+  }
+
+  auto stats = std::make_unique<filters::fault::FaultStats>();
+  for (size_t decision = 0; decision < stats->decisions.size(); ++decision) {
+    std::string_view name = filters::fault::faultDecisionName(static_cast<FaultDecision>(decision));
+    stats->decisions[decision] =
+        &fault_decisions_->Add({{"policy", policy}, {"decision", std::string(name)}});
   }
 
   slot = std::move(stats);

@@ -31,6 +31,7 @@
 #include <prometheus/registry.h>
 
 #include "filters/breaker/breaker_filter.h"
+#include "filters/fault/fault_filter.h"
 #include "filters/priority/priority_filter.h"
 #include "proxy/local_reply.h"
 
@@ -131,6 +132,9 @@ public:
   ClusterStats* cluster(const std::string& name);
   RouteStats* route(const std::string& listener, const std::string& cluster);
   filters::priority::PriorityStats* priority(const std::string& listener);
+
+  // The fault filter's counters of one policy, created on first use and kept across reloads.
+  filters::fault::FaultStats* fault(const std::string& policy);
   filters::breaker::BreakerStats* breaker(const std::string& cluster);
   // deferd_breaker_fallback_requests_total{cluster,fallback}
   prometheus::Counter* breakerFallback(const std::string& cluster, const std::string& fallback);
@@ -200,6 +204,7 @@ private:
   prometheus::Family<prometheus::Gauge>* bp_deferring_;
   prometheus::Family<prometheus::Counter>* bp_stale_;
   prometheus::Family<prometheus::Counter>* priority_boosts_;
+  prometheus::Family<prometheus::Counter>* fault_decisions_;
   prometheus::Gauge* table_entries_;
   prometheus::Counter* table_evictions_;
   uint64_t table_evictions_seen_ = 0; // guarded by mutex_
@@ -209,6 +214,7 @@ private:
   std::map<std::string, std::unique_ptr<ClusterStats>> clusters_;
   std::map<std::pair<std::string, std::string>, std::unique_ptr<RouteStats>> routes_;
   std::map<std::string, std::unique_ptr<filters::priority::PriorityStats>> priority_;
+  std::map<std::string, std::unique_ptr<filters::fault::FaultStats>> fault_;
   std::map<std::string, std::unique_ptr<filters::breaker::BreakerStats>> breakers_;
   std::map<std::string, std::unique_ptr<BackpressureStats>> backpressure_;
 };

@@ -30,7 +30,7 @@ double uniformDraw() {
 // The fault filter runs first: an injected abort or delay happens before any other policy
 // takes a slot or records an urgency, as a failure in front of the service would.
 void addFaultFilter(const config::Config& config, const config::Listener& listener,
-                    const config::Route& route, RouteRuntime& runtime) {
+                    const config::Route& route, RouteRuntime& runtime, Metrics& metrics) {
   const config::Policy* policy = policyOf(config, route);
   if (policy == nullptr || !policy->fault || policy->mode == config::PolicyMode::kOff) {
     return;
@@ -46,6 +46,7 @@ void addFaultFilter(const config::Config& config, const config::Listener& listen
   filter.header_control = fault.header_control && listener.trust == config::Trust::kTrusted;
   filter.enforce = policy->mode == config::PolicyMode::kEnforce;
   filter.random = uniformDraw;
+  filter.stats = metrics.fault(*route.policy);
   runtime.filters.push_back(
       std::make_shared<filters::fault::FaultFilterFactory>(std::move(filter)));
 }
@@ -208,7 +209,7 @@ std::shared_ptr<const Snapshot> Snapshot::build(std::shared_ptr<const config::Co
         }
       }
       route_runtime.stats = metrics.route(listener.name, route.cluster);
-      addFaultFilter(*config, listener, route, route_runtime);
+      addFaultFilter(*config, listener, route, route_runtime, metrics);
       addPriorityFilter(*config, listener, route, route_runtime, metrics, state);
       addBreakerFilter(*config, route, route_runtime, metrics, state);
       addBackpressureFilter(*config, listener, route, route_runtime, metrics, state);

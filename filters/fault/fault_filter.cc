@@ -63,13 +63,17 @@ public:
     grpc_ = isGrpc(headers);
     abort_status_ = plan.abort_status;
 
-    RequestInfo& info = callbacks().requestInfo();
     if (!config_->enforce) {
-      info.decision = plan.abort_status ? "fault-abort-shadow" : "fault-delay-shadow";
+      if (plan.delay) {
+        record(FaultDecision::kDelayShadow);
+      }
+      if (plan.abort_status) {
+        record(FaultDecision::kAbortShadow);
+      }
       return FilterStatus::kContinue;
     }
     if (plan.delay && plan.delay->count() > 0) {
-      info.decision = "fault-delay";
+      record(FaultDecision::kDelay);
       timer_ = callbacks().dispatcher().createTimer([this] { onDelayDone(); });
       timer_->enableTimer(*plan.delay);
       return FilterStatus::kStop;
@@ -93,7 +97,7 @@ private:
         if (requested) {
           return *requested;
         }
-        callbacks().requestInfo().decision = "fault-header-invalid";
+        record(FaultDecision::kHeaderInvalid);
         return {};
       }
     }
@@ -118,8 +122,8 @@ private:
   }
 
   void abort() {
+    record(FaultDecision::kAbort);
     RequestInfo& info = callbacks().requestInfo();
-    info.decision = "fault-abort";
     info.local_reply_status = *abort_status_;
     if (grpc_) {
       // A configured grpc_status applies to configured aborts; a header abort is mapped.
@@ -129,6 +133,16 @@ private:
     callbacks().sendLocalReply(LocalReplyReason::kFaultInjected);
   }
 
+  // Counts the decision and sets the access log's decision, which a later call replaces.
+  void record(FaultDecision decision) {
+    callbacks().requestInfo().decision = faultDecisionName(decision);
+    if (config_->stats != nullptr) {
+      if (prometheus::Counter* counter = config_->stats->decisions[static_cast<size_t>(decision)]) {
+        counter->Increment();
+      }
+    }
+  }
+
   std::shared_ptr<const FaultRouteConfig> config_;
   std::unique_ptr<Timer> timer_; // set while a delay is pending
   std::optional<uint16_t> abort_status_;
@@ -136,6 +150,24 @@ private:
 };
 
 } // namespace
+
+std::string_view faultDecisionName(FaultDecision decision) {
+  switch (decision) {
+  case FaultDecision::kDelay:
+    return "fault-delay";
+  case FaultDecision::kAbort:
+    return "fault-abort";
+  case FaultDecision::kDelayShadow:
+    return "fault-delay-shadow";
+  case FaultDecision::kAbortShadow:
+    return "fault-abort-shadow";
+  case FaultDecision::kHeaderInvalid:
+    return "fault-header-invalid";
+  case FaultDecision::kCount:
+    break;
+  }
+  return "unknown";
+}
 
 std::optional<FaultRequest> parseFaultHeader(std::string_view value) {
   FaultRequest request;

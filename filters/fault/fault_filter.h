@@ -16,12 +16,15 @@
 // Threading: a filter instance belongs to one request on one worker. The factory is shared
 // read-only, and its random source must be safe to call from every worker thread.
 
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <optional>
 #include <string_view>
+
+#include <prometheus/counter.h>
 
 #include "filters/filter.h"
 
@@ -46,6 +49,25 @@ std::optional<FaultRequest> parseFaultHeader(std::string_view value);
 // (12), 429, 502, 503 and 504 UNAVAILABLE (14), anything else UNKNOWN (2).
 uint32_t grpcStatusForHttp(uint16_t status);
 
+// What the filter did to one request. A request that is delayed and then aborted counts once
+// for each. The names are also the access log's `decision` values.
+enum class FaultDecision : uint8_t {
+  kDelay,         // fault-delay
+  kAbort,         // fault-abort
+  kDelayShadow,   // fault-delay-shadow: a delay shadow mode did not inject
+  kAbortShadow,   // fault-abort-shadow
+  kHeaderInvalid, // fault-header-invalid: an x-deferd-fault value that did not parse
+  kCount,
+};
+
+std::string_view faultDecisionName(FaultDecision decision);
+
+// deferd_fault_decisions_total{policy,decision}, one counter per decision. Set by the metrics
+// registry; an unset pointer is not counted.
+struct FaultStats {
+  std::array<prometheus::Counter*, static_cast<size_t>(FaultDecision::kCount)> decisions{};
+};
+
 struct FaultRouteConfig {
   double delay_share = 0; // 0..1
   std::chrono::milliseconds delay{0};
@@ -55,6 +77,7 @@ struct FaultRouteConfig {
   bool header_control = false;         // honour x-deferd-fault
   bool enforce = true;                 // false in shadow mode
   std::function<double()> random;      // uniform in [0, 1); called from any worker
+  FaultStats* stats = nullptr;         // owned by the metrics registry; may be null
 };
 
 class FaultFilterFactory : public FilterFactory {

@@ -86,6 +86,26 @@ class FaultTest(harness.DeferdTestCase):
                                             reason="fault-injected")
         self.assertEqual(after, before + 3)
 
+    def test_decisions_counted_by_policy(self):
+        def count(policy, decision):
+            return self.deferd.metrics().value("deferd_fault_decisions_total", policy=policy,
+                                               decision=decision)
+
+        aborts = count("abort_all", "fault-abort")
+        delays = count("delay_all", "fault-delay")
+        invalid = count("by_header", "fault-header-invalid")
+
+        for _ in range(2):
+            self.assertLocalReply(harness.http_get(self.port, "/always"), 429, "fault-injected")
+        self.assertStatus(harness.http_get(self.port, "/slow"), 200)
+        resp = harness.http_get(self.port, "/x", headers={"x-deferd-fault": "abort=200"})
+        self.assertStatus(resp, 200, "an invalid fault header injects nothing")
+
+        self.assertEqual(count("abort_all", "fault-abort"), aborts + 2)
+        self.assertEqual(count("delay_all", "fault-delay"), delays + 1)
+        self.assertEqual(count("by_header", "fault-header-invalid"), invalid + 1)
+        self.assertEqual(count("abort_all", "fault-delay"), 0)
+
 
 if __name__ == "__main__":
     harness.main()

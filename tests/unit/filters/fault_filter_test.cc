@@ -190,5 +190,72 @@ TEST_F(FaultFilterTest, ShadowInjectsNothing) {
   EXPECT_EQ(callbacks_.info.decision, "fault-abort-shadow");
 }
 
+// Counters of every decision, wired as the metrics registry wires them.
+class FaultStatsTest : public FaultFilterTest {
+protected:
+  FaultStatsTest() {
+    for (size_t i = 0; i < counters_.size(); ++i) {
+      stats_.decisions[i] = &counters_[i];
+    }
+  }
+
+  double count(FaultDecision decision) const {
+    return counters_[static_cast<size_t>(decision)].Value();
+  }
+
+  std::array<prometheus::Counter, static_cast<size_t>(FaultDecision::kCount)> counters_;
+  FaultStats stats_;
+};
+
+TEST_F(FaultStatsTest, DelayAndAbortCountOnceEach) {
+  FaultRouteConfig config = abortHalf();
+  config.delay_share = 1.0;
+  config.delay = milliseconds(100);
+  config.stats = &stats_;
+  auto filter = makeFilter(config, {0.0, 0.0});
+  TestHeaderMap headers;
+
+  EXPECT_EQ(filter->onRequestHeaders(headers), FilterStatus::kStop);
+  EXPECT_EQ(count(FaultDecision::kDelay), 1);
+  EXPECT_EQ(count(FaultDecision::kAbort), 0);
+  callbacks_.fake_dispatcher.advance(milliseconds(100));
+  EXPECT_EQ(count(FaultDecision::kAbort), 1);
+  EXPECT_EQ(callbacks_.info.decision, "fault-abort");
+}
+
+TEST_F(FaultStatsTest, ShadowCountsWhatWouldHaveHappened) {
+  FaultRouteConfig config = abortHalf();
+  config.delay_share = 1.0;
+  config.delay = milliseconds(100);
+  config.enforce = false;
+  config.stats = &stats_;
+  auto filter = makeFilter(config, {0.0, 0.0});
+  TestHeaderMap headers;
+
+  EXPECT_EQ(filter->onRequestHeaders(headers), FilterStatus::kContinue);
+  EXPECT_EQ(count(FaultDecision::kDelayShadow), 1);
+  EXPECT_EQ(count(FaultDecision::kAbortShadow), 1);
+  EXPECT_EQ(count(FaultDecision::kDelay), 0);
+  EXPECT_EQ(count(FaultDecision::kAbort), 0);
+}
+
+TEST_F(FaultStatsTest, InvalidHeaderAndPassCounted) {
+  FaultRouteConfig config = abortHalf();
+  config.header_control = true;
+  config.stats = &stats_;
+  auto invalid = makeFilter(config, {});
+  TestHeaderMap bad{{"x-deferd-fault", "delay=forever"}};
+  EXPECT_EQ(invalid->onRequestHeaders(bad), FilterStatus::kContinue);
+  EXPECT_EQ(count(FaultDecision::kHeaderInvalid), 1);
+
+  auto passed = makeFilter(config, {0.9});
+  TestHeaderMap plain;
+  EXPECT_EQ(passed->onRequestHeaders(plain), FilterStatus::kContinue);
+  for (size_t i = 0; i < counters_.size(); ++i) {
+    double expected = i == static_cast<size_t>(FaultDecision::kHeaderInvalid) ? 1 : 0;
+    EXPECT_EQ(counters_[i].Value(), expected) << faultDecisionName(static_cast<FaultDecision>(i));
+  }
+}
+
 } // namespace
 } // namespace deferd::filters::fault
