@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 
+import h2peer
 import harness
 from harness import Reply
 
@@ -283,6 +284,64 @@ class FallbackTest(BreakerTestCase):
         )
         self.wait_metric("deferd_breaker_state", 1, cluster="primary", state="closed")
         client.close()
+
+
+class Http2FallbackTest(BreakerTestCase):
+    """Streams of one HTTP/2 connection follow the redirect, within the fallback's capacity."""
+
+    FALLBACK_DELAY = 0.5
+
+    def test_streams_redirected_within_capacity(self):
+        primary = self.upstream(text_reply(b"primary"))
+        fallback = self.upstream(text_reply(b"fallback", delay=self.FALLBACK_DELAY))
+        clusters = [
+            harness.cluster_config("primary", [primary.port]),
+            harness.cluster_config("cache", [fallback.port],
+                                   capacity={"max_concurrent": 1, "max_rps": 1000}),
+        ]
+        policy = breaker_policy(fallback={"cluster": "cache"}, cooldown="30s",
+                                max_cooldown="30s")
+        self.deferd, port = start_deferd(clusters, policy)
+
+        with h2peer.H2Client(port) as client:
+            self.assertEqual(bytes(client.get("/").body), b"primary")
+
+            # Kill the primary: three failing streams open its breaker.
+            primary.close()
+            for _ in range(10):
+                client.get("/")
+                if self.metric("deferd_breaker_transitions_total", cluster="primary",
+                               to="open"):
+                    break
+            else:
+                self.fail_with_log("the breaker did not open on HTTP/2 streams")
+
+            # Three concurrent streams: the fallback takes one at a time, so one is redirected
+            # and the other two are rejected at once rather than queued.
+            started = time.monotonic()
+            ids = [client.request("GET", f"/item/{i}") for i in range(3)]
+            results = {stream_id: client.wait(stream_id, timeout=10) for stream_id in ids}
+            served = [r for r in results.values() if r.status == 200]
+            rejected = [r for r in results.values() if r.status == 503]
+
+            self.assertEqual(len(served), 1, results)
+            self.assertEqual(bytes(served[0].body), b"fallback")
+            self.assertEqual(len(rejected), 2, results)
+            for stream in rejected:
+                self.assertEqual(stream.header("deferd-reason"), "fallback-capacity")
+            self.assertLess(time.monotonic() - started, self.FALLBACK_DELAY + 2.0)
+
+            # The redirected request carried the loop guard.
+            forwarded = fallback.wait_for_requests(1)[0]
+            self.assertIsNotNone(forwarded.header("deferd-fallback-path"))
+
+            # With the fallback free again, the next stream is redirected too.
+            self.assertEqual(bytes(client.get("/again", timeout=10).body), b"fallback")
+
+        self.assertEqual(self.metric("deferd_breaker_fallback_requests_total", cluster="primary",
+                                     fallback="cache"), 2)
+        self.assertEqual(self.metric("deferd_breaker_fallback_rejections_total", cluster="primary",
+                                     reason="max_concurrent"), 2)
 
 
 class SlowCallTest(BreakerTestCase):
