@@ -1,6 +1,7 @@
 #include "proxy/filter_state.h"
 
 #include <chrono>
+#include <set>
 
 namespace deferd {
 
@@ -69,8 +70,29 @@ std::string_view shadowDecisionName(filters::backpressure::ShadowDecision decisi
 } // namespace
 
 void FilterState::endBuild() {
-  std::erase_if(backpressure_,
-                [this](const auto& item) { return item.second.generation != generation_; });
+  auto stale = [this](const auto& item) { return item.second.generation != generation_; };
+  std::erase_if(backpressure_, stale);
+  std::erase_if(capacities_, stale);
+
+  std::set<filters::breaker::BreakerStats*> watched;
+  std::set<filters::breaker::BreakerStats*> removed;
+  for (const auto& [key, entry] : breakers_) {
+    (entry.generation == generation_ ? watched : removed).insert(entry.stats);
+  }
+  std::erase_if(breakers_, stale);
+  for (filters::breaker::BreakerStats* stats : removed) {
+    if (stats == nullptr || watched.contains(stats)) {
+      continue;
+    }
+    for (prometheus::Gauge* gauge : stats->state) {
+      if (gauge != nullptr) {
+        gauge->Set(0);
+      }
+    }
+    if (stats->ejected_endpoints != nullptr) {
+      stats->ejected_endpoints->Set(0);
+    }
+  }
 }
 
 std::shared_ptr<filters::backpressure::BackpressureShared>
@@ -140,6 +162,7 @@ FilterState::ClusterBreaker FilterState::clusterBreaker(const std::string& polic
   using namespace filters::breaker;
   auto now = std::chrono::steady_clock::now();
   BreakerEntry& entry = breakers_[{policy, cluster.name}];
+  entry.generation = generation_;
   if (!entry.shared.breaker || !(entry.options == options) || entry.shadow != shadow) {
     entry.shared.breaker = CircuitBreaker::create(breakerOptions(options, shadow), now, {},
                                                   transitionListener(cluster.name, stats));
@@ -163,11 +186,10 @@ FilterState::ClusterBreaker FilterState::clusterBreaker(const std::string& polic
 std::shared_ptr<filters::breaker::FallbackCapacity>
 FilterState::fallbackCapacity(const config::Cluster& cluster) {
   CapacityEntry& entry = capacities_[cluster.name];
+  entry.generation = generation_;
   bool same = entry.capacity.max_concurrent == cluster.capacity.max_concurrent &&
               entry.capacity.max_rps == cluster.capacity.max_rps;
   if (!entry.shared || !same) {
-    // TODO: nothing calls setAllEndpointsDeferring yet; the backpressure filter's endpoint
-    // signals should, so fallback_deferring never rejects for now.
     entry.shared = std::make_shared<filters::breaker::FallbackCapacity>(
         filters::breaker::capacityOptions(cluster.capacity));
     entry.capacity = cluster.capacity;

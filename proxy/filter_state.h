@@ -34,6 +34,9 @@ namespace deferd {
 class FilterState {
 public:
   void beginBuild() { ++generation_; }
+
+  // Forgets the state the new snapshot did not ask for. The breaker gauges of a cluster that
+  // no breaker watches any more are set to 0, so an alert on an open breaker ends with it.
   void endBuild();
 
   // Returns the process-wide inheritance table, created for these options.
@@ -99,13 +102,14 @@ private:
     size_t endpoints = 0;
     filters::breaker::BreakerStats* stats = nullptr;
     ClusterBreaker shared;
+    uint64_t generation = 0;
   };
-  // TODO: entries of policies or clusters removed by a reload stay, and so do their gauges.
   std::map<std::pair<std::string, std::string>, BreakerEntry> breakers_; // (policy, cluster)
 
   struct CapacityEntry {
     config::Capacity capacity;
     std::shared_ptr<filters::breaker::FallbackCapacity> shared;
+    uint64_t generation = 0;
   };
   std::map<std::string, CapacityEntry> capacities_; // by cluster
   std::map<std::pair<std::string, std::string>, BackpressureEntry> backpressure_;

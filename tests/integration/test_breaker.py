@@ -497,6 +497,31 @@ class ReloadTest(BreakerTestCase):
             lambda: self.fresh_get(port)[1] == "connect-failed", 5, "a new, closed breaker"
         )
 
+    def test_removed_breaker_clears_its_gauge(self):
+        dead_port = harness.free_port()
+        clusters = [harness.cluster_config("primary", [dead_port])]
+        policy = breaker_policy(cooldown="30s", max_cooldown="30s")
+        self.deferd, port = start_deferd(clusters, policy)
+        client = Client(port)
+        self.trip(client)
+        client.close()
+        self.wait_metric("deferd_breaker_state", 1, cluster="primary", state="open")
+
+        # The route keeps its policy, which loses its breaker section: no breaker watches the
+        # cluster any more, so its state gauge must not report it open.
+        before = self.metric("deferd_config_reloads_total", result="success")
+        del self.deferd.config["policies"]["guard"]["breaker"]
+        self.deferd.config["policies"]["guard"]["fault"] = {"delay": {"percent": "0%",
+                                                                       "duration": "1ms"}}
+        self.deferd.write_config()
+        self.deferd.signal(signal.SIGHUP)
+        self.wait_metric("deferd_config_reloads_total", before + 1, result="success")
+
+        for state in ("closed", "open", "half_open"):
+            self.assertEqual(self.metric("deferd_breaker_state", cluster="primary", state=state),
+                             0, state)
+        self.assertEqual(self.fresh_get(port)[1], "connect-failed")
+
 
 class ShadowTest(BreakerTestCase):
     def test_shadow_counts_and_lets_everything_through(self):
