@@ -80,7 +80,9 @@ std::vector<std::string> listPolicyDirectory(const fs::path& directory, std::str
   return names;
 }
 
-void addEntries(ConfigSources* sources, const fs::path& base) {
+void addEntries(ConfigSources* sources) {
+  const fs::path main(sources->files[0].path);
+  const fs::path base = main.parent_path();
   std::map<std::string, size_t> index; // normalized path of each file read
   auto addFile = [&](const fs::path& path) {
     std::string key = path.lexically_normal().string();
@@ -109,6 +111,11 @@ void addEntries(ConfigSources* sources, const fs::path& base) {
     } else if (fs::is_directory(status)) {
       entry.directory = true;
       for (const std::string& name : listPolicyDirectory(path, &entry.error)) {
+        // The main file is no policy file, also when its own directory is listed.
+        std::error_code same_ec;
+        if (fs::equivalent(path / name, main, same_ec)) {
+          continue;
+        }
         entry.files.push_back(addFile(path / name));
       }
     } else {
@@ -124,7 +131,7 @@ ConfigSources readConfigSources(const std::string& main_path) {
   ConfigSources sources;
   sources.files.push_back(readSource(main_path));
   if (sources.files[0].error.empty()) {
-    addEntries(&sources, fs::path(main_path).parent_path());
+    addEntries(&sources);
   }
   return sources;
 }
@@ -132,7 +139,7 @@ ConfigSources readConfigSources(const std::string& main_path) {
 ConfigSources sourcesFromText(const std::string& text, const std::string& name) {
   ConfigSources sources;
   sources.files.push_back(SourceFile{name, text, ""});
-  addEntries(&sources, fs::path(name).parent_path());
+  addEntries(&sources);
   return sources;
 }
 

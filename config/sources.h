@@ -5,9 +5,11 @@
 // The main file's top-level `policy_files` lists paths relative to the main file's directory
 // (absolute paths are taken as they are). An entry that names a directory contributes every
 // regular file in it whose name ends in ".yaml" and does not start with '.', in byte order of
-// the names; hidden entries such as a Kubernetes ConfigMap's `..data` are skipped, and the
-// symlinks the kubelet makes for each key are followed. An entry that names a file contributes
-// that file, whatever its name.
+// the names. Hidden entries such as a Kubernetes ConfigMap's `..data` are skipped, and the
+// symlinks the kubelet makes for each key are followed. The main file itself is skipped, so
+// `policy_files: [.]` reads every other `*.yaml` file next to it, such as the other keys of the
+// ConfigMap that holds the main file. An entry that names a file contributes that file,
+// whatever its name.
 //
 // readConfigSources() reads every file once, so the loader and the config hash see the same
 // bytes. It does not validate: a main file that is not YAML, or a `policy_files` that is not a
@@ -24,7 +26,7 @@ struct SourceFile {
   std::string error; // why the file could not be read; empty when `text` is its content
 };
 
-// What one item of `policy_files` names.
+// The files that one item of `policy_files` names.
 struct PolicyFileEntry {
   std::string path;          // the item resolved against the main file's directory
   bool directory = false;    // the item names a directory
@@ -40,8 +42,8 @@ struct ConfigSources {
 // Reads the main file at `main_path` and every policy file it names.
 ConfigSources readConfigSources(const std::string& main_path);
 
-// Returns sources made of the main file's text alone, as if it had been read from `name`; the
-// policy files it names are read from disk relative to `name`'s directory.
+// Returns sources whose main file is `text`, as if it had been read from `name`. The policy
+// files it names are read from disk, relative to `name`'s directory.
 ConfigSources sourcesFromText(const std::string& text, const std::string& name);
 
 } // namespace deferd::config

@@ -111,6 +111,16 @@ TEST_F(ConfigFilesTest, ReadsNamedFilesAndMainPolicies) {
   EXPECT_EQ(config->policies.at("b").mode, PolicyMode::kShadow);
 }
 
+TEST_F(ConfigFilesTest, OwnDirectorySkipsMainFile) {
+  // One ConfigMap: the main file and policy files side by side, as the keys of one volume.
+  write("deferd.yaml", mainFile("policy_files: [.]\n", true));
+  write("a.yaml", "policies:\n  a: {}\n");
+  write("b.yaml", "policies:\n  b: {}\n");
+
+  std::shared_ptr<const Config> config = loadValid();
+  EXPECT_EQ(config->policies.size(), 2u);
+}
+
 TEST_F(ConfigFilesTest, EmptyPolicyFileAndDirectoryAreValid) {
   write("deferd.yaml", mainFile("policy_files: [empty.d, empty.yaml]\n"));
   fs::create_directories(dir_ / "empty.d");

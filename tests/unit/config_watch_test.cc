@@ -126,6 +126,20 @@ TEST(WatchTargets, CoverMainFilePolicyDirectoryAndFiles) {
   EXPECT_EQ(targets[2].names, (std::vector<std::string>{"one.yaml"}));
 }
 
+TEST(WatchTargets, OwnDirectoryIsOneTarget) {
+  config::ConfigSources sources;
+  sources.files.push_back({"/etc/deferd/deferd.yaml", "", ""});
+  sources.entries.push_back({"/etc/deferd/.", true, {}, ""});
+
+  std::vector<WatchTarget> targets = watchTargets(sources);
+  ASSERT_EQ(targets.size(), 2u);
+  EXPECT_EQ(targets[0].directory, "/etc/deferd");
+  EXPECT_EQ(targets[0].names, (std::vector<std::string>{"deferd.yaml"}));
+  EXPECT_TRUE(targets[0].every_yaml);
+  EXPECT_EQ(targets[1].directory, "/etc");
+  EXPECT_EQ(targets[1].names, (std::vector<std::string>{"deferd"}));
+}
+
 TEST_F(ConfigWatchTest, SymlinkSwapFiresOnceAfterDebounce) {
   // The ConfigMap layout: deferd.yaml -> ..data/deferd.yaml, ..data -> ..v1.
   fs::remove(config_);
