@@ -1173,13 +1173,10 @@ void Loader::parseClasses(const Field& field, std::map<std::string, int>* classe
     if (!name) {
       continue;
     }
-    Field key = entry.key;
+    // mapEntries() has reported a name repeated in one map, so each name comes once.
     std::optional<uint64_t> urgency = readUnsigned(entry.value, kMostUrgent, kLeastUrgent);
-    if (!urgency) {
-      continue;
-    }
-    if (!classes->emplace(*name, static_cast<int>(*urgency)).second) {
-      error(key, "duplicate class name '" + *name + "'");
+    if (urgency) {
+      classes->emplace(*name, static_cast<int>(*urgency));
     }
   }
   if (classes->empty()) {

@@ -114,6 +114,7 @@ class PolicyFilesTest(harness.DeferdTestCase):
         self.write_policies(self.policy_dir)
         self.start()
         successes = self.reloads("success")
+        first_hash = self.deferd.metrics().value("deferd_config_hash")
 
         # A new file defines policy gamma, and then the main file routes /c to it. A GitOps
         # change that writes the two files one after the other takes this order.
@@ -122,6 +123,8 @@ class PolicyFilesTest(harness.DeferdTestCase):
         harness.wait_until(lambda: "gamma:" in self.deferd.admin_get("/config").body.decode(),
                            RELOAD_TIMEOUT, "policy gamma in GET /config")
         self.assertEqual(self.reloads("success"), successes + 1)
+        self.assertNotEqual(self.deferd.metrics().value("deferd_config_hash"), first_hash,
+                            "deferd_config_hash must cover the policy files")
         self.assertStatus(self.get("/c"), 200, "no route uses gamma yet")
 
         config = json.loads(json.dumps(self.deferd.config))
