@@ -1080,6 +1080,8 @@ void Loader::parseDefinitions() {
     Policy unused;
     parsePolicy(inherit(definition), &unused);
   }
+  // TODO: a check between an inherited value and the policy's own one (max_limit below
+  // min_limit) names the template's key, not the policy that combined the two.
   for (const auto& [name, definition] : policies_) {
     Policy policy;
     policy.name = name;
