@@ -9,6 +9,7 @@
 #include <map>
 #include <sstream>
 
+#include "config/sources.h"
 #include "config/values.h"
 #include "config/yaml_reader.h"
 
@@ -54,8 +55,10 @@ std::string Diagnostic::toString() const {
 
 namespace {
 
-const Keys kRootKeys = {"node",       "admin",     "workers",  "drain_timeout", "log",
-                        "access_log", "listeners", "clusters", "policies",      "inheritance"};
+const Keys kRootKeys = {"node",     "admin",      "workers",      "drain_timeout",
+                        "log",      "access_log", "listeners",    "clusters",
+                        "policies", "templates",  "policy_files", "inheritance"};
+const Keys kPolicyFileKeys = {"policies", "templates"};
 const Keys kNodeKeys = {"service"};
 const Keys kAdminKeys = {"address", "token_file"};
 const Keys kLogKeys = {"level"};
@@ -73,8 +76,12 @@ const Keys kClusterKeys = {
     "name",          "endpoints",       "protocol",     "lb",      "connect_timeout",
     "resolve_every", "max_connections", "idle_timeout", "capacity"};
 const Keys kCapacityKeys = {"max_concurrent", "max_rps"};
-const Keys kPolicyKeys = {"mode",     "rollout",      "request_headers", "response_headers",
-                          "priority", "backpressure", "breaker",         "fault"};
+const Keys kPolicyKeys = {
+    "extends",      "mode",    "rollout", "request_headers", "response_headers", "priority",
+    "backpressure", "breaker", "fault"};
+
+// Maximum number of templates in an `extends:` chain, from a policy to its farthest template.
+constexpr size_t kMaxExtendsDepth = 8;
 
 const Keys kPriorityKeys = {"header", "default", "classes", "inherit", "boost"};
 const Keys kInheritKeys = {"from", "max_depth", "ttl"};
@@ -167,15 +174,23 @@ template <typename T, typename U> void setIfValid(const std::optional<T>& value,
 
 class Loader : private YamlReader {
 public:
-  explicit Loader(std::string file) : YamlReader(std::move(file)) {}
+  explicit Loader(const ConfigSources& sources)
+      : YamlReader(sources.files.at(0).path), sources_(sources) {}
 
-  LoadResult load(const std::string& yaml);
+  LoadResult load();
 
 private:
   struct Reference {
     std::string name;
     Field field;
   };
+
+  // A policy or template as written, before its `extends:` chain is merged in.
+  struct Definition {
+    Field key; // the name
+    Field value;
+  };
+  using Definitions = std::map<std::string, Definition>;
 
   void parseRoot(const Field& root);
   void parseNode(const Field& field);
@@ -198,13 +213,23 @@ private:
   void parseHeaderRemovals(const Field& field, const std::map<std::string, Location>& added,
                            std::vector<std::string>* names);
   // Reports and returns true when `name` is one of kProtectedHeaders.
-  bool rejectProtectedHeader(const YAML::Mark& mark, const std::string& path,
-                             const std::string& name);
+  bool rejectProtectedHeader(const Field& field, const std::string& name);
   void parseCluster(const Field& field);
   void parseClusterName(const Field& field, Cluster* cluster);
   void parseEndpoints(const Field& field, std::vector<Address>* endpoints);
   void parseCapacity(const Field& field, Capacity* capacity);
-  void parsePolicies(const Field& field);
+  // Parses the YAML of the file table's `file`. Returns its root, or nothing after reporting
+  // why it contains no document; an empty file is reported only when `allow_empty` is false.
+  std::optional<Field> parseDocument(const std::string& yaml, size_t file, bool allow_empty);
+  void parsePolicyFiles(const Field& field);
+  void parsePolicyFile(size_t source);
+  // Records each policy or template of the map in `definitions`.
+  void collectDefinitions(const Field& field, std::string_view kind, Definitions* definitions);
+  // Returns the definition's body with the bodies of its `extends:` chain as bases.
+  Field inherit(const Definition& definition);
+  // Returns the template that `extends` names, or reports why there is none.
+  const Definition* findParent(const Field& extends, const std::vector<std::string>& chain);
+  void parseDefinitions();
   void parsePolicy(const Field& field, Policy* policy);
   void parsePriority(const Field& field, PriorityPolicy* priority);
   void parseClasses(const Field& field, std::map<std::string, int>* classes);
@@ -229,13 +254,16 @@ private:
   void checkBreakerFallback(const Route& route, const Field& field);
   void checkReferences();
 
+  const ConfigSources& sources_;
+  std::vector<bool> sources_read_; // per source file: parsed already
+  Definitions templates_;
+  Definitions policies_;
   Config config_;
 
   // First occurrences, for messages about the second one.
   std::map<std::string, Location> listener_names_;
   std::map<std::string, std::pair<std::string, Location>> listener_addresses_;
   std::map<std::string, Location> cluster_names_;
-  std::map<std::string, Location> policy_names_;
   enum class AdminState { kDefault, kGiven, kInvalid };
   AdminState admin_state_ = AdminState::kDefault; // kInvalid skips the listener comparison
   int admin_line_ = 0;
@@ -244,33 +272,22 @@ private:
   std::vector<Reference> policy_references_;
 };
 
-LoadResult Loader::load(const std::string& yaml) {
+LoadResult Loader::load() {
   config_.source = file();
+  sources_read_.assign(sources_.files.size(), false);
+  sources_read_[0] = true;
 
-  std::vector<YAML::Node> documents;
-  try {
-    documents = YAML::LoadAll(yaml);
-  } catch (const YAML::ParserException& e) {
-    error(e.mark, "invalid YAML: " + e.msg);
-  } catch (const YAML::Exception& e) {
-    error(Location{file(), 0, 0}, std::string("invalid YAML: ") + e.what());
-  }
-
-  if (!hasErrors()) {
-    if (documents.empty() || documents[0].IsNull()) {
-      error(Location{file(), 1, 1}, "the file contains no configuration");
-    } else if (documents.size() > 1) {
-      error(documents[1].Mark(), "the file contains " + std::to_string(documents.size()) +
-                                     " YAML documents; a configuration is exactly one document");
-    } else {
-      try {
-        parseRoot(Field{documents[0], documents[0].Mark(), "", documents[0].Mark()});
-        checkReferences();
-      } catch (const YAML::Exception& e) {
-        // The walk only uses yaml-cpp accessors that do not throw on a parsed tree, so reaching
-        // this is a bug in the loader.
-        error(e.mark, std::string("internal error while reading the configuration: ") + e.what());
-      }
+  const SourceFile& main = sources_.files[0];
+  if (!main.error.empty()) {
+    error(Location{file(), 0, 0}, main.error);
+  } else if (std::optional<Field> root = parseDocument(main.text, 0, false)) {
+    try {
+      parseRoot(*root);
+      checkReferences();
+    } catch (const YAML::Exception& e) {
+      // The walk only uses yaml-cpp accessors that do not throw on a parsed tree, so reaching
+      // this is a bug in the loader.
+      error(0, e.mark, std::string("internal error while reading the configuration: ") + e.what());
     }
   }
 
@@ -281,6 +298,33 @@ LoadResult Loader::load(const std::string& yaml) {
     result.config = std::make_shared<const Config>(std::move(config_));
   }
   return result;
+}
+
+std::optional<Field> Loader::parseDocument(const std::string& yaml, size_t file, bool allow_empty) {
+  std::vector<YAML::Node> documents;
+  try {
+    documents = YAML::LoadAll(yaml);
+  } catch (const YAML::ParserException& e) {
+    error(file, e.mark, "invalid YAML: " + e.msg);
+    return std::nullopt;
+  } catch (const YAML::Exception& e) {
+    error(Location{fileName(file), 0, 0}, std::string("invalid YAML: ") + e.what());
+    return std::nullopt;
+  }
+
+  if (documents.empty() || documents[0].IsNull()) {
+    if (!allow_empty) {
+      error(Location{fileName(file), 1, 1}, "the file contains no configuration");
+    }
+    return std::nullopt;
+  }
+  if (documents.size() > 1) {
+    error(file, documents[1].Mark(),
+          "the file contains " + std::to_string(documents.size()) +
+              " YAML documents; a configuration is exactly one document");
+    return std::nullopt;
+  }
+  return Field{documents[0], documents[0].Mark(), "", documents[0].Mark(), file, {}};
 }
 
 // --- Top level -------------------------------------------------------------------------------
@@ -321,9 +365,19 @@ void Loader::parseRoot(const Field& root) {
       }
     }
   }
+  // Every policy and template is known before any is parsed, so `extends:` may name a template
+  // defined further down or in another file. Listeners come after, so routes find policies.
   if (const Field* field = section->find("policies")) {
-    parsePolicies(*field);
+    collectDefinitions(*field, "policy", &policies_);
   }
+  if (const Field* field = section->find("templates")) {
+    collectDefinitions(*field, "template", &templates_);
+  }
+  if (const Field* field = section->find("policy_files")) {
+    parsePolicyFiles(*field);
+  }
+  parseDefinitions();
+
   if (const Field* field = require(*section, "listeners")) {
     if (auto items = listItems(*field, "listeners")) {
       if (items->empty()) {
@@ -355,7 +409,7 @@ void Loader::parseAdmin(const Field& field) {
     std::optional<Address> admin = readAddress(*address, AddressUse::kBind);
     setIfValid(admin, &config_.admin.address);
     admin_state_ = admin ? AdminState::kGiven : AdminState::kInvalid;
-    admin_line_ = locate(address->mark).line;
+    admin_line_ = locate(*address).line;
   }
   if (const Field* token_file = section->find("token_file")) {
     std::optional<std::string> path = readString(*token_file);
@@ -429,7 +483,7 @@ void Loader::parseListener(const Field& field) {
     return;
   }
   Listener listener;
-  listener.location = locate(field.mark);
+  listener.location = locate(field);
 
   if (const Field* name = require(*section, "name")) {
     parseListenerName(*name, &listener);
@@ -474,9 +528,10 @@ void Loader::parseListenerName(const Field& field, Listener* listener) {
     return;
   }
   listener->name = *name;
-  auto [first, inserted] = listener_names_.emplace(*name, locate(field.mark));
+  auto [first, inserted] = listener_names_.emplace(*name, locate(field));
   if (!inserted) {
-    error(field, "duplicate listener name '" + *name + "'; " + firstLine(first->second));
+    error(field,
+          "duplicate listener name '" + *name + "'; " + firstLine(first->second, field.file));
   }
 }
 
@@ -493,7 +548,7 @@ void Loader::parseListenerAddress(const Field& field, Listener* listener) {
   // Only identical addresses are detected. 0.0.0.0:80 next to 127.0.0.1:80 fails at bind time.
   std::string key = address->toString();
   auto [first, inserted] =
-      listener_addresses_.emplace(key, std::pair(listener->name, locate(field.mark)));
+      listener_addresses_.emplace(key, std::pair(listener->name, locate(field)));
   if (!inserted) {
     error(field, "address " + key + " is already used by listener '" + first->second.first +
                      "' at line " + std::to_string(first->second.second.line));
@@ -538,7 +593,7 @@ void Loader::parseRoute(const Field& field, Route* route) {
   if (!section) {
     return;
   }
-  route->location = locate(field.mark);
+  route->location = locate(field);
 
   if (const Field* match = section->find("match")) {
     parseMatch(*match, &route->match);
@@ -653,15 +708,15 @@ void Loader::parseHeaderMutation(const Field& field, HeaderMutation* mutation) {
   }
 }
 
-bool Loader::rejectProtectedHeader(const YAML::Mark& mark, const std::string& path,
-                                   const std::string& name) {
+bool Loader::rejectProtectedHeader(const Field& field, const std::string& name) {
   if (std::find(kProtectedHeaders.begin(), kProtectedHeaders.end(), name) ==
       kProtectedHeaders.end()) {
     return false;
   }
-  error(mark, path + ": header '" + name +
-                  "' is set by the proxy from the connection or the framing and cannot be "
-                  "changed by a header mutation");
+  error(field.file, field.mark,
+        field.path + ": header '" + name +
+            "' is set by the proxy from the connection or the framing and cannot be "
+            "changed by a header mutation");
   return true;
 }
 
@@ -672,36 +727,34 @@ void Loader::parseHeaderAdditions(const Field& field,
     error(field, "expected a map of header names to values, found " + describeNode(field.value));
     return;
   }
-  for (const auto& pair : field.value) {
-    const YAML::Mark& key_mark = pair.first.Mark();
-    std::optional<std::string> name =
-        readHeaderName(Field{pair.first, key_mark, field.path, key_mark});
+  for (const MapEntry& entry : mapEntries(field)) {
+    std::optional<std::string> name = readHeaderName(entry.key);
     if (!name) {
       continue;
     }
-    auto [first, inserted] = added->emplace(*name, locate(key_mark));
+    auto [first, inserted] = added->emplace(*name, locate(entry.key));
     if (!inserted) {
-      error(key_mark,
-            field.path + ": header '" + *name + "' is added twice; " + firstLine(first->second));
+      error(entry.key.file, entry.key.mark,
+            entry.key.path + ": header '" + *name + "' is added twice; " +
+                firstLine(first->second, entry.key.file));
       continue;
     }
-    if (rejectProtectedHeader(key_mark, field.path, *name)) {
+    if (rejectProtectedHeader(entry.key, *name)) {
       continue;
     }
 
-    Field value{pair.second, pair.second.IsNull() ? key_mark : pair.second.Mark(),
-                joinPath(field.path, *name), key_mark};
-    if (!pair.second.IsScalar()) {
-      error(value, "expected a string, found " + describeNode(pair.second) +
+    const Field& value = entry.value;
+    if (!value.value.IsScalar()) {
+      error(value, "expected a string, found " + describeNode(value.value) +
                        "; write \"\" for an empty value");
       continue;
     }
-    std::string problem = checkHeaderValue(pair.second.Scalar());
+    std::string problem = checkHeaderValue(value.value.Scalar());
     if (!problem.empty()) {
       error(value, "invalid header value: " + problem);
       continue;
     }
-    headers->emplace_back(*name, pair.second.Scalar());
+    headers->emplace_back(*name, value.value.Scalar());
   }
 }
 
@@ -717,11 +770,11 @@ void Loader::parseHeaderRemovals(const Field& field, const std::map<std::string,
     if (!name) {
       continue;
     }
-    auto [first, inserted] = removed.emplace(*name, locate(item.mark));
+    auto [first, inserted] = removed.emplace(*name, locate(item));
     auto added_at = added.find(*name);
     if (!inserted) {
-      error(item, "header '" + *name + "' is listed twice; " + firstLine(first->second));
-    } else if (rejectProtectedHeader(item.mark, item.path, *name)) {
+      error(item, "header '" + *name + "' is listed twice; " + firstLine(first->second, item.file));
+    } else if (rejectProtectedHeader(item, *name)) {
       continue;
     } else if (added_at != added.end()) {
       error(item, "header '" + *name + "' is both added (at line " +
@@ -741,7 +794,7 @@ void Loader::parseCluster(const Field& field) {
     return;
   }
   Cluster cluster;
-  cluster.location = locate(field.mark);
+  cluster.location = locate(field);
 
   if (const Field* name = require(*section, "name")) {
     parseClusterName(*name, &cluster);
@@ -785,12 +838,12 @@ void Loader::parseClusterName(const Field& field, Cluster* cluster) {
   cluster->name = *name;
 
   // Registered even when invalid, so routes naming it do not also report it missing.
-  auto [first, inserted] = cluster_names_.emplace(*name, locate(field.mark));
+  auto [first, inserted] = cluster_names_.emplace(*name, locate(field));
   std::string problem = checkName(*name);
   if (!problem.empty()) {
     error(field, problem);
   } else if (!inserted) {
-    error(field, "duplicate cluster name '" + *name + "'; " + firstLine(first->second));
+    error(field, "duplicate cluster name '" + *name + "'; " + firstLine(first->second, field.file));
   }
 }
 
@@ -808,9 +861,10 @@ void Loader::parseEndpoints(const Field& field, std::vector<Address>* endpoints)
     if (!address) {
       continue;
     }
-    auto [first, inserted] = seen.emplace(address->toString(), locate(item.mark));
+    auto [first, inserted] = seen.emplace(address->toString(), locate(item));
     if (!inserted) {
-      error(item, "duplicate endpoint " + address->toString() + "; " + firstLine(first->second));
+      error(item, "duplicate endpoint " + address->toString() + "; " +
+                      firstLine(first->second, item.file));
       continue;
     }
     endpoints->push_back(*address);
@@ -850,30 +904,189 @@ void Loader::parseCapacity(const Field& field, Capacity* capacity) {
 
 // --- Policies --------------------------------------------------------------------------------
 
-void Loader::parsePolicies(const Field& field) {
-  if (!field.value.IsMap()) {
-    error(field, "expected a map of policy names to policies, found " + describeNode(field.value));
+void Loader::parsePolicyFiles(const Field& field) {
+  std::optional<std::vector<Field>> items = listItems(field, "file or directory paths");
+  if (!items) {
     return;
   }
+  for (size_t i = 0; i < items->size(); ++i) {
+    const Field& item = (*items)[i];
+    std::optional<std::string> path = readString(item);
+    if (!path) {
+      continue;
+    }
+    if (path->empty()) {
+      error(item, "must not be empty; give a file or a directory of *.yaml files");
+      continue;
+    }
+    // readConfigSources() resolved the same list from the same text, item by item.
+    if (i >= sources_.entries.size()) {
+      error(item, "'" + *path + "' was not read; reload to read it");
+      continue;
+    }
+    const PolicyFileEntry& entry = sources_.entries[i];
+    if (!entry.error.empty()) {
+      error(item, entry.error);
+      continue;
+    }
+    for (size_t source : entry.files) {
+      if (sources_read_[source]) {
+        error(item, "'" + sources_.files[source].path +
+                        "' is read twice; list each file or directory once");
+        continue;
+      }
+      parsePolicyFile(source);
+    }
+  }
+}
+
+void Loader::parsePolicyFile(size_t source) {
+  sources_read_[source] = true;
+  const SourceFile& input = sources_.files[source];
+  size_t file = addFile(input.path);
+  if (!input.error.empty()) {
+    error(Location{input.path, 0, 0}, input.error);
+    return;
+  }
+
+  std::optional<Field> root = parseDocument(input.text, file, true);
+  if (!root) {
+    return;
+  }
+  std::optional<Section> section = openSection(*root, kPolicyFileKeys);
+  if (!section) {
+    return;
+  }
+  if (const Field* field = section->find("policies")) {
+    collectDefinitions(*field, "policy", &policies_);
+  }
+  if (const Field* field = section->find("templates")) {
+    collectDefinitions(*field, "template", &templates_);
+  }
+}
+
+void Loader::collectDefinitions(const Field& field, std::string_view kind,
+                                Definitions* definitions) {
+  if (!field.value.IsMap()) {
+    std::string plural = kind == "policy" ? "policies" : std::string(kind) + "s";
+    error(field, "expected a map of " + std::string(kind) + " names to " + plural + ", found " +
+                     describeNode(field.value));
+    return;
+  }
+  // The map is read directly, not through mapEntries(), so a name repeated in one file gets
+  // the same message as a name repeated across files.
   for (const auto& pair : field.value) {
-    Field key{pair.first, pair.first.Mark(), field.path, pair.first.Mark()};
+    const YAML::Mark& key_mark = pair.first.Mark();
+    Field key{pair.first, key_mark, field.path, key_mark, field.file, {}};
     std::optional<std::string> name = readName(key);
     if (!name) {
       continue;
     }
-    auto [first, inserted] = policy_names_.emplace(*name, locate(pair.first.Mark()));
+    Field value{pair.second,
+                pair.second.IsNull() ? key_mark : pair.second.Mark(),
+                joinPath(field.path, *name),
+                key_mark,
+                field.file,
+                {}};
+    auto [first, inserted] = definitions->emplace(*name, Definition{key, value});
     if (!inserted) {
-      error(pair.first.Mark(),
-            "duplicate policy name '" + *name + "'; " + firstLine(first->second));
-      continue;
+      error(field.file, key_mark,
+            "duplicate " + std::string(kind) + " name '" + *name + "'; " +
+                firstLine(locate(first->second.key.file, first->second.key.mark), field.file));
     }
+  }
+}
 
+const Loader::Definition* Loader::findParent(const Field& extends,
+                                             const std::vector<std::string>& chain) {
+  std::optional<std::string> name = readName(extends);
+  if (!name) {
+    return nullptr;
+  }
+  auto report = [&](const std::string& message) {
+    error(extends.file, extends.key_mark, extends.path + ": " + message);
+  };
+
+  auto parent = templates_.find(*name);
+  if (parent == templates_.end()) {
+    std::string message = "template '" + *name + "' not found in 'templates'";
+    if (policies_.count(*name) != 0) {
+      message += "; '" + *name + "' is a policy, and only a template can be extended";
+    } else {
+      std::vector<std::string_view> names;
+      for (const auto& [known, definition] : templates_) {
+        names.push_back(known);
+      }
+      if (std::optional<std::string> suggestion = nearestWord(*name, names)) {
+        message += "; did you mean '" + *suggestion + "'?";
+      }
+    }
+    report(message);
+    return nullptr;
+  }
+
+  if (std::find(chain.begin(), chain.end(), *name) != chain.end()) {
+    std::string cycle;
+    for (const std::string& link : chain) {
+      cycle += link + " -> ";
+    }
+    report("extends cycle: " + cycle + *name);
+    return nullptr;
+  }
+  if (chain.size() > kMaxExtendsDepth) {
+    report("extends chain is longer than " + std::to_string(kMaxExtendsDepth) +
+           " templates; flatten some of them");
+    return nullptr;
+  }
+  return &parent->second;
+}
+
+Field Loader::inherit(const Definition& definition) {
+  Field merged = definition.value;
+  std::vector<std::string> chain = {definition.key.value.Scalar()};
+  const Field* body = &definition.value;
+
+  // Only a definition's own `extends:` counts. The one its template inherits is read at the
+  // next step, from the template's own map.
+  while (body->value.IsMap()) {
+    const YAML::Node& map = body->value;
+    std::optional<Field> extends;
+    for (const auto& pair : map) {
+      if (pair.first.IsScalar() && pair.first.Scalar() == "extends") {
+        YAML::Mark mark = pair.second.IsNull() ? pair.first.Mark() : pair.second.Mark();
+        extends = Field{pair.second,       mark,       joinPath(body->path, "extends"),
+                        pair.first.Mark(), body->file, {}};
+        break;
+      }
+    }
+    if (!extends) {
+      break;
+    }
+    const Definition* parent = findParent(*extends, chain);
+    if (parent == nullptr) {
+      break;
+    }
+    chain.push_back(parent->key.value.Scalar());
+    merged.bases.push_back(parent->value);
+    body = &parent->value;
+  }
+  return merged;
+}
+
+void Loader::parseDefinitions() {
+  // A template is checked on its own as well, so a mistake in one that no policy uses yet is
+  // found now. The same mistake found again through a policy is reported once.
+  for (const auto& [name, definition] : templates_) {
+    Policy unused;
+    parsePolicy(inherit(definition), &unused);
+  }
+  // TODO: a check between an inherited value and the policy's own one (max_limit below
+  // min_limit) names the template's key, not the policy that combined the two.
+  for (const auto& [name, definition] : policies_) {
     Policy policy;
-    policy.name = *name;
-    Field value{pair.second, pair.second.IsNull() ? pair.first.Mark() : pair.second.Mark(),
-                joinPath(field.path, *name), pair.first.Mark()};
-    parsePolicy(value, &policy);
-    config_.policies.emplace(*name, std::move(policy));
+    policy.name = name;
+    parsePolicy(inherit(definition), &policy);
+    config_.policies.emplace(name, std::move(policy));
   }
 }
 
@@ -882,7 +1095,7 @@ void Loader::parsePolicy(const Field& field, Policy* policy) {
   if (!section) {
     return;
   }
-  policy->location = locate(field.mark);
+  policy->location = locate(field);
 
   if (const Field* mode = section->find("mode")) {
     setIfValid(readEnum(*mode, kPolicyModes), &policy->mode);
@@ -957,20 +1170,15 @@ void Loader::parseClasses(const Field& field, std::map<std::string, int>* classe
     return;
   }
   classes->clear();
-  for (const auto& pair : field.value) {
-    Field key{pair.first, pair.first.Mark(), field.path, pair.first.Mark()};
-    std::optional<std::string> name = readName(key);
+  for (const MapEntry& entry : mapEntries(field)) {
+    std::optional<std::string> name = readName(entry.key);
     if (!name) {
       continue;
     }
-    Field value{pair.second, pair.second.IsNull() ? pair.first.Mark() : pair.second.Mark(),
-                joinPath(field.path, *name), pair.first.Mark()};
-    std::optional<uint64_t> urgency = readUnsigned(value, kMostUrgent, kLeastUrgent);
-    if (!urgency) {
-      continue;
-    }
-    if (!classes->emplace(*name, static_cast<int>(*urgency)).second) {
-      error(key, "duplicate class name '" + *name + "'");
+    // mapEntries() has reported a name repeated in one map, so each name comes once.
+    std::optional<uint64_t> urgency = readUnsigned(entry.value, kMostUrgent, kLeastUrgent);
+    if (urgency) {
+      classes->emplace(*name, static_cast<int>(*urgency));
     }
   }
   if (classes->empty()) {
@@ -1007,9 +1215,9 @@ void Loader::parseInherit(const Field& field, PriorityPolicy* priority) {
     setIfValid(readUnsigned(*depth, 0, 64), &priority->max_depth);
   }
   if (const Field* ttl = section->find("ttl")) {
-    error(ttl->key_mark, ttl->path +
-                             ": one inheritance table serves every policy; set its ttl in the "
-                             "top-level 'inheritance' section");
+    error(ttl->file, ttl->key_mark,
+          ttl->path + ": one inheritance table serves every policy; set its ttl in the "
+                      "top-level 'inheritance' section");
   }
 }
 
@@ -1074,8 +1282,9 @@ void Loader::parseRoutePriority(const Field& field, Route* route) {
     }
   }
   if (!priority) {
-    error(field.key_mark, field.path + ": a route's priority needs a policy with a 'priority' "
-                                       "section, which reads and uses it");
+    error(field.file, field.key_mark,
+          field.path + ": a route's priority needs a policy with a 'priority' "
+                       "section, which reads and uses it");
     return;
   }
   setIfValid(readUrgency(field, priority->classes), &route->urgency);
@@ -1520,11 +1729,11 @@ void Loader::checkReferences() {
   }
 
   std::vector<std::string_view> policies;
-  for (const auto& [name, location] : policy_names_) {
+  for (const auto& [name, definition] : policies_) {
     policies.push_back(name);
   }
   for (const Reference& reference : policy_references_) {
-    if (policy_names_.count(reference.name) == 0) {
+    if (policies_.count(reference.name) == 0) {
       std::string message = "policy '" + reference.name + "' not found in 'policies'";
       if (std::optional<std::string> suggestion = nearestWord(reference.name, policies)) {
         message += "; did you mean '" + *suggestion + "'?";
@@ -1536,27 +1745,12 @@ void Loader::checkReferences() {
 
 } // namespace
 
+LoadResult loadSources(const ConfigSources& sources) { return Loader(sources).load(); }
+
 LoadResult loadString(const std::string& yaml, const std::string& name) {
-  return Loader(name).load(yaml);
+  return loadSources(sourcesFromText(yaml, name));
 }
 
-LoadResult loadFile(const std::string& path) {
-  std::ifstream file(path, std::ios::binary);
-  if (!file) {
-    LoadResult result;
-    result.diagnostics.push_back(
-        Diagnostic{Location{path, 0, 0}, "failed to open file: " + std::string(strerror(errno))});
-    return result;
-  }
-  std::ostringstream text;
-  text << file.rdbuf();
-  if (file.bad()) {
-    LoadResult result;
-    result.diagnostics.push_back(
-        Diagnostic{Location{path, 0, 0}, "failed to read file: " + std::string(strerror(errno))});
-    return result;
-  }
-  return loadString(text.str(), path);
-}
+LoadResult loadFile(const std::string& path) { return loadSources(readConfigSources(path)); }
 
 } // namespace deferd::config

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "config/config.h"
+#include "config/sources.h"
 
 namespace deferd::config {
 
@@ -29,10 +30,14 @@ struct LoadResult {
   bool ok() const { return config != nullptr; }
 };
 
-// Reads and validates one file.
+// Validates the main file and the policy files of `sources` (see config/sources.h).
+LoadResult loadSources(const ConfigSources& sources);
+
+// Reads and validates a main file and the policy files it names.
 LoadResult loadFile(const std::string& path);
 
-// Validates YAML text; `name` is used as the file name in diagnostics.
+// Validates YAML text; `name` is used as the file name in diagnostics, and the policy files the
+// text names are read relative to `name`'s directory.
 LoadResult loadString(const std::string& yaml, const std::string& name);
 
 // Serializes an effective config back to YAML, with every default written out (for /config).

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <map>
+#include <set>
+#include <tuple>
 
 #include "config/values.h"
 
@@ -30,36 +32,127 @@ std::string describeNode(const YAML::Node& node) {
 
 bool isPlainScalar(const YAML::Node& node) { return node.IsScalar() && node.Tag() == "?"; }
 
-std::vector<Diagnostic> YamlReader::takeDiagnostics() {
-  std::stable_sort(diagnostics_.begin(), diagnostics_.end(),
-                   [](const Diagnostic& a, const Diagnostic& b) {
-                     return std::pair(a.location.line, a.location.column) <
-                            std::pair(b.location.line, b.location.column);
-                   });
-  return std::move(diagnostics_);
+size_t YamlReader::addFile(std::string name) {
+  files_.push_back(std::move(name));
+  return files_.size() - 1;
 }
 
-Location YamlReader::locate(const YAML::Mark& mark) const {
-  if (mark.is_null()) {
-    return Location{file_, 0, 0};
+std::vector<Diagnostic> YamlReader::takeDiagnostics() {
+  std::map<std::string, size_t> rank;
+  for (size_t i = 0; i < files_.size(); ++i) {
+    rank.emplace(files_[i], i);
   }
-  return Location{file_, mark.line + 1, mark.column + 1};
+  auto position = [&](const Diagnostic& d) {
+    auto found = rank.find(d.location.file);
+    size_t file = found == rank.end() ? files_.size() : found->second;
+    return std::tuple(file, d.location.line, d.location.column);
+  };
+  std::stable_sort(
+      diagnostics_.begin(), diagnostics_.end(),
+      [&](const Diagnostic& a, const Diagnostic& b) { return position(a) < position(b); });
+
+  // Equal diagnostics share a position but need not be neighbours, so each one is compared
+  // with the run of kept diagnostics at its position.
+  std::vector<Diagnostic> unique;
+  size_t run_start = 0;
+  for (Diagnostic& diagnostic : diagnostics_) {
+    if (unique.empty() || position(unique.back()) != position(diagnostic)) {
+      run_start = unique.size();
+    }
+    bool repeated =
+        std::any_of(unique.begin() + static_cast<std::ptrdiff_t>(run_start), unique.end(),
+                    [&](const Diagnostic& kept) { return kept.message == diagnostic.message; });
+    if (!repeated) {
+      unique.push_back(std::move(diagnostic));
+    }
+  }
+  diagnostics_.clear();
+  return unique;
+}
+
+Location YamlReader::locate(size_t file, const YAML::Mark& mark) const {
+  if (mark.is_null()) {
+    return Location{files_.at(file), 0, 0};
+  }
+  return Location{files_.at(file), mark.line + 1, mark.column + 1};
 }
 
 void YamlReader::error(const Location& location, std::string message) {
   diagnostics_.push_back(Diagnostic{location, std::move(message)});
 }
 
-void YamlReader::error(const YAML::Mark& mark, std::string message) {
-  error(locate(mark), std::move(message));
+void YamlReader::error(size_t file, const YAML::Mark& mark, std::string message) {
+  error(locate(file, mark), std::move(message));
 }
 
 void YamlReader::error(const Field& field, const std::string& message) {
-  error(field.mark, field.path.empty() ? message : field.path + ": " + message);
+  error(field.file, field.mark, field.path.empty() ? message : field.path + ": " + message);
 }
 
-std::string YamlReader::firstLine(const Location& location) const {
-  return "first defined at line " + std::to_string(location.line);
+std::string YamlReader::firstLine(const Location& first, size_t file) const {
+  if (first.file == files_.at(file)) {
+    return "first defined at line " + std::to_string(first.line);
+  }
+  return "first defined at " + first.file + ":" + std::to_string(first.line) + ":" +
+         std::to_string(first.column);
+}
+
+std::vector<MapEntry> YamlReader::mapEntries(const Field& field) {
+  std::vector<MapEntry> entries;
+  std::map<std::string, size_t> index;    // entry of each name
+  std::vector<bool> mergeable;            // per entry: every value so far is a map
+  std::map<std::string, YAML::Mark> seen; // keys of the field's own map
+
+  std::vector<const Field*> layers = {&field};
+  for (const Field& base : field.bases) {
+    layers.push_back(&base);
+  }
+  for (size_t layer = 0; layer < layers.size(); ++layer) {
+    const Field& map = *layers[layer];
+    if (!map.value.IsMap()) {
+      break; // a scalar or a list replaces everything further up
+    }
+    std::set<std::string> in_layer;
+    for (const auto& pair : map.value) {
+      const YAML::Node& key = pair.first;
+      const YAML::Node& value = pair.second;
+      if (!key.IsScalar()) {
+        if (layer == 0) {
+          error(map.file, key.Mark(),
+                "keys in " + sectionName(map.path) + " must be strings, found " +
+                    describeNode(key));
+        }
+        continue;
+      }
+      const std::string& name = key.Scalar();
+      if (layer == 0) {
+        auto [first, inserted] = seen.emplace(name, key.Mark());
+        if (!inserted) {
+          error(map.file, key.Mark(),
+                "duplicate key '" + name + "' in " + sectionName(map.path) + "; " +
+                    firstLine(locate(map.file, first->second), map.file));
+          continue;
+        }
+      } else if (!in_layer.insert(name).second) {
+        continue; // reported where the template itself is checked
+      }
+
+      YAML::Mark mark = value.IsNull() ? key.Mark() : value.Mark();
+      Field child{value, mark, joinPath(map.path, name), key.Mark(), map.file, {}};
+      auto found = index.find(name);
+      if (found == index.end()) {
+        index.emplace(name, entries.size());
+        mergeable.push_back(value.IsMap());
+        Field key_field{key, key.Mark(), map.path, key.Mark(), map.file, {}};
+        entries.push_back(MapEntry{name, std::move(key_field), std::move(child)});
+      } else if (mergeable[found->second] && value.IsMap()) {
+        entries[found->second].value.bases.push_back(std::move(child));
+      } else {
+        mergeable[found->second] = false;
+      }
+    }
+  }
+  return entries;
 }
 
 std::optional<Section> YamlReader::openSection(const Field& field, const Keys& keys) {
@@ -69,34 +162,16 @@ std::optional<Section> YamlReader::openSection(const Field& field, const Keys& k
   }
 
   std::vector<std::pair<std::string, Field>> fields;
-  std::map<std::string, YAML::Mark> seen;
-  for (const auto& pair : field.value) {
-    const YAML::Node& key = pair.first;
-    const YAML::Node& value = pair.second;
-    if (!key.IsScalar()) {
-      error(key.Mark(),
-            "keys in " + sectionName(field.path) + " must be strings, found " + describeNode(key));
-      continue;
-    }
-
-    const std::string& name = key.Scalar();
-    auto [first, inserted] = seen.emplace(name, key.Mark());
-    if (!inserted) {
-      error(key.Mark(), "duplicate key '" + name + "' in " + sectionName(field.path) + "; " +
-                            firstLine(locate(first->second)));
-      continue;
-    }
-    if (std::find(keys.begin(), keys.end(), name) == keys.end()) {
-      std::string message = "unknown key '" + name + "' in " + sectionName(field.path);
-      if (std::optional<std::string> suggestion = nearestWord(name, keys)) {
+  for (MapEntry& entry : mapEntries(field)) {
+    if (std::find(keys.begin(), keys.end(), entry.name) == keys.end()) {
+      std::string message = "unknown key '" + entry.name + "' in " + sectionName(entry.key.path);
+      if (std::optional<std::string> suggestion = nearestWord(entry.name, keys)) {
         message += "; did you mean '" + *suggestion + "'?";
       }
-      error(key.Mark(), message);
+      error(entry.key.file, entry.key.mark, message);
       continue;
     }
-
-    YAML::Mark mark = value.IsNull() ? key.Mark() : value.Mark();
-    fields.emplace_back(name, Field{value, mark, joinPath(field.path, name), key.Mark()});
+    fields.emplace_back(std::move(entry.name), std::move(entry.value));
   }
   return Section(field, std::move(fields));
 }
@@ -104,8 +179,9 @@ std::optional<Section> YamlReader::openSection(const Field& field, const Keys& k
 const Field* YamlReader::require(const Section& section, std::string_view key) {
   const Field* field = section.find(key);
   if (field == nullptr) {
-    error(section.field().mark, "missing required key '" + std::string(key) + "' in " +
-                                    sectionName(section.field().path));
+    error(section.field().file, section.field().mark,
+          "missing required key '" + std::string(key) + "' in " +
+              sectionName(section.field().path));
   }
   return field;
 }
@@ -121,7 +197,8 @@ std::optional<std::vector<Field>> YamlReader::listItems(const Field& field,
   for (size_t i = 0; i < field.value.size(); ++i) {
     YAML::Node item = field.value[i];
     YAML::Mark mark = item.IsNull() ? field.mark : item.Mark();
-    items.push_back(Field{item, mark, field.path + "[" + std::to_string(i) + "]", mark});
+    items.push_back(
+        Field{item, mark, field.path + "[" + std::to_string(i) + "]", mark, field.file, {}});
   }
   return items;
 }

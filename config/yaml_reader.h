@@ -5,6 +5,17 @@
 // yaml-cpp stays behind this header inside config/. Each read function either returns the
 // value or records a Diagnostic at the node's position and returns std::nullopt, so the caller
 // keeps its default and goes on to the next key.
+//
+// Several files: the reader keeps a table of file names, and every Field carries the index of
+// the file its value was parsed from, because a YAML::Mark holds only a line and a column.
+//
+// Inheritance (`extends:`): a Field may carry `bases`, the values of the same key in the
+// templates it inherits from, nearest first. mapEntries() merges them key by key: a key the
+// field's own map lacks comes from the nearest base that has it, with that base's file and
+// path, and a key whose values are maps in the field and in its bases merges again one level
+// down. A scalar or a list in a nearer map replaces the value further up, and so does a map
+// over a scalar. Every section read through openSection() therefore sees the merged map, and a
+// problem in an inherited value points at the template's file, line and column.
 
 #include <yaml-cpp/yaml.h>
 
@@ -27,6 +38,17 @@ struct Field {
   YAML::Mark mark;     // of the value, or of its key when the value is empty
   std::string path;    // such as "listeners[0].routes[1].timeout"
   YAML::Mark key_mark; // of the key in its map, or of the item in its list
+  size_t file = 0;     // index in the reader's file table
+  // The same key in the templates this value inherits from, nearest first. Each base is a map
+  // and has no bases of its own. Empty for a value that inherits nothing.
+  std::vector<Field> bases;
+};
+
+// One key of a merged map and its value.
+struct MapEntry {
+  std::string name;
+  Field key; // the key node, with the file and mark of the map that defines it
+  Field value;
 };
 
 // The keys of one YAML map that its section accepts, first occurrence of each.
@@ -77,26 +99,38 @@ class YamlReader {
 public:
   enum class AddressUse { kBind, kEndpoint }; // listener or admin address, or cluster endpoint
 
-  explicit YamlReader(std::string file) : file_(std::move(file)) {}
+  // `file` is the main file, index 0 of the file table.
+  explicit YamlReader(std::string file) { files_.push_back(std::move(file)); }
 
-  const std::string& file() const { return file_; }
+  const std::string& file() const { return files_.front(); }
+  const std::string& fileName(size_t file) const { return files_.at(file); }
+  // Appends a file to the table and returns its index.
+  size_t addFile(std::string name);
   bool hasErrors() const { return !diagnostics_.empty(); }
 
-  // Returns the diagnostics sorted by position.
+  // Returns the diagnostics sorted by file (in table order) and position, without repeats: a
+  // template's problem found through each policy that extends it is reported once.
   std::vector<Diagnostic> takeDiagnostics();
 
-  // Converts yaml-cpp's 0-based mark to a 1-based Location.
-  Location locate(const YAML::Mark& mark) const;
+  // Converts yaml-cpp's 0-based mark in `file` to a 1-based Location.
+  Location locate(size_t file, const YAML::Mark& mark) const;
+  // Returns the Location of the field's value.
+  Location locate(const Field& field) const { return locate(field.file, field.mark); }
   void error(const Location& location, std::string message);
-  void error(const YAML::Mark& mark, std::string message);
+  void error(size_t file, const YAML::Mark& mark, std::string message);
   // Records "path: message" at the field.
   void error(const Field& field, const std::string& message);
-  // Returns "first defined at line N", for messages about a second occurrence.
-  std::string firstLine(const Location& location) const;
+  // Returns "first defined at line N", or "first defined at FILE:LINE:COLUMN" when `first` is
+  // in another file than `file`, for messages about a second occurrence.
+  std::string firstLine(const Location& first, size_t file) const;
 
   // Checks that the field is a map, reports unknown and duplicate keys, and returns the keys of
-  // `keys` that are present.
+  // `keys` that are present, merged with the field's bases.
   std::optional<Section> openSection(const Field& field, const Keys& keys);
+  // Returns the keys of the field's map merged with its bases, in order: the field's own keys
+  // first, then inherited ones. Reports keys that are not strings and keys repeated in the
+  // field's own map. The caller checks that the field is a map.
+  std::vector<MapEntry> mapEntries(const Field& field);
   // Returns the key, or reports it missing and returns nullptr.
   const Field* require(const Section& section, std::string_view key);
   // Returns the items of a list. `item_kind` names them in the message when the field is no list.
@@ -116,7 +150,7 @@ public:
                             const std::vector<std::pair<std::string_view, T>>& table);
 
 private:
-  std::string file_;
+  std::vector<std::string> files_;
   std::vector<Diagnostic> diagnostics_;
 };
 

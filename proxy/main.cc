@@ -1,7 +1,8 @@
 // deferd: a sidecar proxy that decides who yields to whom when capacity runs short.
 //
 //   deferd --config FILE      run the proxy in the foreground
-//   deferd validate FILE...   check config files and exit: 0 valid, 1 invalid, 2 usage
+//   deferd validate PATH...   check configs (a main file, or a directory holding deferd.yaml)
+//                             with their policy files, and exit: 0 valid, 1 invalid, 2 usage
 
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
@@ -9,6 +10,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -19,22 +21,32 @@ namespace {
 
 constexpr const char* kVersion = "0.1.0";
 
+// The main file that `deferd validate DIR` reads in a config directory.
+constexpr const char* kMainFileName = "deferd.yaml";
+
 void printUsage(FILE* out) {
   std::fprintf(out,
                "usage: deferd --config FILE [--log-level LEVEL]\n"
-               "       deferd validate FILE...\n"
+               "       deferd validate PATH...\n"
                "       deferd --version\n"
                "\n"
                "  --config FILE      run the proxy with the YAML config in FILE\n"
                "  --log-level LEVEL  trace, debug, info, warn, error, critical or off; overrides\n"
                "                     log.level\n"
-               "  validate FILE...   check each file and print file:line:column: message for\n"
-               "                     every problem; exit 0 when all are valid, 1 otherwise\n");
+               "  validate PATH...   check each config as the daemon loads it, with the policy\n"
+               "                     files it names; PATH is a main file or a directory that\n"
+               "                     holds deferd.yaml. Prints file:line:column: message for\n"
+               "                     every problem; exits 0 when all are valid, 1 otherwise\n");
 }
 
-int validate(const std::vector<std::string>& files) {
+int validate(const std::vector<std::string>& paths) {
   int invalid = 0;
-  for (const std::string& file : files) {
+  for (const std::string& path : paths) {
+    std::error_code ec;
+    std::string file = path;
+    if (std::filesystem::is_directory(path, ec)) {
+      file = (std::filesystem::path(path) / kMainFileName).string();
+    }
     deferd::config::LoadResult result = deferd::config::loadFile(file);
     for (const deferd::config::Diagnostic& diagnostic : result.diagnostics) {
       std::printf("%s\n", diagnostic.toString().c_str());
@@ -66,7 +78,7 @@ int main(int argc, char** argv) {
   }
   if (args[0] == "validate") {
     if (args.size() < 2) {
-      std::fprintf(stderr, "deferd validate: missing FILE\n");
+      std::fprintf(stderr, "deferd validate: missing PATH\n");
       printUsage(stderr);
       return 2;
     }

@@ -85,12 +85,12 @@ public:
 
   int run() {
     std::string error;
-    std::optional<ConfigBytes> bytes = readConfigBytes(config_path_, &error);
+    std::optional<ConfigFiles> bytes = readConfigFiles(config_path_, &error);
     if (!bytes) {
       spdlog::error("not starting: {}", error);
       return 1;
     }
-    config::LoadResult loaded = config::loadString(bytes->text, config_path_);
+    config::LoadResult loaded = config::loadSources(bytes->sources);
     if (!loaded.ok()) {
       for (const config::Diagnostic& diagnostic : loaded.diagnostics) {
         spdlog::error("{}", diagnostic.toString());
@@ -166,6 +166,7 @@ public:
     scheduleResolve();
     watch_ = std::make_unique<ConfigWatch>(io_, config_path_, ConfigWatchOptions{},
                                            [this] { reload(ReloadTrigger::kWatch); });
+    watch_->setTargets(watchTargets(bytes->sources));
     watch_->start();
     io_.run();
 
@@ -398,21 +399,21 @@ private:
 
   // Reads the file and applies it when its bytes differ from the running config's.
   void reload(ReloadTrigger trigger) {
-    std::optional<ConfigBytes> bytes = readChangedConfig(trigger);
+    std::optional<ConfigFiles> bytes = readChangedConfig(trigger);
     if (bytes) {
       applyReload(*bytes, trigger);
     }
   }
 
-  // Returns the file's bytes when they are worth loading. A SIGHUP loads any bytes that are not
+  // Returns the files' bytes when they are worth loading. A SIGHUP loads any bytes that are not
   // the running config's, also bytes tried before (a listener that could not be bound may be
   // free now). The watch skips bytes it has already tried, so an invalid file is rejected and
   // counted once, not on every backstop tick. A read error counts as a failed reload; the watch
   // counts the same error once.
-  std::optional<ConfigBytes> readChangedConfig(ReloadTrigger trigger) {
+  std::optional<ConfigFiles> readChangedConfig(ReloadTrigger trigger) {
     bool from_watch = trigger == ReloadTrigger::kWatch;
     std::string error;
-    std::optional<ConfigBytes> bytes = readConfigBytes(config_path_, &error);
+    std::optional<ConfigFiles> bytes = readConfigFiles(config_path_, &error);
     if (!bytes) {
       if (from_watch && error == last_read_error_) {
         return std::nullopt;
@@ -423,9 +424,13 @@ private:
       return std::nullopt;
     }
     last_read_error_.clear();
+    if (watch_) {
+      watch_->setTargets(watchTargets(bytes->sources)); // the policy files may have changed
+    }
 
     if (bytes->hash == running_hash_) {
       last_read_hash_ = bytes->hash;
+      unconfirmed_hash_.reset();
       if (!from_watch) {
         spdlog::info("SIGHUP: {} is unchanged; nothing to reload", config_path_);
       }
@@ -434,14 +439,22 @@ private:
     if (from_watch && bytes->hash == last_read_hash_) {
       return std::nullopt;
     }
+    // The watch confirms new bytes with a second read one debounce later, so a writer that
+    // paused mid-file is not applied while the file still changes.
+    if (from_watch && bytes->hash != unconfirmed_hash_) {
+      unconfirmed_hash_ = bytes->hash;
+      watch_->recheck();
+      return std::nullopt;
+    }
+    unconfirmed_hash_.reset();
     last_read_hash_ = bytes->hash;
     return bytes;
   }
 
-  void applyReload(const ConfigBytes& bytes, ReloadTrigger trigger) {
+  void applyReload(const ConfigFiles& bytes, ReloadTrigger trigger) {
     spdlog::info("{}: reloading {}",
                  trigger == ReloadTrigger::kWatch ? "config file changed" : "SIGHUP", config_path_);
-    config::LoadResult loaded = config::loadString(bytes.text, config_path_);
+    config::LoadResult loaded = config::loadSources(bytes.sources);
     if (!loaded.ok()) {
       for (const config::Diagnostic& diagnostic : loaded.diagnostics) {
         spdlog::error("{}", diagnostic.toString());
@@ -568,6 +581,7 @@ private:
   std::optional<std::string> admin_token_; // from admin.token_file; never logged
   double running_hash_ = 0;                // configHash() of the running config's bytes
   double last_read_hash_ = 0;              // of the bytes the last reload read, applied or not
+  std::optional<double> unconfirmed_hash_; // read once by the watch, awaiting a second read
   std::string last_read_error_; // why the last read failed; empty after a successful read
   std::vector<std::unique_ptr<Worker>> workers_;
   std::unique_ptr<AdminServer> admin_;

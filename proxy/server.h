@@ -6,13 +6,14 @@
 // signals, the admin listener, reloads and DNS. It hands results to the workers by posting to
 // their io_contexts, so workers never wait on the main thread.
 //
-// Reload (SIGHUP, or a change that ConfigWatch detects in the file's directory): the file is read,
-// hashed, loaded and validated on the main thread. Bytes whose hash is the running config's
-// change nothing and are not counted. A valid config gets new acceptors bound for new listeners
-// (in the main thread, so a bind error rejects the reload), then each worker swaps snapshots.
-// In-flight requests keep the snapshot they started with, and keep-alive connections move to
-// the new one at their next request. An invalid config changes nothing; it is logged and
-// counted.
+// Reload (SIGHUP, or a change that ConfigWatch detects in the config's directories): the main
+// file and its policy files are read, hashed, loaded and validated on the main thread. Bytes
+// whose hash is the running config's change nothing and are not counted. A change the watch
+// reports is loaded only when a second read, one debounce later, finds the same hash. A valid
+// config gets new acceptors bound for new listeners (in the main thread, so a bind error rejects
+// the reload), then each worker swaps snapshots. In-flight requests keep the snapshot they started
+// with, and keep-alive connections move to the new one at their next request. An invalid config
+// changes nothing; it is logged and counted.
 //
 // Drain (SIGTERM or SIGINT): /ready turns 503 at once, every worker closes its acceptors and
 // idle connections, in-flight requests finish and their connections close; when no connection

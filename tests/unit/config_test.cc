@@ -834,7 +834,7 @@ TEST(ConfigTest, LoadFileNamesFileInDiagnostics) {
 TEST(ConfigTest, ExamplesValidate) {
   std::filesystem::path examples =
       std::filesystem::path(__FILE__).parent_path() / "../../config/examples";
-  for (const char* name : {"demo.yaml", "bench.yaml"}) {
+  for (const char* name : {"demo.yaml", "bench.yaml", "split/deferd.yaml"}) {
     LoadResult result = loadFile((examples / name).string());
     EXPECT_TRUE(result.ok()) << name;
     for (const Diagnostic& diagnostic : result.diagnostics) {

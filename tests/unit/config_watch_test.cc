@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <vector>
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
@@ -70,15 +71,73 @@ TEST(ConfigHash, KeepsTopFiftyTwoBitsExactly) {
   EXPECT_NE(configHash("workers: 1\n"), configHash("workers: 2\n"));
 }
 
-TEST_F(ConfigWatchTest, ReadsBytesAndHash) {
+TEST_F(ConfigWatchTest, ReadsFilesAndHash) {
   std::string error;
-  std::optional<ConfigBytes> bytes = readConfigBytes(config_.string(), &error);
-  ASSERT_TRUE(bytes.has_value()) << error;
-  EXPECT_EQ(bytes->text, "workers: 1\n");
-  EXPECT_EQ(bytes->hash, configHash("workers: 1\n"));
+  std::optional<ConfigFiles> files = readConfigFiles(config_.string(), &error);
+  ASSERT_TRUE(files.has_value()) << error;
+  ASSERT_EQ(files->sources.files.size(), 1u);
+  EXPECT_EQ(files->sources.files[0].text, "workers: 1\n");
+  EXPECT_EQ(files->hash, configHash("workers: 1\n"));
 
-  EXPECT_FALSE(readConfigBytes((dir_ / "missing.yaml").string(), &error).has_value());
+  EXPECT_FALSE(readConfigFiles((dir_ / "missing.yaml").string(), &error).has_value());
   EXPECT_NE(error.find("missing.yaml: failed to open file"), std::string::npos) << error;
+}
+
+TEST_F(ConfigWatchTest, HashCoversEveryPolicyFile) {
+  writeFile(config_, "policy_files: [policies.d]\n");
+  fs::create_directory(dir_ / "policies.d");
+  writeFile(dir_ / "policies.d" / "a.yaml", "policies: {}\n");
+  std::string error;
+  double one_file = readConfigFiles(config_.string(), &error)->hash;
+  EXPECT_NE(one_file, configHash("policy_files: [policies.d]\n"));
+
+  writeFile(dir_ / "policies.d" / "a.yaml", "policies: { a: {} }\n");
+  double changed = readConfigFiles(config_.string(), &error)->hash;
+  EXPECT_NE(changed, one_file);
+
+  writeFile(dir_ / "policies.d" / "b.yaml", "");
+  double added = readConfigFiles(config_.string(), &error)->hash;
+  EXPECT_NE(added, changed);
+
+  fs::remove(dir_ / "policies.d" / "b.yaml");
+  EXPECT_EQ(readConfigFiles(config_.string(), &error)->hash, changed);
+
+  // The same bytes under another name are another config.
+  fs::rename(dir_ / "policies.d" / "a.yaml", dir_ / "policies.d" / "c.yaml");
+  EXPECT_NE(readConfigFiles(config_.string(), &error)->hash, changed);
+}
+
+TEST(WatchTargets, CoverMainFilePolicyDirectoryAndFiles) {
+  config::ConfigSources sources;
+  sources.files.push_back({"/etc/deferd/deferd.yaml", "", ""});
+  sources.entries.push_back({"/etc/deferd/policies.d", true, {}, ""});
+  sources.entries.push_back({"/etc/deferd/extra/one.yaml", false, {}, ""});
+  sources.entries.push_back({"/etc/deferd/missing.yaml", false, {}, "not found"});
+
+  std::vector<WatchTarget> targets = watchTargets(sources);
+  ASSERT_EQ(targets.size(), 3u);
+  EXPECT_EQ(targets[0].directory, "/etc/deferd");
+  EXPECT_EQ(targets[0].names,
+            (std::vector<std::string>{"deferd.yaml", "policies.d", "missing.yaml"}));
+  EXPECT_FALSE(targets[0].every_yaml);
+  EXPECT_EQ(targets[1].directory, "/etc/deferd/policies.d");
+  EXPECT_TRUE(targets[1].every_yaml);
+  EXPECT_EQ(targets[2].directory, "/etc/deferd/extra");
+  EXPECT_EQ(targets[2].names, (std::vector<std::string>{"one.yaml"}));
+}
+
+TEST(WatchTargets, OwnDirectoryIsOneTarget) {
+  config::ConfigSources sources;
+  sources.files.push_back({"/etc/deferd/deferd.yaml", "", ""});
+  sources.entries.push_back({"/etc/deferd/.", true, {}, ""});
+
+  std::vector<WatchTarget> targets = watchTargets(sources);
+  ASSERT_EQ(targets.size(), 2u);
+  EXPECT_EQ(targets[0].directory, "/etc/deferd");
+  EXPECT_EQ(targets[0].names, (std::vector<std::string>{"deferd.yaml"}));
+  EXPECT_TRUE(targets[0].every_yaml);
+  EXPECT_EQ(targets[1].directory, "/etc");
+  EXPECT_EQ(targets[1].names, (std::vector<std::string>{"deferd"}));
 }
 
 TEST_F(ConfigWatchTest, SymlinkSwapFiresOnceAfterDebounce) {
@@ -155,6 +214,77 @@ TEST_F(ConfigWatchTest, StopCancelsPendingCallback) {
       milliseconds(300));
 
   EXPECT_EQ(calls_, 0);
+}
+
+TEST_F(ConfigWatchTest, FileAddedToPolicyDirectoryFires) {
+  fs::create_directory(dir_ / "policies.d");
+  ConfigWatch watch(io_, config_.string(), {milliseconds(20), kNoBackstop}, [this] { calls_++; });
+  watch.setTargets({WatchTarget{dir_.string(), {"deferd.yaml"}, false},
+                    WatchTarget{(dir_ / "policies.d").string(), {}, true}});
+  watch.start();
+  runStepThen([this] { writeFile(dir_ / "policies.d" / "new.yaml", "policies: {}\n"); },
+              milliseconds(200));
+  EXPECT_EQ(calls_, 1);
+
+  // Editor backups and hidden files in the directory are not policy files.
+  runStepThen(
+      [this] {
+        writeFile(dir_ / "policies.d" / "new.yaml~", "x");
+        writeFile(dir_ / "policies.d" / ".new.yaml.swp", "x");
+      },
+      milliseconds(200));
+  EXPECT_EQ(calls_, 1);
+}
+
+TEST_F(ConfigWatchTest, OpenWriterHoldsOffCallback) {
+  ConfigWatch watch(io_, config_.string(), {milliseconds(50), kNoBackstop}, [this] { calls_++; });
+  watch.start();
+
+  // The writer pauses 300 ms, six debounce periods, between its two halves.
+  std::ofstream out;
+  boost::asio::steady_timer finish(io_);
+  runStepThen(
+      [&] {
+        out.open(config_, std::ios::binary | std::ios::trunc);
+        out << "workers: " << std::flush;
+        finish.expires_after(milliseconds(300));
+        finish.async_wait([&](const boost::system::error_code&) {
+          EXPECT_EQ(calls_, 0) << "on_change ran while the file was open for writing";
+          out << "2\n";
+          out.close();
+        });
+      },
+      milliseconds(500));
+
+  EXPECT_EQ(calls_, 1);
+}
+
+TEST_F(ConfigWatchTest, WriterHoldIsBounded) {
+  ConfigWatchOptions options{milliseconds(20), kNoBackstop, milliseconds(100)};
+  ConfigWatch watch(io_, config_.string(), options, [this] { calls_++; });
+  watch.start();
+
+  std::ofstream out;
+  runStepThen(
+      [&] {
+        out.open(config_, std::ios::binary | std::ios::trunc);
+        out << "workers: 3\n" << std::flush; // never closed during the run
+      },
+      milliseconds(300));
+
+  EXPECT_EQ(calls_, 1);
+}
+
+TEST_F(ConfigWatchTest, RecheckCallsAgain) {
+  ConfigWatch watch(io_, config_.string(), {milliseconds(20), kNoBackstop}, [&] {
+    if (++calls_ == 1) {
+      watch.recheck();
+    }
+  });
+  watch.start();
+  runStepThen([this] { writeFile(config_, "workers: 2\n"); }, milliseconds(200));
+
+  EXPECT_EQ(calls_, 2);
 }
 
 } // namespace
