@@ -333,26 +333,27 @@ private:
     if (!pending_since_) {
       pending_since_ = now;
     }
-    debounce_timer_.expires_at(
-        std::min(now + options_.debounce, *pending_since_ + options_.backstop));
-    debounce_timer_.async_wait([self = shared_from_this()](const boost::system::error_code& ec) {
-      if (ec || self->stopped_) {
-        return;
-      }
-      self->onDebounce();
-    });
+    waitDebounce(std::min(now + options_.debounce, *pending_since_ + options_.backstop));
+  }
+
+  // Waits until `deadline`, then runs onDebounce(). Re-arming cannot cancel a wait whose
+  // expiry is already queued, so each wait carries a number and only the newest one acts.
+  void waitDebounce(std::chrono::steady_clock::time_point deadline) {
+    uint64_t wait = ++debounce_waits_;
+    debounce_timer_.expires_at(deadline);
+    debounce_timer_.async_wait(
+        [self = shared_from_this(), wait](const boost::system::error_code& ec) {
+          if (ec || self->stopped_ || wait != self->debounce_waits_) {
+            return;
+          }
+          self->onDebounce();
+        });
   }
 
   void onDebounce() {
     auto now = std::chrono::steady_clock::now();
     if (writerActive(now)) {
-      debounce_timer_.expires_at(now + options_.debounce);
-      debounce_timer_.async_wait([self = shared_from_this()](const boost::system::error_code& ec) {
-        if (ec || self->stopped_) {
-          return;
-        }
-        self->onDebounce();
-      });
+      waitDebounce(now + options_.debounce);
       return;
     }
     pending_since_.reset();
@@ -387,6 +388,7 @@ private:
   std::function<void()> on_change_;
   asio::posix::stream_descriptor inotify_;
   asio::steady_timer debounce_timer_;
+  uint64_t debounce_waits_ = 0; // number of the newest debounce wait
   asio::steady_timer backstop_timer_;
   std::optional<std::chrono::steady_clock::time_point> pending_since_; // first undebounced event
   bool stopped_ = false;
