@@ -339,7 +339,9 @@ void Worker::updateEndpoints(const std::string& cluster_name, const config::Addr
 
 void Worker::tick() {
   MonotonicTime now = std::chrono::steady_clock::now();
-  for (Session& session : sessions_) {
+  // onTick() may close a session and unlink it from the list: step past it first.
+  for (auto it = sessions_.begin(); it != sessions_.end();) {
+    Session& session = *it++;
     session.onTick(now);
   }
 

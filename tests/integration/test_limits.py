@@ -149,6 +149,64 @@ class FileDescriptorExhaustionTest(harness.DeferdTestCase):
         return resp if resp.status == 200 else None
 
 
+def read_until_closed(sock, timeout):
+    """Return what arrived on `sock` before the peer closed it, or None if it stayed open."""
+    sock.settimeout(timeout)
+    received = b""
+    try:
+        while True:
+            chunk = sock.recv(4096)
+            if not chunk:
+                return received
+            received += chunk
+    except ConnectionResetError:
+        return received
+    except socket.timeout:
+        return None
+
+
+class IdleTimeoutTest(harness.DeferdTestCase):
+    """Idle and stalled connections are closed at every stage of their life, and deferd lives."""
+
+    def setUp(self):
+        self.upstream = harness.RawUpstream()
+        self.addCleanup(self.upstream.close)
+        self.port = harness.free_port()
+        self.deferd = harness.Deferd(
+            listeners=[harness.listener_config("inbound", self.port, [{"cluster": "app"}],
+                                               limits={"idle_timeout": "1s",
+                                                       "header_timeout": "1s"})],
+            clusters=[harness.cluster_config("app", [self.upstream.port])],
+        ).start()
+        self.addCleanup(self.deferd.stop)
+
+    def test_idle_connections_closed_deferd_keeps_serving(self):
+        # Silent from the start (still detecting the protocol), a partial HTTP/2 preface, a
+        # partial request line, and a keep-alive connection after one whole request.
+        silent = open_idle_connections(self.port, 2)
+        preface = socket.create_connection((harness.LOOPBACK, self.port), timeout=2)
+        preface.sendall(b"PRI * HTTP/2.0\r\n")
+        partial = socket.create_connection((harness.LOOPBACK, self.port), timeout=2)
+        partial.sendall(b"GET / HT")
+        kept = socket.create_connection((harness.LOOPBACK, self.port), timeout=2)
+        kept.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        self.assertIn(b"200", kept.recv(4096))
+
+        # Idle connections are closed without a word; a stalled request gets 408 first.
+        expected = [("silent", silent[0], b""), ("silent", silent[1], b""),
+                    ("partial preface", preface, b""),
+                    ("partial request", partial, b"HTTP/1.1 408"), ("kept alive", kept, b"")]
+        for name, sock, start in expected:
+            with self.subTest(connection=name):
+                received = read_until_closed(sock, timeout=5.0)
+                self.assertIsNotNone(received, f"{name} stayed open")
+                self.assertTrue(received.startswith(start), f"{name} got {received[:40]!r}")
+            sock.close()
+
+        self.assertTrue(self.deferd.alive(), "deferd exited after closing idle connections")
+        self.assertStatus(harness.http_get(self.port, "/"), 200, "after the idle closes")
+
+
 class LimitedDeferd(harness.Deferd):
     """deferd started under `prlimit --nofile`, so a small flood exhausts its descriptors."""
 
