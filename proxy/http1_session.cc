@@ -976,6 +976,10 @@ private:
     }
     if (expect_continue_) {
       expect_continue_ = false;
+      // The body is read once "100 Continue" is written. Until then the upstream stream may
+      // already ask for body bytes; marking the read as pending keeps it from starting a
+      // second read into the same buffer.
+      h2_body_reading_ = true;
       static constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
       asio::async_write(socket_, asio::buffer(kContinue.data(), kContinue.size()),
                         [self = shared_from_this()](error_code ec, size_t) {
@@ -985,6 +989,8 @@ private:
                           }
                           if (self->h2_upstream_ && self->state_ == State::kSendingRequest) {
                             self->readRequestBody();
+                          } else {
+                            self->h2_body_reading_ = false;
                           }
                         });
       return;
@@ -1136,6 +1142,18 @@ private:
       }
     }
     if (h2_out_.empty()) {
+      if (last) {
+        // Nothing left to write, as after a response whose END_STREAM came in an empty DATA
+        // frame. Finish outside this call, which may be nghttp2's.
+        h2_writing_ = true;
+        asio::post(socket_.get_executor(), [self = shared_from_this()] {
+          if (self->state_ != State::kSendingResponse) {
+            self->h2_writing_ = false;
+            return;
+          }
+          self->onHttp2ResponseWritten({}, 0, true);
+        });
+      }
       return;
     }
     h2_writing_ = true;

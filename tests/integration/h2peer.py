@@ -227,6 +227,9 @@ class H2Upstream:
     """A scripted h2c server. It sends GOAWAY (last stream id 0) on the first request of each of
     its first `refuse_connections` connections, and 200 "served" for every other request, with
     no content-length and, when the path ends in "/trailers", the trailer x-upstream-trailer.
+    Two paths end their response without DATA bytes in the last frame: "/no-content" is a 204
+    whose HEADERS carry END_STREAM, and "/split-end" sends "hello" with a content-length and
+    then END_STREAM on an empty DATA frame, as many servers do.
 
     deferd must retry a request refused that way on a new connection, since the server did
     not process it.
@@ -279,6 +282,19 @@ class H2Upstream:
                             conn.sendall(h2conn.data_to_send())
                             return
                         path = dict(event.headers).get(":path", "")
+                        if path.endswith("/no-content"):
+                            h2conn.send_headers(event.stream_id, [(":status", "204")],
+                                                end_stream=True)
+                            conn.sendall(h2conn.data_to_send())
+                            continue
+                        if path.endswith("/split-end"):
+                            h2conn.send_headers(event.stream_id,
+                                                [(":status", "200"), ("content-length", "5")])
+                            h2conn.send_data(event.stream_id, b"hello")
+                            conn.sendall(h2conn.data_to_send())
+                            h2conn.send_data(event.stream_id, b"", end_stream=True)
+                            conn.sendall(h2conn.data_to_send())
+                            continue
                         with_trailers = path.endswith("/trailers")
                         h2conn.send_headers(event.stream_id, [(":status", "200")])
                         h2conn.send_data(event.stream_id, b"served", end_stream=not with_trailers)

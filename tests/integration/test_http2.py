@@ -340,6 +340,43 @@ class Http2UpstreamTest(harness.DeferdTestCase):
         self.assertStatus(resp, 200)
         self.assertEqual(resp.body, body)
 
+    def test_http1_upload_with_expect_continue(self):
+        # An upload that waits for "100 Continue" on an upstream connection already open, so
+        # the upstream stream asks for body bytes before the client sends them.
+        self.assertStatus(harness.http_get(self.port, "/index.txt"), 200, "warm-up")
+        path = os.path.join(harness.make_dir("expect"), "upload.bin")
+        body = os.urandom(3 * 1024 * 1024)
+        with open(path, "wb") as f:
+            f.write(body)
+        for framing in ([], ["-H", "transfer-encoding: chunked"]):
+            with self.subTest(framing=framing or "content-length"):
+                result = subprocess.run(
+                    [self.curl, "-s", "-H", "expect: 100-continue", *framing, "--data-binary",
+                     f"@{path}", "-m", "20", "-o", "-", f"http://{harness.LOOPBACK}:{self.port}/echo"],
+                    capture_output=True, timeout=30,
+                )
+                self.assertEqual(result.returncode, 0, result.stderr)
+                self.assertEqual(len(result.stdout), len(body))
+                self.assertTrue(result.stdout == body, "the echoed body differs from the upload")
+        self.assertTrue(self.deferd.alive())
+
+    def test_http1_keep_alive_after_bodyless_end(self):
+        # Responses whose last frame has no DATA bytes must still end the exchange, so the
+        # next request on the connection is answered.
+        for path, status, body in [("/scripted/no-content", 204, b""),
+                                   ("/scripted/split-end", 200, b"hello")]:
+            with self.subTest(path=path), harness.RawClient(self.port, timeout=5) as client:
+                for _ in range(2):
+                    client.send(f"GET {path} HTTP/1.1\r\nHost: h2\r\n\r\n".encode())
+                    response = client.read_response()
+                    self.assertStatus(response, status)
+                    self.assertEqual(response.body, body)
+
+        harness.wait_until(
+            lambda: self.deferd.metrics().value("deferd_requests_in_flight",
+                                                listener="inbound") == 0,
+            5, "no request left in flight")
+
     def test_http1_client_gets_chunked_trailers(self):
         with harness.RawClient(self.port) as client:
             client.send(b"GET /scripted/trailers HTTP/1.1\r\nHost: h2\r\nTE: trailers\r\n\r\n")
