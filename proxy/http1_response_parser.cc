@@ -143,8 +143,9 @@ Http1ResponseParser::Step Http1ResponseParser::parseHead(std::string_view input)
   unsigned status = 0;
   auto [status_end, status_ec] =
       std::from_chars(status_line.data() + 9, status_line.data() + 12, status);
+  // RFC 9110 section 15 defines 100 to 599 only; a proxy cannot classify anything else.
   if (status_ec != std::errc() || status_end != status_line.data() + 12 || status < 100 ||
-      status > 999 || (status_line.size() > 12 && status_line[12] != ' ')) {
+      status > 599 || (status_line.size() > 12 && status_line[12] != ' ')) {
     return fail("invalid status code");
   }
 

@@ -67,6 +67,9 @@ public:
     chunked_ = chunked;
   }
 
+  // Whether the head still waits for the first write, so nothing of the message was sent.
+  bool headPending() const { return head_pending_; }
+
   // Frames `size` bytes at `data` (none is fine) for the next write, after the head if it is
   // still unsent. `last` ends a chunked body with the last-chunk.
   const Buffers& frame(const char* data, size_t size, bool last) {
@@ -792,6 +795,11 @@ private:
       onUpstreamError(http::make_error_code(http::error::bad_status));
       return;
     }
+    if (response.result_int() > 599) {
+      // RFC 9110 section 15 defines 100 to 599 only; a proxy cannot classify anything else.
+      onUpstreamError(http::make_error_code(http::error::bad_status));
+      return;
+    }
     if (response.result_int() < 200) {
       // Interim responses (103 Early Hints and the like) are not forwarded.
       readResponseHeader();
@@ -803,6 +811,10 @@ private:
 
     bool upstream_keep_alive = response_->keep_alive();
     removeHopByHop(response);
+    if (response_status_ == 204) {
+      // A 204 has no body, and RFC 9110 section 8.6 forbids a Content-Length on it.
+      response.erase(http::field::content_length);
+    }
     upstream_reusable_ = upstream_keep_alive && response.result_int() != 101;
 
     // A body delimited by the upstream closing the connection is re-framed as chunked for an
@@ -1277,12 +1289,14 @@ private:
     recordUpstreamFailure(failure);
     releaseUpstream(false);
 
-    if (response_started_) {
+    if (response_started_ && !response_out_.headPending()) {
       // Part of the response is already with the client: all that is left is to cut it off.
       reason_ = upstreamFailureName(failure);
       abortRequest(StreamEnd::kUpstreamFailed);
       return;
     }
+    // The head waits for the first body bytes, so a body that fails at once still gets a reply.
+    response_started_ = false;
     sendLocalReply(reason);
   }
 

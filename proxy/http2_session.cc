@@ -1206,6 +1206,12 @@ bool Http2Stream::onResponseHead() {
 bool Http2Stream::submitResponse(unsigned status, HeaderList fields, bool has_body) {
   status_ = status;
   response_fields_ = std::move(fields);
+  if (status == 204) {
+    // RFC 9110 section 8.6 forbids a Content-Length on a 204, and HTTP/2 clients reset a
+    // stream that has one.
+    std::erase_if(response_fields_,
+                  [](const HeaderField& field) { return field.name == "content-length"; });
+  }
   if (chain_) {
     HeaderListMap headers(response_fields_);
     chain_->runResponseHeaders(static_cast<int>(status_), headers);

@@ -6,6 +6,7 @@ deferd_local_replies_total{listener,reason} and deferd_upstream_failures_total{c
 
 import time
 
+import h2peer
 import harness
 from harness import RawClient, Reply
 
@@ -54,6 +55,13 @@ class UpstreamFailuresTest(harness.DeferdTestCase):
             return Reply(action="close")
         if path.startswith("/half-head"):
             return Reply(action="raw", raw=b"HTTP/1.1 200 OK\r\nContent-Le")
+        if path.startswith("/bad-status"):
+            return Reply(action="raw", raw=b"HTTP/1.1 999 Whatever\r\nContent-Length: 2\r\n\r\nok")
+        if path.startswith("/bad-chunk"):
+            return Reply(action="raw",
+                         raw=b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+        if path.startswith("/no-content"):
+            return Reply(action="raw", raw=b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n")
         if path.startswith("/garbage"):
             return Reply(action="raw", raw=b"HELLO WORLD\r\n\r\n")
         if path.startswith("/partial"):
@@ -134,6 +142,43 @@ class UpstreamFailuresTest(harness.DeferdTestCase):
         self.assertLocalReply(resp, 502, "bad-upstream-response")
         after = self.counters("scripted", "bad-upstream-response", "bad-response")
         self.assertCountersGrew(before, after, "unparsable response")
+        self.assertStillServing()
+
+    def test_status_outside_range(self):
+        # RFC 9110 defines status codes 100 to 599; a 999 is a bad response for either client.
+        before = self.counters("scripted", "bad-upstream-response", "bad-response")
+        self.assertLocalReply(harness.http_get(self.port, "/bad-status"), 502,
+                              "bad-upstream-response")
+        with h2peer.H2Client(self.port) as client:
+            stream = client.get("/bad-status")
+        self.assertEqual(stream.status, 502, stream)
+        self.assertEqual(stream.header("deferd-reason"), "bad-upstream-response")
+        after = self.counters("scripted", "bad-upstream-response", "bad-response")
+        self.assertEqual(after[1] - before[1], 2, "deferd_upstream_failures_total growth")
+        self.assertStillServing()
+
+    def test_bad_first_chunk_gets_reply(self):
+        # The 200 head waits for the first body bytes, so a body that fails to parse at once
+        # still leaves room for a 502.
+        before = self.counters("scripted", "bad-upstream-response", "bad-response")
+        resp = harness.http_get(self.port, "/bad-chunk")
+        self.assertLocalReply(resp, 502, "bad-upstream-response")
+        after = self.counters("scripted", "bad-upstream-response", "bad-response")
+        self.assertCountersGrew(before, after, "invalid first chunk")
+        self.assertStillServing()
+
+    def test_no_content_length_dropped_from_204(self):
+        with h2peer.H2Client(self.port) as client:
+            stream = client.get("/no-content")
+        self.assertIsNone(stream.reset_code, stream)
+        self.assertEqual(stream.status, 204)
+        self.assertIsNone(stream.header("content-length"))
+
+        with RawClient(self.port) as c:
+            c.send(b"GET /no-content HTTP/1.1\r\nHost: t\r\n\r\n")
+            status, headers = c.read_head()
+        self.assertEqual(status, 204)
+        self.assertNotIn("content-length", [name.lower() for name, _ in headers])
         self.assertStillServing()
 
     def test_close_inside_body(self):

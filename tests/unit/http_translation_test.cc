@@ -146,6 +146,17 @@ TEST(Http1ResponseParserTest, ContentLengthBody) {
   EXPECT_EQ(parser.headers()[1].name, "x-a");
 }
 
+TEST(Http1ResponseParserTest, StatusOutsideRangeRejected) {
+  for (std::string status : {"099", "600", "999"}) {
+    Http1ResponseParser parser(false);
+    Parsed parsed = feed(parser, "HTTP/1.1 " + status + " X\r\nContent-Length: 0\r\n\r\n");
+    EXPECT_EQ(parsed.last, Http1ResponseParser::Event::kError) << status;
+  }
+  Http1ResponseParser highest(false);
+  EXPECT_EQ(feed(highest, "HTTP/1.1 599 X\r\nContent-Length: 0\r\n\r\n").last,
+            Http1ResponseParser::Event::kDone);
+}
+
 TEST(Http1ResponseParserTest, ChunkedBodyWithTrailers) {
   Http1ResponseParser parser(false);
   Parsed parsed = feed(parser, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
