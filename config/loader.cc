@@ -322,7 +322,7 @@ std::optional<Field> Loader::parseDocument(const std::string& yaml, size_t file,
     error(file, documents[1].Mark(),
           "the file contains " + std::to_string(documents.size()) +
               " YAML documents; a configuration is exactly one document");
-    return std::nullopt;
+    // The first document is still checked, so one run reports its problems too.
   }
   return Field{documents[0], documents[0].Mark(), "", documents[0].Mark(), file, {}};
 }

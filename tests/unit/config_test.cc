@@ -922,6 +922,14 @@ TEST(ConfigTest, SecondDocumentIsInvalid) {
                   "exactly one document"});
 }
 
+TEST(ConfigTest, SecondDocumentKeepsFirstChecked) {
+  EXPECT_EQ(errors("wokers: 2\n" + kMinimal + "---\nworkers: 1\n"),
+            (Lines{"test.yaml:1:1: unknown key 'wokers' in the top-level map; did you mean "
+                   "'workers'?",
+                   "test.yaml:11:1: the file contains 2 YAML documents; a configuration is "
+                   "exactly one document"}));
+}
+
 TEST(ConfigTest, TopLevelMustBeMap) {
   EXPECT_EQ(errors("- node\n"), Lines{"test.yaml:1:1: expected a map, found a list"});
 }
