@@ -16,10 +16,19 @@ constexpr double kLongLatencyDecayRatio = 2.0;
 constexpr double kLongLatencyDecay = 0.95;
 // The gradient algorithm leaves a limit alone when the window used less than this of it.
 constexpr double kGradientInUseFraction = 0.5;
+// A busy window faster than this share of the long-term latency shows a faster upstream.
+constexpr double kSpeedupRatio = 0.9;
+// Weight of a window's latency in the long-term latency during slow start.
+constexpr double kSlowStartLongWeight = 0.5;
+// Queueing windows in a row that end slow start.
+constexpr int kSlowStartQueueingWindows = 2;
 // A queueing episode whose in-flight count fell to this share of its start while its latency
 // stayed above kSlowdownLatencyRatio of the start is a slower upstream, not a queue.
 constexpr double kSlowdownInFlightRatio = 0.7;
 constexpr double kSlowdownLatencyRatio = 0.9;
+
+// The lowest tolerance kept by sanitize(): 1 % of headroom.
+constexpr double kMinTolerance = 1.01;
 
 int64_t toNanos(MonotonicTime time) {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(time.time_since_epoch()).count();
@@ -31,7 +40,8 @@ LimiterOptions sanitize(LimiterOptions options) {
   options.initial_limit = std::clamp(options.initial_limit, options.min_limit, options.max_limit);
   options.min_window_samples = std::max<uint32_t>(options.min_window_samples, 1);
   options.gradient.smoothing = std::clamp(options.gradient.smoothing, 0.01, 1.0);
-  options.gradient.tolerance = std::max(options.gradient.tolerance, 1.0);
+  // Tolerance 1 would leave no headroom, and the limit could never grow after slow start.
+  options.gradient.tolerance = std::max(options.gradient.tolerance, kMinTolerance);
   options.gradient.long_window = std::max<uint32_t>(options.gradient.long_window, 1);
   options.aimd.backoff = std::clamp(options.aimd.backoff, 0.1, 0.99);
   options.aimd.increase = std::max(options.aimd.increase, 1);
@@ -59,22 +69,10 @@ double GradientAlgorithm::update(double limit, const SampleWindow& window) {
   }
   const double short_ns = std::max<double>(static_cast<double>(window.mean_latency.count()), 1.0);
   const bool busy = window.max_in_flight >= limit * kGradientInUseFraction;
+  const bool queueing =
+      busy && long_latency_ns_ > 0.0 && short_ns > options_.tolerance * long_latency_ns_;
 
-  // The long-term latency is an exponential average over long_window windows. It moves toward
-  // the recent latency, except while a busy window is over the tolerance (queueing).
-  if (long_latency_ns_ <= 0.0) {
-    long_latency_ns_ = short_ns;
-  } else if (busy && short_ns > options_.tolerance * long_latency_ns_) {
-    holdLongLatency(short_ns, window.max_in_flight);
-  } else {
-    // TODO: a window just under the tolerance still raises long by up to
-    // (tolerance - 1) / long_window of itself, so a long overload may creep the baseline up.
-    episode_in_flight_ = 0;
-    long_latency_ns_ += (short_ns - long_latency_ns_) / options_.long_window;
-  }
-  if (long_latency_ns_ / short_ns > kLongLatencyDecayRatio) {
-    long_latency_ns_ *= kLongLatencyDecay;
-  }
+  updateLongLatency(short_ns, busy, window.max_in_flight);
 
   // A window that used under half the limit carries no evidence of queueing caused by this
   // cluster's concurrency. Latency that grows while in-flight stays low is the upstream
@@ -83,15 +81,54 @@ double GradientAlgorithm::update(double limit, const SampleWindow& window) {
     return limit;
   }
 
-  const double gradient =
-      std::clamp(options_.tolerance * long_latency_ns_ / short_ns, kMinGradient, kMaxGradient);
-  const double queue_allowance = std::sqrt(limit);
-  double proposed = limit * gradient + queue_allowance;
+  // Slow start: until two queueing windows in a row (or a drop), the limit doubles its
+  // proposal, so a small initial limit reaches the upstream's concurrency in a few windows.
+  // One queueing window alone may be noise.
+  slow_start_queueing_ = queueing ? slow_start_queueing_ + 1 : 0;
+  if (slow_start_ && slow_start_queueing_ < kSlowStartQueueingWindows && window.drops == 0) {
+    return limit * (1.0 - options_.smoothing) + 2.0 * limit * options_.smoothing;
+  }
+  slow_start_ = false;
+
+  // The limit stays where `long / short + headroom` is 1, which is where the window's latency
+  // is tolerance times the long-term latency: a queue of (tolerance - 1) times the upstream's
+  // concurrency. Headroom also makes the limit grow while latency is flat.
+  const double gradient = std::clamp(long_latency_ns_ / short_ns, kMinGradient, kMaxGradient);
+  const double headroom = 1.0 - 1.0 / options_.tolerance;
+  double proposed = limit * (gradient + headroom);
   if (window.drops > 0) {
     proposed = std::min(proposed, limit);
   }
 
   return limit * (1.0 - options_.smoothing) + proposed * options_.smoothing;
+}
+
+void GradientAlgorithm::updateLongLatency(double short_ns, bool busy, int in_flight) {
+  if (long_latency_ns_ <= 0.0) {
+    long_latency_ns_ = short_ns;
+    return;
+  }
+
+  if (busy && short_ns > options_.tolerance * long_latency_ns_) {
+    holdLongLatency(short_ns, in_flight);
+  } else if (busy && short_ns >= long_latency_ns_ * kSpeedupRatio && !slow_start_) {
+    // At the equilibrium every busy window sits near tolerance * long, and noise puts some
+    // of them under it. Letting those raise the baseline would creep the limit up, and
+    // letting only the faster ones lower it would creep it down, so busy windows within this
+    // band leave the baseline alone.
+    episode_in_flight_ = 0;
+  } else {
+    // Not busy (no queue of this cluster's making), clearly faster, or in slow start, whose
+    // windows are the first measurements: the upstream's own latency, which the baseline
+    // follows, faster during slow start.
+    episode_in_flight_ = 0;
+    const double weight = slow_start_ ? kSlowStartLongWeight : 1.0 / options_.long_window;
+    long_latency_ns_ += (short_ns - long_latency_ns_) * weight;
+  }
+
+  if (long_latency_ns_ / short_ns > kLongLatencyDecayRatio) {
+    long_latency_ns_ *= kLongLatencyDecay;
+  }
 }
 
 void GradientAlgorithm::holdLongLatency(double short_ns, int in_flight) {
