@@ -45,6 +45,10 @@ std::string_view decisionName(filters::backpressure::Decision decision) {
     return "expired";
   case Decision::kForced:
     return "forced";
+  case Decision::kWaitTooLong:
+    return "wait_too_long";
+  case Decision::kDisplaced:
+    return "displaced";
   case Decision::kCancelled:
     break;
   }

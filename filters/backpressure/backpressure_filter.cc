@@ -91,6 +91,7 @@ makeBackpressureShared(std::string policy, std::string cluster,
   admission.queue.on_max_wait = options.on_max_wait == config::MaxWaitAction::kProceed
                                     ? MaxWaitAction::kProceed
                                     : MaxWaitAction::kReject;
+  admission.queue.predict_wait = options.predict_wait;
   admission.all_deferring_scale = options.all_deferring_scale;
   shared->controller = std::make_unique<AdmissionController>(
       admission, [] { return std::chrono::steady_clock::now(); });
@@ -168,6 +169,10 @@ FilterStatus BackpressureFilter::onRequestHeaders(HeaderMap& headers) {
     info.decision = "shed";
     callbacks().sendLocalReply(LocalReplyReason::kLoadShed);
     return FilterStatus::kStop;
+  case AdmitStatus::kWaitTooLong:
+    info.decision = "wait-too-long";
+    callbacks().sendLocalReply(LocalReplyReason::kQueueWaitTooLong);
+    return FilterStatus::kStop;
   case AdmitStatus::kExpired:
     info.decision = "expired";
     callbacks().sendLocalReply(LocalReplyReason::kDeadlineExceeded);
@@ -224,10 +229,10 @@ void BackpressureFilter::onWaitEnd(WaitOutcome outcome) {
     callbacks().continueRequest();
     return;
   }
-  case WaitOutcome::kShed:
+  case WaitOutcome::kDisplaced:
     endWait();
-    info.decision = "shed";
-    callbacks().sendLocalReply(LocalReplyReason::kLoadShed);
+    info.decision = "displaced";
+    callbacks().sendLocalReply(LocalReplyReason::kQueueDisplaced);
     return;
   case WaitOutcome::kTimedOut:
     endWait();
