@@ -29,7 +29,7 @@ enum class LocalReplyReason : uint8_t {
   kDraining,            // deferd is shutting down
   kLoadShed,            // backpressure: the queue was full and this request was the least urgent
   kQueueTimeout,        // backpressure: waited max_wait for a slot
-  kQueueWaitTooLong,    // backpressure: refused on arrival, its predicted wait exceeds max_wait
+  kQueueWaitTooLong,    // backpressure: rejected on arrival, its predicted wait exceeds max_wait
   kQueueDisplaced,      // backpressure: pushed out of the full queue by a more urgent request
   kDeadlineExceeded,    // the request's own deadline passed, or could not be met while queued
   kBreakerOpen,         // breaker: open, and no fallback

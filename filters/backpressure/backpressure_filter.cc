@@ -308,12 +308,23 @@ void BackpressureFilter::readSignal(HeaderMap& headers) {
 
   // The balancers read the SharedEndpoint, so mirror a change of state into it.
   bool deferring = signals.isDeferring(endpoint->id, now);
-  if (endpoint->deferring.exchange(deferring, std::memory_order_relaxed) == deferring) {
+  endpoint->deferring.store(deferring, std::memory_order_relaxed);
+
+  // Checked on every report, not only when this endpoint changes, because another endpoint's
+  // signal may have gone stale (and so stopped deferring) since the last change.
+  size_t known = config_.endpoints ? config_.endpoints->count(shared_.cluster) : 0;
+  auto allDeferring = [&] { return known > 0 && signals.deferringCount(now) >= known; };
+  if (shared_.all_deferring.load(std::memory_order_acquire) == allDeferring()) {
     return;
   }
-  size_t known = config_.endpoints ? config_.endpoints->count(shared_.cluster) : 0;
-  bool all_deferring = known > 0 && signals.deferringCount(now) >= known;
-  shared_.controller->setAllEndpointsDeferring(all_deferring);
+  // Two reports may see a change at once; the lock keeps the last scale applied in step with
+  // the flag.
+  std::lock_guard lock(shared_.all_deferring_mutex);
+  const bool all_deferring = allDeferring();
+  if (shared_.all_deferring.load(std::memory_order_acquire) != all_deferring) {
+    shared_.all_deferring.store(all_deferring, std::memory_order_release);
+    shared_.controller->setAllEndpointsDeferring(all_deferring);
+  }
 }
 
 void BackpressureFilter::onStreamEnd(StreamEnd end) {

@@ -366,6 +366,60 @@ class LoadSignalTest(harness.DeferdTestCase):
 
         harness.wait_until(resumed, 8.0, "the callee to stop deferring", interval=0.1)
 
+    def test_limit_halves_while_every_endpoint_defers(self):
+        busy_port, _ = self.callee(delay=0.3)
+
+        out_port = harness.free_port()
+        signal = {"ttl": "3s", "ewma_half_life": "100ms", "defer_above": 0.9,
+                  "hold_above": "200ms", "resume_below": 0.5, "hold_below": "500ms"}
+        caller = harness.Deferd(
+            listeners=[harness.listener_config(
+                "outbound", out_port, [{"cluster": "callee", "policy": "call"}],
+                direction="outbound")],
+            clusters=[harness.cluster_config("callee", [busy_port])],
+            extra={"policies": {"call": {"backpressure": {"limiter": "fixed", "initial_limit": 40,
+                                                          "min_limit": 1, "max_limit": 100,
+                                                          "signal": signal}}}},
+        ).start()
+        self.addCleanup(caller.stop)
+
+        def limit():
+            return caller.metrics().value("deferd_backpressure_limit", cluster="callee")
+
+        harness.wait_until(lambda: limit() == 40, 3.0, "the caller's limit to be published")
+
+        # Load the callee directly, past its two slots, for a bounded time.
+        stop = threading.Event()
+
+        def load():
+            deadline = time.monotonic() + 8.0
+            while not stop.is_set() and time.monotonic() < deadline:
+                try:
+                    harness.http_get(busy_port, timeout=10.0)
+                except AssertionError:
+                    pass
+
+        loaders = [threading.Thread(target=load, daemon=True) for _ in range(6)]
+        for thread in loaders:
+            thread.start()
+
+        # The only endpoint defers, so all of them do: the caller halves its limit.
+        def halved():
+            harness.http_get(out_port, timeout=10.0)
+            return limit() == 20
+
+        harness.wait_until(halved, 6.0, "the caller's limit to halve", interval=0.05)
+
+        stop.set()
+        for thread in loaders:
+            thread.join(12.0)
+
+        def restored():
+            harness.http_get(out_port)
+            return limit() == 40
+
+        harness.wait_until(restored, 8.0, "the caller's limit to come back", interval=0.1)
+
 
 if __name__ == "__main__":
     harness.main()
