@@ -170,8 +170,8 @@ FilterState::fallbackCapacity(const config::Cluster& cluster) {
   bool same = entry.capacity.max_concurrent == cluster.capacity.max_concurrent &&
               entry.capacity.max_rps == cluster.capacity.max_rps;
   if (!entry.shared || !same) {
-    // TODO: nothing calls setAllEndpointsDeferring yet; the backpressure filter's endpoint
-    // signals should, so fallback_deferring never rejects for now.
+    // The breaker filter sets its all-deferring state before each fallback admission, from
+    // the endpoint flags that the backpressure filter's signals maintain.
     entry.shared = std::make_shared<filters::breaker::FallbackCapacity>(
         filters::breaker::capacityOptions(cluster.capacity));
     entry.capacity = cluster.capacity;
