@@ -166,6 +166,10 @@ async def offer_load(port, rate, warmup, duration, timeout, max_conns=3000):
         for u in URGENCIES
     }
 
+    # Times are taken with time.monotonic(): uvloop's loop.time() has a resolution of 1 ms,
+    # too coarse for a local reply. `offset` maps a loop time to the monotonic clock.
+    offset = time.monotonic() - loop.time()
+
     async def one(index, scheduled, measured):
         urgency = PATTERN[index % len(PATTERN)]
         conn = None
@@ -183,7 +187,7 @@ async def offer_load(port, rate, warmup, duration, timeout, max_conns=3000):
                     state["connects"] += 1
                     conn = await asyncio.open_connection(LOOPBACK, port)
                 reader, writer = conn
-                sent = loop.time()
+                sent = time.monotonic()
                 writer.write(requests[urgency])
                 status, reason, close = await read_response(reader)
             if 200 <= status < 300:
@@ -201,12 +205,13 @@ async def offer_load(port, rate, warmup, duration, timeout, max_conns=3000):
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
             drop(conn)
         if measured:
-            done = loop.time()
+            done = time.monotonic()
             if sent is None:
                 sent = done
-            latency = min((done - scheduled) * 1000.0, timeout * 1000.0)
+            scheduled_mono = scheduled + offset
+            latency = min((done - scheduled_mono) * 1000.0, timeout * 1000.0)
             records.append((urgency, outcome, reason, latency, (done - sent) * 1000.0,
-                            (sent - scheduled) * 1000.0))
+                            (sent - scheduled_mono) * 1000.0))
 
     def drop(conn):
         state["open"] -= 1
