@@ -142,7 +142,7 @@ AdmissionController::predictRefusalLocked(const AdmissionRequest& request, int u
   if (ahead == 0) {
     return std::nullopt;
   }
-  const std::optional<std::chrono::nanoseconds> wait = estimator_.predictWait(urgency, ahead);
+  const std::optional<std::chrono::nanoseconds> wait = estimator_.predictWait(urgency, ahead, now);
   if (!wait) {
     return std::nullopt;
   }

@@ -31,6 +31,9 @@ void WaitEstimator::update(MonotonicTime now, uint64_t completions,
     // The first measured interval sets the rates; later ones are averaged in.
     const double alpha = measured_ ? 1.0 - std::exp(-dt / time_constant) : 1.0;
     const double completed = static_cast<double>(completions - last_completions_);
+    if (completed > 0.0) {
+      last_completion_ = now;
+    }
     completion_rate_ += alpha * (completed / dt - completion_rate_);
     for (int urgency = 0; urgency < kUrgencyLevels; ++urgency) {
       const double arrived = static_cast<double>(accepted[urgency] - last_accepted_[urgency]);
@@ -47,9 +50,9 @@ void WaitEstimator::update(MonotonicTime now, uint64_t completions,
   last_accepted_ = accepted;
 }
 
-std::optional<std::chrono::nanoseconds> WaitEstimator::predictWait(int urgency,
-                                                                   size_t ahead) const {
-  if (!measured_) {
+std::optional<std::chrono::nanoseconds> WaitEstimator::predictWait(int urgency, size_t ahead,
+                                                                   MonotonicTime now) const {
+  if (!measured_ || !last_completion_ || now - *last_completion_ > options_.time_constant) {
     return std::nullopt;
   }
   double service = completion_rate_;

@@ -13,7 +13,9 @@
 //   rate  = rate + alpha * (delta / dt - rate)
 //
 // A gap longer than kMaxGap time constants (an idle cluster) restarts the estimate, so a
-// burst after a quiet period is not judged by the quiet period's low completion rate.
+// burst after a quiet period is not judged by the quiet period's low completion rate. Without
+// a completion in the last time constant there is no prediction at all: a stalled upstream
+// gives no rate to predict from, and its waiters keep the plain max_wait.
 //
 // Prediction: a newcomer of urgency u leaves after the `ahead` waiters that would be served
 // before it, while requests more urgent than u keep arriving and go first. Slots free up at
@@ -56,9 +58,10 @@ public:
               const std::array<uint64_t, kUrgencyLevels>& accepted);
 
   // The predicted wait of a newcomer of `urgency` with `ahead` waiters served before it, or
-  // nothing while no rate has been measured yet. A saturated cluster gives
-  // std::chrono::nanoseconds::max().
-  std::optional<std::chrono::nanoseconds> predictWait(int urgency, size_t ahead) const;
+  // nothing while no rate has been measured yet or no request completed in the last time
+  // constant before `now`. A saturated cluster gives std::chrono::nanoseconds::max().
+  std::optional<std::chrono::nanoseconds> predictWait(int urgency, size_t ahead,
+                                                      MonotonicTime now) const;
 
   // Completions per second, and accepted requests per second of one urgency.
   double completionRate() const { return completion_rate_; }
@@ -69,6 +72,8 @@ private:
   bool started_ = false;
   bool measured_ = false;
   MonotonicTime last_fold_{};
+  // The last fold that saw a completion.
+  std::optional<MonotonicTime> last_completion_;
   uint64_t last_completions_ = 0;
   std::array<uint64_t, kUrgencyLevels> last_accepted_{};
   double completion_rate_ = 0.0;

@@ -386,18 +386,24 @@ TEST_F(PredictionTest, DisabledPredictionQueuesUntilFull) {
   }
 }
 
-TEST_F(PredictionTest, StalledClusterRefusesAllButFirst) {
+TEST_F(PredictionTest, StalledClusterFallsBackToMaxWait) {
   AdmissionController& controller = makeController(predictingOptions());
   runSteady(controller, 40, 25ms, 3);
-  // Nothing completes for a second: the completion rate falls to about 5 per second.
+  // Nothing completes for a second: there is no rate to predict from, so requests queue and
+  // end at max_wait as without prediction.
   for (int i = 0; i < 20; ++i) {
     dispatcher_.advance(50ms);
     controller.poll();
   }
-  AdmitResult first = controller.admit(request(3, 1));
-  EXPECT_EQ(first.status, AdmitStatus::kQueued);
-  AdmitResult second = controller.admit(request(3, 2));
-  EXPECT_EQ(second.status, AdmitStatus::kWaitTooLong);
+  std::vector<AdmitResult> waiting;
+  for (int i = 0; i < 5; ++i) {
+    waiting.push_back(controller.admit(request(3, i)));
+    EXPECT_EQ(waiting.back().status, AdmitStatus::kQueued) << "waiter " << i;
+  }
+  dispatcher_.advance(110ms);
+  controller.poll();
+  EXPECT_EQ(controller.decisions(Decision::kTimedOut), 5u);
+  EXPECT_EQ(controller.decisions(Decision::kWaitTooLong), 0u);
 }
 
 TEST_F(AdmissionTest, CancelFreesPlaceAtOnce) {

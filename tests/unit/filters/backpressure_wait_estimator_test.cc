@@ -33,12 +33,12 @@ protected:
 };
 
 TEST_F(WaitEstimatorTest, NoPredictionBeforeFirstInterval) {
-  EXPECT_FALSE(estimator_.predictWait(3, 5));
+  EXPECT_FALSE(estimator_.predictWait(3, 5, dispatcher_.now()));
   estimator_.update(dispatcher_.now(), 0, accepted_);
-  EXPECT_FALSE(estimator_.predictWait(3, 5));
+  EXPECT_FALSE(estimator_.predictWait(3, 5, dispatcher_.now()));
   dispatcher_.advance(10ms);
   estimator_.update(dispatcher_.now(), 100, accepted_);
-  EXPECT_FALSE(estimator_.predictWait(3, 5));
+  EXPECT_FALSE(estimator_.predictWait(3, 5, dispatcher_.now()));
 }
 
 TEST_F(WaitEstimatorTest, MeasuresSteadyRates) {
@@ -61,10 +61,14 @@ TEST_F(WaitEstimatorTest, MoreUrgentArrivalsSlowLessUrgent) {
   run(1s, 20, accepted);
 
   // Urgency 0 gets all 400 per second: 4 ahead -> 5 / 400 s = 12.5 ms.
-  ASSERT_TRUE(estimator_.predictWait(0, 4));
-  EXPECT_NEAR(std::chrono::duration<double>(*estimator_.predictWait(0, 4)).count(), 0.0125, 1e-6);
+  ASSERT_TRUE(estimator_.predictWait(0, 4, dispatcher_.now()));
+  EXPECT_NEAR(
+      std::chrono::duration<double>(*estimator_.predictWait(0, 4, dispatcher_.now())).count(),
+      0.0125, 1e-6);
   // Urgency 3 gets what urgency 0 leaves: 200 per second, so 25 ms.
-  EXPECT_NEAR(std::chrono::duration<double>(*estimator_.predictWait(3, 4)).count(), 0.025, 1e-6);
+  EXPECT_NEAR(
+      std::chrono::duration<double>(*estimator_.predictWait(3, 4, dispatcher_.now())).count(),
+      0.025, 1e-6);
 }
 
 TEST_F(WaitEstimatorTest, SaturatedByMoreUrgentIsInfinite) {
@@ -72,9 +76,9 @@ TEST_F(WaitEstimatorTest, SaturatedByMoreUrgentIsInfinite) {
   accepted[1] = 25; // 500 per second against 400 completions
   estimator_.update(dispatcher_.now(), 0, accepted_);
   run(1s, 20, accepted);
-  ASSERT_TRUE(estimator_.predictWait(4, 0));
-  EXPECT_EQ(*estimator_.predictWait(4, 0), std::chrono::nanoseconds::max());
-  EXPECT_NE(*estimator_.predictWait(1, 0), std::chrono::nanoseconds::max());
+  ASSERT_TRUE(estimator_.predictWait(4, 0, dispatcher_.now()));
+  EXPECT_EQ(*estimator_.predictWait(4, 0, dispatcher_.now()), std::chrono::nanoseconds::max());
+  EXPECT_NE(*estimator_.predictWait(1, 0, dispatcher_.now()), std::chrono::nanoseconds::max());
 }
 
 TEST_F(WaitEstimatorTest, FollowsRateChangeWithinTimeConstants) {
@@ -95,7 +99,7 @@ TEST_F(WaitEstimatorTest, RestartsAfterIdleGap) {
   // rather than averaging it with the quiet period.
   dispatcher_.advance(10s);
   estimator_.update(dispatcher_.now(), completions_, accepted_);
-  EXPECT_FALSE(estimator_.predictWait(3, 1));
+  EXPECT_FALSE(estimator_.predictWait(3, 1, dispatcher_.now()));
   run(50ms, 20, {});
   EXPECT_NEAR(estimator_.completionRate(), 400.0, 1e-6);
 }
@@ -109,6 +113,21 @@ TEST_F(WaitEstimatorTest, IgnoresFoldsWithinInterval) {
   dispatcher_.advance(10ms);
   estimator_.update(dispatcher_.now(), 120, accepted_);
   EXPECT_NEAR(estimator_.completionRate(), 400.0, 1e-6);
+}
+
+TEST_F(WaitEstimatorTest, NoPredictionWithoutRecentCompletion) {
+  estimator_.update(dispatcher_.now(), 0, accepted_);
+  // Requests arrive but nothing completes: no rate to predict from.
+  std::array<uint64_t, kUrgencyLevels> accepted{};
+  accepted[3] = 5;
+  run(1s, 0, accepted);
+  EXPECT_FALSE(estimator_.predictWait(3, 1, dispatcher_.now()));
+
+  run(100ms, 20, accepted);
+  EXPECT_TRUE(estimator_.predictWait(3, 1, dispatcher_.now()));
+  // 600 ms without a completion: more than the 500 ms time constant.
+  run(600ms, 0, accepted);
+  EXPECT_FALSE(estimator_.predictWait(3, 1, dispatcher_.now()));
 }
 
 } // namespace
