@@ -18,10 +18,10 @@ constexpr double kLongLatencyDecay = 0.95;
 constexpr double kGradientInUseFraction = 0.5;
 // A busy window faster than this share of the long-term latency shows a faster upstream.
 constexpr double kSpeedupRatio = 0.9;
-// Weight of a window's latency in the long-term latency during slow start.
-constexpr double kSlowStartLongWeight = 0.5;
 // Queueing windows in a row that end slow start.
 constexpr int kSlowStartQueueingWindows = 2;
+// Factor on the limit per window of slow start.
+constexpr double kSlowStartGrowth = 1.5;
 // A queueing episode whose in-flight count fell to this share of its start while its latency
 // stayed above kSlowdownLatencyRatio of the start is a slower upstream, not a queue.
 constexpr double kSlowdownInFlightRatio = 0.7;
@@ -72,7 +72,15 @@ double GradientAlgorithm::update(double limit, const SampleWindow& window) {
   const bool queueing =
       busy && long_latency_ns_ > 0.0 && short_ns > options_.tolerance * long_latency_ns_;
 
-  updateLongLatency(short_ns, busy, window.max_in_flight);
+  // Failures answered at once (a refused connection) would pull the baseline toward zero,
+  // so a window that is mostly drops leaves it alone. During slow start it holds the limit
+  // too: an upstream that is not up yet gives no measure of its capacity.
+  const bool mostly_drops = window.drops * 2 > window.samples;
+  if (!mostly_drops) {
+    updateLongLatency(short_ns, busy, window.max_in_flight);
+  } else if (slow_start_) {
+    return limit;
+  }
 
   // A window that used under half the limit carries no evidence of queueing caused by this
   // cluster's concurrency. Latency that grows while in-flight stays low is the upstream
@@ -81,12 +89,17 @@ double GradientAlgorithm::update(double limit, const SampleWindow& window) {
     return limit;
   }
 
-  // Slow start: until two queueing windows in a row (or a drop), the limit doubles its
-  // proposal, so a small initial limit reaches the upstream's concurrency in a few windows.
-  // One queueing window alone may be noise.
-  slow_start_queueing_ = queueing ? slow_start_queueing_ + 1 : 0;
-  if (slow_start_ && slow_start_queueing_ < kSlowStartQueueingWindows && window.drops == 0) {
-    return limit * (1.0 - options_.smoothing) + 2.0 * limit * options_.smoothing;
+  // Slow start: until two queueing windows in a row (or a drop), the limit grows by half per
+  // window, so a small initial limit reaches the upstream's concurrency in a few windows. A
+  // queueing window holds the limit, since one alone may be noise; the second ends slow start.
+  if (slow_start_ && window.drops == 0) {
+    if (!queueing) {
+      slow_start_queueing_ = 0;
+      return limit * kSlowStartGrowth;
+    }
+    if (++slow_start_queueing_ < kSlowStartQueueingWindows) {
+      return limit;
+    }
   }
   slow_start_ = false;
 
@@ -117,13 +130,15 @@ void GradientAlgorithm::updateLongLatency(double short_ns, bool busy, int in_fli
     // letting only the faster ones lower it would creep it down, so busy windows within this
     // band leave the baseline alone.
     episode_in_flight_ = 0;
+  } else if (slow_start_) {
+    // Slow start's windows are the first measurements, and the early ones are slowed by new
+    // upstream connections, so the baseline is the fastest of them.
+    long_latency_ns_ = std::min(long_latency_ns_, short_ns);
   } else {
-    // Not busy (no queue of this cluster's making), clearly faster, or in slow start, whose
-    // windows are the first measurements: the upstream's own latency, which the baseline
-    // follows, faster during slow start.
+    // Not busy (no queue of this cluster's making) or clearly faster: the upstream's own
+    // latency, which the baseline follows.
     episode_in_flight_ = 0;
-    const double weight = slow_start_ ? kSlowStartLongWeight : 1.0 / options_.long_window;
-    long_latency_ns_ += (short_ns - long_latency_ns_) * weight;
+    long_latency_ns_ += (short_ns - long_latency_ns_) / options_.long_window;
   }
 
   if (long_latency_ns_ / short_ns > kLongLatencyDecayRatio) {
@@ -135,15 +150,18 @@ void GradientAlgorithm::holdLongLatency(double short_ns, int in_flight) {
   // A busy window over the tolerance is queueing until shown otherwise, and queueing must not
   // become the baseline: if it did, the limit would follow its own queue upward and never
   // settle under a lasting overload. The long-term latency stays put for the whole episode.
-  if (episode_in_flight_ <= 0) {
+  // The reference is the episode's slowest window. A window's latency lags the limit (its
+  // requests were admitted under the previous one), so the first window after a jump of the
+  // limit understates the queue it started.
+  if (episode_in_flight_ <= 0 || short_ns > episode_latency_ns_) {
     episode_in_flight_ = in_flight;
     episode_latency_ns_ = short_ns;
     return;
   }
 
   // Queueing latency falls with the concurrency that causes it. When the limit has cut the
-  // in-flight count well below the episode's start and the latency did not follow, the
-  // upstream itself became slower: that latency is the new baseline.
+  // in-flight count well below the reference and the latency did not follow, the upstream
+  // itself became slower: that latency is the new baseline.
   if (in_flight <= episode_in_flight_ * kSlowdownInFlightRatio &&
       short_ns >= episode_latency_ns_ * kSlowdownLatencyRatio) {
     long_latency_ns_ = short_ns;

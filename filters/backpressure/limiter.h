@@ -32,7 +32,7 @@
 //             them would let the limit climb after its own queue. When cutting the in-flight
 //             count does not lower such a window's latency, the upstream became slower per
 //             request and that latency becomes the baseline, without a probe at a low limit.
-//             Slow start doubles the limit's proposal until two queueing windows in a row.
+//             Slow start grows the limit by half per window until two queueing windows in a row.
 //   aimd      +increase per window while the limit is in use, *backoff per window with drops.
 //   fixed     initial_limit, always.
 //
@@ -134,7 +134,7 @@ private:
 
   const GradientOptions options_;
   double long_latency_ns_ = 0.0;
-  // The queueing episode in progress: the in-flight peak and latency of its first window.
+  // The queueing episode in progress: the in-flight peak and latency of its slowest window.
   // Zero in-flight means no episode.
   int episode_in_flight_ = 0;
   double episode_latency_ns_ = 0.0;

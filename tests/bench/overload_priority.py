@@ -249,8 +249,14 @@ def summarize(records, duration, capacity):
         mine = [r for r in records if r[0] == u]
         ok = [r[3] for r in mine if r[1] == "ok"]
         ok_send = [r[4] for r in mine if r[1] == "ok"]
+        reasons = {}
+        for r in mine:
+            if r[1] != "ok":
+                key = r[2] or r[1]
+                reasons[key] = reasons.get(key, 0) + 1
         out["per_urgency"][u] = {
             "sent": len(mine),
+            "not_ok": reasons,
             "ok": len(ok),
             "success_pct": 100.0 * len(ok) / len(mine) if mine else None,
             "ok_p50_ms": percentile(ok, 50),

@@ -79,14 +79,18 @@ TEST_F(LimiterTest, GradientRaisesLimitWithSteadyLatency) {
 
 TEST_F(LimiterTest, GradientFallsWhenLatencyDoubles) {
   ConcurrencyLimiter& limiter = makeLimiter(LimitAlgorithmKind::kGradient);
-  // Five windows of slow start take the limit from 20 to 49.
+  // Five windows of slow start take the limit from 20 to 151.
   runBusyWindows(5, 10ms);
   const int before = limiter.limit();
-  // The first slower window may be noise, so slow start grows once more; the second ends it.
-  runBusyWindows(2, 20ms);
+  // The first slower window may be noise, so slow start holds the limit; the second ends it.
+  runBusyWindows(1, 20ms);
+  ASSERT_EQ(limiter.limit(), before);
+  runBusyWindows(1, 20ms);
   int previous = limiter.limit();
   // A doubling gives a gradient of 0.5 plus the headroom of 0.13: about -7.4 % per window.
-  for (int i = 0; i < 5; ++i) {
+  // Three windows stay above 70 % of the episode's first in-flight count, where the limiter
+  // would take the doubled latency as the upstream's new speed.
+  for (int i = 0; i < 3; ++i) {
     runBusyWindows(1, 20ms);
     ASSERT_LE(limiter.limit(), previous) << "window " << i;
     previous = limiter.limit();
@@ -162,12 +166,39 @@ TEST_F(LimiterTest, GradientSlowStartReachesCapacityFast) {
   options.min_window_samples = kSamplesPerWindow;
   ConcurrencyLimiter& limiter = makeLimiter(options);
 
-  // Doubling the proposal grows the limit by 20 % per window at smoothing 0.2, so 2 reaches
-  // 8 in 8 windows. Without slow start, the 13 % headroom would need about 55.
-  for (int i = 0; i < 10; ++i) {
+  // Slow start grows the limit by half per window, so 2 reaches 8 in 4 windows. Without it,
+  // the 2.6 % per window that the headroom gives would need about 55.
+  for (int i = 0; i < 5; ++i) {
     runWindow(queueingLatency(8, limiter.limit()), limiter.limit());
   }
   EXPECT_GE(limiter.limit(), 8);
+}
+
+TEST_F(LimiterTest, GradientBaselineIgnoresFastFailures) {
+  LimiterOptions options;
+  options.algorithm = LimitAlgorithmKind::kGradient;
+  options.initial_limit = 2;
+  options.min_limit = 1;
+  options.max_limit = 200;
+  options.min_window_samples = kSamplesPerWindow;
+  ConcurrencyLimiter& limiter = makeLimiter(options);
+
+  // The upstream is not listening yet: connections are refused within 0.1 ms. Those windows
+  // must not become the baseline, or every real response would look like a queue.
+  for (int i = 0; i < 3; ++i) {
+    runWindow(100us, limiter.limit(), kSamplesPerWindow);
+  }
+  EXPECT_EQ(limiter.limit(), 2);
+  // Slow start is still on once the upstream answers: 2 reaches 8 within 5 windows.
+  for (int i = 0; i < 5; ++i) {
+    runWindow(queueingLatency(8, limiter.limit()), limiter.limit());
+  }
+  EXPECT_GE(limiter.limit(), 8);
+  for (int i = 0; i < 300; ++i) {
+    runWindow(queueingLatency(8, limiter.limit()), limiter.limit());
+  }
+  EXPECT_GE(limiter.limit(), 8);
+  EXPECT_LE(limiter.limit(), 10);
 }
 
 TEST_F(LimiterTest, GradientFollowsCapacityChanges) {
