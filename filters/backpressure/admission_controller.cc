@@ -213,6 +213,8 @@ AdmitResult AdmissionController::admitShadow(const AdmissionRequest& request) {
     limiter_.forceAcquire();
   }
 
+  // TODO: the shadow path does not predict waits, so it counts no wait-too-long decisions
+  // and its "queued" includes requests that enforcement would reject on arrival.
   ShadowDecision decision = ShadowDecision::kQueued;
   if (deadlineTooClose(request, now, options_.queue.deadline_margin)) {
     decision = ShadowDecision::kExpired;

@@ -307,6 +307,8 @@ void BackpressureFilter::readSignal(HeaderMap& headers) {
   signals.update(endpoint->id, *parsed.report, now);
 
   // The balancers read the SharedEndpoint, so mirror a change of state into it.
+  // TODO: only a report updates the mirror, so an endpoint that the balancers avoid, and that
+  // therefore sends no report, keeps its deferring flag after its signal went stale.
   bool deferring = signals.isDeferring(endpoint->id, now);
   endpoint->deferring.store(deferring, std::memory_order_relaxed);
 
