@@ -122,7 +122,7 @@ public:
   // Long-term latency in nanoseconds, zero before the first window.
   double longLatency() const { return long_latency_ns_; }
 
-  // Whether no queueing window or drop has been seen yet.
+  // Whether slow start is still on; update() describes when it ends.
   bool inSlowStart() const { return slow_start_; }
 
 private:

@@ -1,7 +1,7 @@
 #pragma once
 
 // Predicts how long a request arriving at a cluster's queue would wait for a slot, so a
-// request that cannot be served within max_wait (or before its deadline) is refused on
+// request that cannot be served within max_wait (or before its deadline) is rejected on
 // arrival rather than after waiting.
 //
 // Rates: the controller hands in two running totals, the slots released (completions) and the

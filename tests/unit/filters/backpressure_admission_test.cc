@@ -281,7 +281,7 @@ protected:
   std::vector<AdmissionSlot> slots_;
 };
 
-TEST_F(PredictionTest, RefusesOnArrivalWhenWaitExceedsMaxWait) {
+TEST_F(PredictionTest, RejectsOnArrivalPastMaxWait) {
   AdmissionController& controller = makeController(predictingOptions());
   // 40 completions per second: the n-th waiter is served after about n * 25 ms.
   runSteady(controller, 40, 25ms, 3);
@@ -292,7 +292,7 @@ TEST_F(PredictionTest, RefusesOnArrivalWhenWaitExceedsMaxWait) {
     ASSERT_EQ(waiting.back().status, AdmitStatus::kQueued) << "waiter " << i;
   }
   // With three ahead, the fourth would leave after about 100 ms, within max_wait (110 ms).
-  // The fifth would leave after 125 ms, so it is refused at once and nothing is displaced.
+  // The fifth would leave after 125 ms, so it is rejected at once and nothing is displaced.
   waiting.push_back(controller.admit(request(3, 3)));
   EXPECT_EQ(waiting.back().status, AdmitStatus::kQueued);
   AdmitResult refused = controller.admit(request(3, 4));
@@ -386,7 +386,7 @@ TEST_F(PredictionTest, DisabledPredictionQueuesUntilFull) {
   }
 }
 
-TEST_F(PredictionTest, StalledClusterFallsBackToMaxWait) {
+TEST_F(PredictionTest, StalledClusterUsesMaxWait) {
   AdmissionController& controller = makeController(predictingOptions());
   runSteady(controller, 40, 25ms, 3);
   // Nothing completes for a second: there is no rate to predict from, so requests queue and
