@@ -187,16 +187,17 @@ struct BackpressurePolicy {
   uint32_t initial_limit = 20;
   uint32_t min_limit = 5;
   uint32_t max_limit = 1000;
-  double tolerance = 1.5; // gradient: how much slower than the baseline a window may be
-  double smoothing = 0.2; // gradient: weight of a window's proposed limit
-  uint32_t increase = 1;  // aimd: added per window while the limit is in use
-  double backoff = 0.9;   // aimd: factor per window with a drop
+  double tolerance = 1.15; // gradient: how much slower than the baseline a window may be
+  double smoothing = 0.2;  // gradient: weight of a window's proposed limit
+  uint32_t increase = 1;   // aimd: added per window while the limit is in use
+  double backoff = 0.9;    // aimd: factor per window with a drop
   std::optional<Duration> latency_threshold; // aimd: a response slower than this is a drop
 
   uint32_t queue_max_length = 1000; // 0: requests over the limit are shed at once
   Duration max_wait{1000};
   Duration aging{200}; // a waiting request gains one level of urgency per interval
   MaxWaitAction on_max_wait = MaxWaitAction::kReject;
+  bool predict_wait = true; // refuse on arrival a request that would wait past max_wait
 
   // Header whose value (a duration, such as 250ms) is the request's remaining deadline, read
   // when the request has no grpc-timeout.

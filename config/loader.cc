@@ -97,7 +97,7 @@ const Keys kBackpressureKeys = {
     "queue",   "deadline_header", "signal",    "emit_signal", "all_deferring_scale"};
 const Keys kGradientKeys = {"tolerance", "smoothing"};
 const Keys kAimdKeys = {"increase", "backoff", "latency_threshold"};
-const Keys kQueueKeys = {"max_length", "max_wait", "aging", "on_max_wait"};
+const Keys kQueueKeys = {"max_length", "max_wait", "aging", "on_max_wait", "predict_wait"};
 const Keys kSignalKeys = {"ttl",        "ewma_half_life", "defer_above",
                           "hold_above", "resume_below",   "hold_below"};
 
@@ -1427,6 +1427,9 @@ void Loader::parseBackpressure(const Field& field, BackpressurePolicy* backpress
       }
       if (const Field* value = options->find("on_max_wait")) {
         setIfValid(readEnum(*value, kMaxWaitActions), &bp.on_max_wait);
+      }
+      if (const Field* value = options->find("predict_wait")) {
+        setIfValid(readBool(*value), &bp.predict_wait);
       }
     }
   }

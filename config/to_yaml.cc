@@ -236,6 +236,7 @@ void emitBackpressure(YAML::Emitter& out, const BackpressurePolicy& bp) {
   emitPair(out, "max_wait", bp.max_wait);
   emitPair(out, "aging", bp.aging);
   emitPair(out, "on_max_wait", bp.on_max_wait == MaxWaitAction::kReject ? "reject" : "proceed");
+  out << YAML::Key << "predict_wait" << YAML::Value << bp.predict_wait;
   out << YAML::EndMap;
 
   if (bp.deadline_header) {

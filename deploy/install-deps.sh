@@ -17,10 +17,11 @@ build_packages=(
 # Tests and demo: unit test framework, formatter, real peers, clients and checkers.
 # prometheus provides promtool and the server that tests/integration/test_prometheus.py
 # scrapes deferd with. python3-yaml reads the manifests in test_deploy_manifests.py.
+# python3-uvloop makes the load generator of tests/bench/overload_priority.py cheaper.
 test_packages=(
   googletest libgtest-dev clang-format-16
   nginx-light curl wrk nghttp2-client nghttp2-server prometheus haproxy time
-  python3 python3-h2 python3-yaml python3-grpcio python3-grpc-tools
+  python3 python3-h2 python3-yaml python3-grpcio python3-grpc-tools python3-uvloop
 )
 
 case "${1:-}" in

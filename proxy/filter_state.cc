@@ -46,6 +46,10 @@ std::string_view decisionName(filters::backpressure::Decision decision) {
     return "expired";
   case Decision::kForced:
     return "forced";
+  case Decision::kWaitTooLong:
+    return "wait_too_long";
+  case Decision::kDisplaced:
+    return "displaced";
   case Decision::kCancelled:
     break;
   }
@@ -190,6 +194,8 @@ FilterState::fallbackCapacity(const config::Cluster& cluster) {
   bool same = entry.capacity.max_concurrent == cluster.capacity.max_concurrent &&
               entry.capacity.max_rps == cluster.capacity.max_rps;
   if (!entry.shared || !same) {
+    // The breaker filter sets its all-deferring state before each fallback admission, from
+    // the endpoint flags that the backpressure filter's signals maintain.
     entry.shared = std::make_shared<filters::breaker::FallbackCapacity>(
         filters::breaker::capacityOptions(cluster.capacity));
     entry.capacity = cluster.capacity;

@@ -60,6 +60,8 @@ constexpr GrpcStatus grpcStatusFor(LocalReplyReason reason) {
     return GrpcStatus::kUnavailable;
   case LocalReplyReason::kLoadShed:
   case LocalReplyReason::kQueueTimeout:
+  case LocalReplyReason::kQueueWaitTooLong:
+  case LocalReplyReason::kQueueDisplaced:
     return GrpcStatus::kResourceExhausted;
   case LocalReplyReason::kCount:
     break;

@@ -29,6 +29,8 @@ enum class LocalReplyReason : uint8_t {
   kDraining,            // deferd is shutting down
   kLoadShed,            // backpressure: the queue was full and this request was the least urgent
   kQueueTimeout,        // backpressure: waited max_wait for a slot
+  kQueueWaitTooLong,    // backpressure: rejected on arrival, its predicted wait exceeds max_wait
+  kQueueDisplaced,      // backpressure: pushed out of the full queue by a more urgent request
   kDeadlineExceeded,    // the request's own deadline passed, or could not be met while queued
   kBreakerOpen,         // breaker: open, and no fallback
   kFallbackCapacity,    // breaker: open, and the fallback is at its capacity
@@ -61,6 +63,8 @@ inline constexpr std::array<LocalReplySpec, static_cast<size_t>(LocalReplyReason
         {503, "draining", true},
         {503, "load-shed", false},
         {503, "queue-timeout", false},
+        {503, "queue-wait-too-long", false},
+        {503, "queue-displaced", false},
         {504, "deadline-exceeded", false},
         {503, "breaker-open", false},
         {503, "fallback-capacity", false},

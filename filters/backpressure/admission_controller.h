@@ -8,8 +8,11 @@
 //   queued    a QueuedRequest handle. The request waits, and the controller later calls the
 //             request's callback with the outcome (WaitOutcome).
 //   shed      nothing, because the queue is full of requests at least as urgent.
+//   wait too long
+//             nothing, because the predicted wait exceeds max_wait (with on_max_wait =
+//             reject). See WaitEstimator.
 //   expired   nothing, because the deadline is too close to be met (less than
-//             deadline_margin left).
+//             deadline_margin left), or the predicted wait ends after it.
 //
 // Fast path: while the queue is empty, admit() and the slot's release are a compare-and-swap
 // on the limiter and a few atomic adds, with no lock. New arrivals do not jump a non-empty
@@ -62,6 +65,7 @@
 
 #include "filters/backpressure/limiter.h"
 #include "filters/backpressure/load_report.h"
+#include "filters/backpressure/wait_estimator.h"
 #include "filters/backpressure/wait_queue.h"
 #include "filters/filter.h"
 
@@ -71,11 +75,11 @@ class AdmissionController;
 
 // Outcome of a wait, as passed to the waiter's callback.
 enum class WaitOutcome {
-  kAdmitted, // a slot is waiting in takeSlot()
-  kForced,   // max_wait passed with on_max_wait = proceed, so the slot is over the limit
-  kShed,     // a more urgent request took its place in a full queue
-  kTimedOut, // max_wait passed with on_max_wait = reject
-  kExpired,  // its deadline could no longer be met
+  kAdmitted,  // a slot is waiting in takeSlot()
+  kForced,    // max_wait passed with on_max_wait = proceed, so the slot is over the limit
+  kDisplaced, // a more urgent request took its place in a full queue
+  kTimedOut,  // max_wait passed with on_max_wait = reject
+  kExpired,   // its deadline could no longer be met
 };
 
 // Counted decisions. kQueued and kAdmittedFromQueue count the same request twice, on entry and
@@ -89,8 +93,10 @@ enum class Decision {
   kExpired,
   kForced,
   kCancelled,
+  kWaitTooLong, // refused on arrival: the predicted wait exceeds max_wait
+  kDisplaced,   // a waiter pushed out of a full queue by a more urgent arrival
 };
-inline constexpr size_t kDecisionKinds = 8;
+inline constexpr size_t kDecisionKinds = 10;
 
 // The decisions the shadow path counts: what admit() would have done.
 enum class ShadowDecision { kAdmitted, kQueued, kShed, kExpired };
@@ -180,7 +186,7 @@ private:
   std::shared_ptr<WaitTicket> ticket_;
 };
 
-enum class AdmitStatus { kAdmitted, kQueued, kShed, kExpired };
+enum class AdmitStatus { kAdmitted, kQueued, kShed, kWaitTooLong, kExpired };
 
 struct AdmitResult {
   AdmitStatus status = AdmitStatus::kShed;
@@ -244,6 +250,11 @@ private:
                    bool& newcomer_granted);
   AdmitResult enqueueLocked(AdmissionRequest request, int urgency, MonotonicTime now,
                             Notifications& out);
+  // Folds the completion and arrival totals into the wait estimator.
+  void updateEstimatorLocked(MonotonicTime now);
+  // Returns the refusal for a newcomer whose predicted wait is too long, if any.
+  std::optional<AdmitStatus> predictRefusalLocked(const AdmissionRequest& request, int urgency,
+                                                  MonotonicTime now);
   // Ends a wait without a slot (shed, timed out or expired).
   void endWaitLocked(Waiter waiter, Decision decision, WaitOutcome outcome, Notifications& out);
   void expireLocked(MonotonicTime now, Notifications& out);
@@ -262,6 +273,10 @@ private:
   uint64_t next_id_ = 1;
   // The queue's size, readable without the mutex (see the handoff notes above).
   std::atomic<size_t> queue_length_{0};
+  // Slots released so far, for the wait estimator.
+  std::atomic<uint64_t> completions_{0};
+  // Guarded by mutex_.
+  WaitEstimator estimator_;
 
   std::array<std::array<std::atomic<uint64_t>, kUrgencyLevels>, kDecisionKinds> decisions_{};
   std::array<std::array<std::atomic<uint64_t>, kUrgencyLevels>, kShadowDecisionKinds>

@@ -91,6 +91,7 @@ makeBackpressureShared(std::string policy, std::string cluster,
   admission.queue.on_max_wait = options.on_max_wait == config::MaxWaitAction::kProceed
                                     ? MaxWaitAction::kProceed
                                     : MaxWaitAction::kReject;
+  admission.queue.predict_wait = options.predict_wait;
   admission.all_deferring_scale = options.all_deferring_scale;
   shared->controller = std::make_unique<AdmissionController>(
       admission, [] { return std::chrono::steady_clock::now(); });
@@ -168,6 +169,10 @@ FilterStatus BackpressureFilter::onRequestHeaders(HeaderMap& headers) {
     info.decision = "shed";
     callbacks().sendLocalReply(LocalReplyReason::kLoadShed);
     return FilterStatus::kStop;
+  case AdmitStatus::kWaitTooLong:
+    info.decision = "wait-too-long";
+    callbacks().sendLocalReply(LocalReplyReason::kQueueWaitTooLong);
+    return FilterStatus::kStop;
   case AdmitStatus::kExpired:
     info.decision = "expired";
     callbacks().sendLocalReply(LocalReplyReason::kDeadlineExceeded);
@@ -224,10 +229,10 @@ void BackpressureFilter::onWaitEnd(WaitOutcome outcome) {
     callbacks().continueRequest();
     return;
   }
-  case WaitOutcome::kShed:
+  case WaitOutcome::kDisplaced:
     endWait();
-    info.decision = "shed";
-    callbacks().sendLocalReply(LocalReplyReason::kLoadShed);
+    info.decision = "displaced";
+    callbacks().sendLocalReply(LocalReplyReason::kQueueDisplaced);
     return;
   case WaitOutcome::kTimedOut:
     endWait();
@@ -302,13 +307,26 @@ void BackpressureFilter::readSignal(HeaderMap& headers) {
   signals.update(endpoint->id, *parsed.report, now);
 
   // The balancers read the SharedEndpoint, so mirror a change of state into it.
+  // TODO: only a report updates the mirror, so an endpoint that the balancers avoid, and that
+  // therefore sends no report, keeps its deferring flag after its signal went stale.
   bool deferring = signals.isDeferring(endpoint->id, now);
-  if (endpoint->deferring.exchange(deferring, std::memory_order_relaxed) == deferring) {
+  endpoint->deferring.store(deferring, std::memory_order_relaxed);
+
+  // Checked on every report, not only when this endpoint changes, because another endpoint's
+  // signal may have gone stale (and so stopped deferring) since the last change.
+  size_t known = config_.endpoints ? config_.endpoints->count(shared_.cluster) : 0;
+  auto allDeferring = [&] { return known > 0 && signals.deferringCount(now) >= known; };
+  if (shared_.all_deferring.load(std::memory_order_acquire) == allDeferring()) {
     return;
   }
-  size_t known = config_.endpoints ? config_.endpoints->count(shared_.cluster) : 0;
-  bool all_deferring = known > 0 && signals.deferringCount(now) >= known;
-  shared_.controller->setAllEndpointsDeferring(all_deferring);
+  // Two reports may see a change at once; the lock keeps the last scale applied in step with
+  // the flag.
+  std::lock_guard lock(shared_.all_deferring_mutex);
+  const bool all_deferring = allDeferring();
+  if (shared_.all_deferring.load(std::memory_order_acquire) != all_deferring) {
+    shared_.all_deferring.store(all_deferring, std::memory_order_release);
+    shared_.controller->setAllEndpointsDeferring(all_deferring);
+  }
 }
 
 void BackpressureFilter::onStreamEnd(StreamEnd end) {

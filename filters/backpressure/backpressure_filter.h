@@ -41,6 +41,7 @@
 #include <prometheus/counter.h>
 #include <prometheus/histogram.h>
 
+#include <atomic>
 #include <list>
 #include <memory>
 #include <mutex>
@@ -88,6 +89,10 @@ struct BackpressureShared {
 
   std::unique_ptr<AdmissionController> controller;
   std::unique_ptr<SignalTable> signals; // outbound with a signal section only
+  // Whether the controller's limit is scaled because every endpoint of the cluster defers.
+  // Written under all_deferring_mutex, read without it.
+  std::atomic<bool> all_deferring{false};
+  std::mutex all_deferring_mutex;
   SlotHolders holders;
 
   // Set by the metrics registry.

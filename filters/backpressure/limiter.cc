@@ -16,10 +16,19 @@ constexpr double kLongLatencyDecayRatio = 2.0;
 constexpr double kLongLatencyDecay = 0.95;
 // The gradient algorithm leaves a limit alone when the window used less than this of it.
 constexpr double kGradientInUseFraction = 0.5;
+// A busy window faster than this share of the long-term latency shows a faster upstream.
+constexpr double kSpeedupRatio = 0.9;
+// Queueing windows in a row that end slow start.
+constexpr int kSlowStartQueueingWindows = 2;
+// Factor on the limit per window of slow start.
+constexpr double kSlowStartGrowth = 1.5;
 // A queueing episode whose in-flight count fell to this share of its start while its latency
 // stayed above kSlowdownLatencyRatio of the start is a slower upstream, not a queue.
 constexpr double kSlowdownInFlightRatio = 0.7;
 constexpr double kSlowdownLatencyRatio = 0.9;
+
+// The lowest tolerance kept by sanitize(): 1 % of headroom.
+constexpr double kMinTolerance = 1.01;
 
 int64_t toNanos(MonotonicTime time) {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(time.time_since_epoch()).count();
@@ -31,7 +40,8 @@ LimiterOptions sanitize(LimiterOptions options) {
   options.initial_limit = std::clamp(options.initial_limit, options.min_limit, options.max_limit);
   options.min_window_samples = std::max<uint32_t>(options.min_window_samples, 1);
   options.gradient.smoothing = std::clamp(options.gradient.smoothing, 0.01, 1.0);
-  options.gradient.tolerance = std::max(options.gradient.tolerance, 1.0);
+  // Tolerance 1 would leave no headroom, and the limit could never grow after slow start.
+  options.gradient.tolerance = std::max(options.gradient.tolerance, kMinTolerance);
   options.gradient.long_window = std::max<uint32_t>(options.gradient.long_window, 1);
   options.aimd.backoff = std::clamp(options.aimd.backoff, 0.1, 0.99);
   options.aimd.increase = std::max(options.aimd.increase, 1);
@@ -59,21 +69,17 @@ double GradientAlgorithm::update(double limit, const SampleWindow& window) {
   }
   const double short_ns = std::max<double>(static_cast<double>(window.mean_latency.count()), 1.0);
   const bool busy = window.max_in_flight >= limit * kGradientInUseFraction;
+  const bool queueing =
+      busy && long_latency_ns_ > 0.0 && short_ns > options_.tolerance * long_latency_ns_;
 
-  // The long-term latency is an exponential average over long_window windows. It moves toward
-  // the recent latency, except while a busy window is over the tolerance (queueing).
-  if (long_latency_ns_ <= 0.0) {
-    long_latency_ns_ = short_ns;
-  } else if (busy && short_ns > options_.tolerance * long_latency_ns_) {
-    holdLongLatency(short_ns, window.max_in_flight);
-  } else {
-    // TODO: a window just under the tolerance still raises long by up to
-    // (tolerance - 1) / long_window of itself, so a long overload may creep the baseline up.
-    episode_in_flight_ = 0;
-    long_latency_ns_ += (short_ns - long_latency_ns_) / options_.long_window;
-  }
-  if (long_latency_ns_ / short_ns > kLongLatencyDecayRatio) {
-    long_latency_ns_ *= kLongLatencyDecay;
+  // Failures answered at once (a refused connection) would pull the baseline toward zero,
+  // so a window that is mostly drops leaves it alone. During slow start it holds the limit
+  // too: an upstream that is not up yet gives no measure of its capacity.
+  const bool mostly_drops = window.drops * 2 > window.samples;
+  if (!mostly_drops) {
+    updateLongLatency(short_ns, busy, window.max_in_flight);
+  } else if (slow_start_) {
+    return limit;
   }
 
   // A window that used under half the limit carries no evidence of queueing caused by this
@@ -83,10 +89,26 @@ double GradientAlgorithm::update(double limit, const SampleWindow& window) {
     return limit;
   }
 
-  const double gradient =
-      std::clamp(options_.tolerance * long_latency_ns_ / short_ns, kMinGradient, kMaxGradient);
-  const double queue_allowance = std::sqrt(limit);
-  double proposed = limit * gradient + queue_allowance;
+  // Slow start: until two queueing windows in a row (or a drop), the limit grows by half per
+  // window, so a small initial limit reaches the upstream's concurrency in a few windows. A
+  // queueing window holds the limit, since one alone may be noise; the second ends slow start.
+  if (slow_start_ && window.drops == 0) {
+    if (!queueing) {
+      slow_start_queueing_ = 0;
+      return limit * kSlowStartGrowth;
+    }
+    if (++slow_start_queueing_ < kSlowStartQueueingWindows) {
+      return limit;
+    }
+  }
+  slow_start_ = false;
+
+  // The limit stays where `long / short + headroom` is 1, which is where the window's latency
+  // is tolerance times the long-term latency: a queue of (tolerance - 1) times the upstream's
+  // concurrency. Headroom also makes the limit grow while latency is flat.
+  const double gradient = std::clamp(long_latency_ns_ / short_ns, kMinGradient, kMaxGradient);
+  const double headroom = 1.0 - 1.0 / options_.tolerance;
+  double proposed = limit * (gradient + headroom);
   if (window.drops > 0) {
     proposed = std::min(proposed, limit);
   }
@@ -94,19 +116,52 @@ double GradientAlgorithm::update(double limit, const SampleWindow& window) {
   return limit * (1.0 - options_.smoothing) + proposed * options_.smoothing;
 }
 
+void GradientAlgorithm::updateLongLatency(double short_ns, bool busy, int in_flight) {
+  if (long_latency_ns_ <= 0.0) {
+    long_latency_ns_ = short_ns;
+    return;
+  }
+
+  if (busy && short_ns > options_.tolerance * long_latency_ns_) {
+    holdLongLatency(short_ns, in_flight);
+  } else if (busy && short_ns >= long_latency_ns_ * kSpeedupRatio && !slow_start_) {
+    // At the equilibrium every busy window sits near tolerance * long, and noise puts some
+    // of them under it. Letting those raise the baseline would creep the limit up, and
+    // letting only the faster ones lower it would creep it down, so busy windows within this
+    // band leave the baseline alone.
+    episode_in_flight_ = 0;
+  } else if (slow_start_) {
+    // Slow start's windows are the first measurements, and the early ones are slowed by new
+    // upstream connections, so the baseline is the fastest of them.
+    long_latency_ns_ = std::min(long_latency_ns_, short_ns);
+  } else {
+    // Not busy (no queue of this cluster's making) or clearly faster: the upstream's own
+    // latency, which the baseline follows.
+    episode_in_flight_ = 0;
+    long_latency_ns_ += (short_ns - long_latency_ns_) / options_.long_window;
+  }
+
+  if (long_latency_ns_ / short_ns > kLongLatencyDecayRatio) {
+    long_latency_ns_ *= kLongLatencyDecay;
+  }
+}
+
 void GradientAlgorithm::holdLongLatency(double short_ns, int in_flight) {
   // A busy window over the tolerance is queueing until shown otherwise, and queueing must not
   // become the baseline: if it did, the limit would follow its own queue upward and never
   // settle under a lasting overload. The long-term latency stays put for the whole episode.
-  if (episode_in_flight_ <= 0) {
+  // The reference is the episode's slowest window. A window's latency lags the limit (its
+  // requests were admitted under the previous one), so the first window after a jump of the
+  // limit understates the queue it started.
+  if (episode_in_flight_ <= 0 || short_ns > episode_latency_ns_) {
     episode_in_flight_ = in_flight;
     episode_latency_ns_ = short_ns;
     return;
   }
 
   // Queueing latency falls with the concurrency that causes it. When the limit has cut the
-  // in-flight count well below the episode's start and the latency did not follow, the
-  // upstream itself became slower: that latency is the new baseline.
+  // in-flight count well below the reference and the latency did not follow, the upstream
+  // itself became slower: that latency is the new baseline.
   if (in_flight <= episode_in_flight_ * kSlowdownInFlightRatio &&
       short_ns >= episode_latency_ns_ * kSlowdownLatencyRatio) {
     long_latency_ns_ = short_ns;

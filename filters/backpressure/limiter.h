@@ -23,14 +23,16 @@
 // limit scale (1, or all_deferring_scale while every endpoint of the cluster asks its callers
 // to defer), rounded down and clamped again. The formulas are in docs/backpressure.md:
 //
-//   gradient  limit follows tolerance * long_latency / short_latency, where short_latency is
-//             the window's mean and long_latency a slow average over many windows. The slow
-//             average drifts toward the recent latency, except in busy windows over the
-//             tolerance: those are queueing, and a baseline that absorbed them would let the
-//             limit climb after its own queue. When cutting the in-flight count does not
-//             lower such a window's latency, the upstream became slower per request and that
-//             latency becomes the baseline, without a probe at a low limit. A queue allowance
-//             of sqrt(limit) lets the limit grow while latency is flat.
+//   gradient  the proposed limit is limit * (long_latency / short_latency + 1 - 1/tolerance),
+//             where short_latency is the window's mean and long_latency a slow average over
+//             many windows. It settles where a window is tolerance times slower than the
+//             baseline, that is at about tolerance times the upstream's concurrency. The slow
+//             average follows windows that are not busy or clearly faster, and holds through
+//             busy windows: those over the tolerance are queueing, and a baseline that absorbed
+//             them would let the limit climb after its own queue. When cutting the in-flight
+//             count does not lower such a window's latency, the upstream became slower per
+//             request and that latency becomes the baseline, without a probe at a low limit.
+//             Slow start grows the limit by half per window until two queueing windows in a row.
 //   aimd      +increase per window while the limit is in use, *backoff per window with drops.
 //   fixed     initial_limit, always.
 //
@@ -51,8 +53,9 @@ namespace deferd::filters::backpressure {
 enum class LimitAlgorithmKind { kGradient, kAimd, kFixed };
 
 struct GradientOptions {
-  // How much slower than the long-term latency a window may be before the limit falls.
-  double tolerance = 1.5;
+  // How much slower than the long-term latency a window may be before the limit falls. The
+  // limit settles near tolerance times the upstream's concurrency. At least 1.01.
+  double tolerance = 1.15;
   // Weight of a window's proposed limit in the new limit, in (0, 1].
   double smoothing = 0.2;
   // Time constant of the long-term latency, in windows.
@@ -119,17 +122,25 @@ public:
   // Long-term latency in nanoseconds, zero before the first window.
   double longLatency() const { return long_latency_ns_; }
 
+  // Whether slow start is still on; update() describes when it ends.
+  bool inSlowStart() const { return slow_start_; }
+
 private:
+  // Moves the long-term latency after a window (see docs/backpressure.md).
+  void updateLongLatency(double short_ns, bool busy, int in_flight);
   // A busy window slower than tolerance * long: keeps the long-term latency, or moves it to
   // the window's latency when the episode shows a slower upstream rather than a queue.
   void holdLongLatency(double short_ns, int in_flight);
 
   const GradientOptions options_;
   double long_latency_ns_ = 0.0;
-  // The queueing episode in progress: the in-flight peak and latency of its first window.
+  // The queueing episode in progress: the in-flight peak and latency of its slowest window.
   // Zero in-flight means no episode.
   int episode_in_flight_ = 0;
   double episode_latency_ns_ = 0.0;
+  bool slow_start_ = true;
+  // Queueing windows in a row seen during slow start.
+  int slow_start_queueing_ = 0;
 };
 
 class AimdAlgorithm : public LimitAlgorithm {

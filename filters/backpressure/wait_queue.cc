@@ -81,6 +81,23 @@ std::optional<MonotonicTime> WaitQueue::nextTimeout() const {
   return timeouts_.begin()->first;
 }
 
+size_t WaitQueue::countAhead(int urgency, MonotonicTime now) const {
+  urgency = std::clamp(urgency, 0, kLeastUrgent);
+  size_t ahead = 0;
+  for (int level = 0; level <= urgency; ++level) {
+    ahead += levels_[level].size();
+  }
+  for (int level = urgency + 1; level < kUrgencyLevels; ++level) {
+    for (const Entry& entry : levels_[level]) {
+      if (effectiveUrgency(entry.waiter, now) > urgency) {
+        break;
+      }
+      ++ahead;
+    }
+  }
+  return ahead;
+}
+
 std::array<size_t, kUrgencyLevels> WaitQueue::depthByUrgency() const {
   std::array<size_t, kUrgencyLevels> depth{};
   for (int level = 0; level < kUrgencyLevels; ++level) {

@@ -57,6 +57,9 @@ struct QueueOptions {
   std::chrono::milliseconds aging{200};
   // A request with less time than this left before its deadline cannot be served in time.
   std::chrono::milliseconds deadline_margin{5};
+  // Refuse on arrival a request whose predicted wait exceeds max_wait (with on_max_wait =
+  // reject) or its deadline, instead of letting it wait first (see wait_estimator.h).
+  bool predict_wait = true;
 };
 
 struct WaitTicket;
@@ -108,6 +111,12 @@ public:
   std::optional<MonotonicTime> nextTimeout() const;
 
   int effectiveUrgency(const Waiter& waiter, MonotonicTime now) const;
+
+  // The waiters that would leave before a newcomer of this urgency arriving now: every waiter
+  // whose effective urgency is at most `urgency`. Aged waiters of less urgent levels are at
+  // their level's head, so the count stops at each level's first waiter that is not aged
+  // enough, and costs O(levels + count).
+  size_t countAhead(int urgency, MonotonicTime now) const;
 
   bool empty() const { return index_.empty(); }
   size_t size() const { return index_.size(); }

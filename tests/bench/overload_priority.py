@@ -13,6 +13,12 @@ the load down. Each request carries `deferd-priority: u=N`, with urgency 0, 3 an
 TIMEOUT seconds after its scheduled time is a timeout. The first WARMUP seconds are offered
 but not counted, so adaptive limits have settled before the measurement.
 
+The generator is Python and can fall behind its schedule. Each request records its lag (the
+write of its bytes minus its scheduled time), and latencies are given both from the scheduled
+time and from the send, so the target's own response time is separated from the generator's
+delay. Connections are kept alive and reused, requests are built once, and the event loop is
+uvloop (Debian's python3-uvloop) unless --no-uvloop is given.
+
 Targets, one at a time, rounds in rotating order, backend and proxy restarted for every run:
 
   direct          the backend itself
@@ -144,23 +150,31 @@ async def read_response(reader):
 async def offer_load(port, rate, warmup, duration, timeout, max_conns=3000):
     """Offer `rate` req/s for warmup + duration seconds; return the measured records.
 
-    A record is (urgency, outcome, latency ms) for each request scheduled after the warm-up,
-    with outcome 'ok' (2xx), 'queue-timeout' (deferd's reply after max_wait in its queue),
-    'shed' (any other status), 'timeout' (no response by the deadline) or 'error'.
+    A record is (urgency, outcome, reason, latency ms from the scheduled time, latency ms from
+    the send, generator lag ms) for each request scheduled after the warm-up. The outcome is
+    'ok' (2xx), 'queue-timeout' (deferd's reply after max_wait in its queue), 'shed' (any
+    other status), 'timeout' (no response by the deadline) or 'error'. The send is the moment
+    the request's bytes are written, so the lag (send minus scheduled time) contains the
+    generator's own delay and, for a new connection, the connect.
     """
     loop = asyncio.get_running_loop()
     idle = []
-    state = {"open": 0, "max_lag": 0.0, "overflow": 0}
+    state = {"open": 0, "connects": 0, "overflow": 0}
     records = []
     requests = {
         u: f"GET / HTTP/1.1\r\nHost: {LOOPBACK}:{port}\r\ndeferd-priority: u={u}\r\n\r\n".encode()
         for u in URGENCIES
     }
 
+    # Times are taken with time.monotonic(): uvloop's loop.time() has a resolution of 1 ms,
+    # too coarse for a local reply. `offset` maps a loop time to the monotonic clock.
+    offset = time.monotonic() - loop.time()
+
     async def one(index, scheduled, measured):
         urgency = PATTERN[index % len(PATTERN)]
         conn = None
-        outcome = "error"
+        outcome, reason = "error", None
+        sent = None
         try:
             async with asyncio.timeout_at(scheduled + timeout):
                 if idle:
@@ -170,8 +184,10 @@ async def offer_load(port, rate, warmup, duration, timeout, max_conns=3000):
                         state["overflow"] += 1
                         return
                     state["open"] += 1
+                    state["connects"] += 1
                     conn = await asyncio.open_connection(LOOPBACK, port)
                 reader, writer = conn
+                sent = time.monotonic()
                 writer.write(requests[urgency])
                 status, reason, close = await read_response(reader)
             if 200 <= status < 300:
@@ -189,8 +205,13 @@ async def offer_load(port, rate, warmup, duration, timeout, max_conns=3000):
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
             drop(conn)
         if measured:
-            latency = (loop.time() - scheduled) * 1000.0
-            records.append((urgency, outcome, min(latency, timeout * 1000.0)))
+            done = time.monotonic()
+            if sent is None:
+                sent = done
+            scheduled_mono = scheduled + offset
+            latency = min((done - scheduled_mono) * 1000.0, timeout * 1000.0)
+            records.append((urgency, outcome, reason, latency, (done - sent) * 1000.0,
+                            (sent - scheduled_mono) * 1000.0))
 
     def drop(conn):
         state["open"] -= 1
@@ -201,47 +222,73 @@ async def offer_load(port, rate, warmup, duration, timeout, max_conns=3000):
     first_measured = int(rate * warmup)
     t0 = loop.time() + 0.05
     tasks = []
-    for i in range(total):
-        scheduled = t0 + i / rate
-        delay = scheduled - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        else:
-            state["max_lag"] = max(state["max_lag"], -delay)
-        tasks.append(asyncio.ensure_future(one(i, scheduled, i >= first_measured)))
+    i = 0
+    while i < total:
+        # Start every request that is due, then sleep until the next one. A sleep shorter than
+        # the event loop's clock resolution would only cost a wake-up.
+        now = loop.time()
+        while i < total and t0 + i / rate <= now + 0.0005:
+            tasks.append(loop.create_task(one(i, t0 + i / rate, i >= first_measured)))
+            i += 1
+        if i < total:
+            await asyncio.sleep(max(0.0, t0 + i / rate - loop.time()))
     await asyncio.gather(*tasks)
     for _, writer in idle:
         writer.close()
-    return records, {"max_lag_ms": round(state["max_lag"] * 1000.0, 1), **state}
+    return records, state
 
 
 def summarize(records, duration, capacity):
-    """Per-urgency success rate and latencies, shed latency, and goodput."""
+    """Per-urgency success rate and latencies, shed latency, generator lag and goodput.
+
+    Latencies count from the scheduled time unless named `_send`: those count from the moment
+    the request was written, so they leave out the generator's own lag.
+    """
     out = {"per_urgency": {}}
     for u in URGENCIES:
         mine = [r for r in records if r[0] == u]
-        ok = [r[2] for r in mine if r[1] == "ok"]
+        ok = [r[3] for r in mine if r[1] == "ok"]
+        ok_send = [r[4] for r in mine if r[1] == "ok"]
+        reasons = {}
+        for r in mine:
+            if r[1] != "ok":
+                key = r[2] or r[1]
+                reasons[key] = reasons.get(key, 0) + 1
         out["per_urgency"][u] = {
             "sent": len(mine),
+            "not_ok": reasons,
             "ok": len(ok),
             "success_pct": 100.0 * len(ok) / len(mine) if mine else None,
             "ok_p50_ms": percentile(ok, 50),
             "ok_p99_ms": percentile(ok, 99),
+            "ok_p50_send_ms": percentile(ok_send, 50),
+            "ok_p99_send_ms": percentile(ok_send, 99),
         }
-    shed = [r[2] for r in records if r[1] == "shed"]
-    waited = [r[2] for r in records if r[1] == "queue-timeout"]
+    shed = [r for r in records if r[1] == "shed"]
+    waited = [r[3] for r in records if r[1] == "queue-timeout"]
+    lag = [r[5] for r in records]
+    reasons = {}
+    for r in records:
+        if r[1] in ("shed", "queue-timeout"):
+            reasons[r[2] or "-"] = reasons.get(r[2] or "-", 0) + 1
     ok_total = sum(1 for r in records if r[1] == "ok")
     out.update(
         {
             "sent": len(records),
             "ok": ok_total,
             "shed": len(shed),
+            "shed_reasons": reasons,
             "timeouts": sum(1 for r in records if r[1] == "timeout"),
             "errors": sum(1 for r in records if r[1] == "error"),
-            "shed_p50_ms": percentile(shed, 50),
-            "shed_p99_ms": percentile(shed, 99),
+            "shed_p50_ms": percentile([r[3] for r in shed], 50),
+            "shed_p99_ms": percentile([r[3] for r in shed], 99),
+            "shed_p50_send_ms": percentile([r[4] for r in shed], 50),
+            "shed_p99_send_ms": percentile([r[4] for r in shed], 99),
             "queue_timeouts": len(waited),
             "queue_timeout_p50_ms": percentile(waited, 50),
+            "lag_p50_ms": percentile(lag, 50),
+            "lag_p99_ms": percentile(lag, 99),
+            "lag_max_ms": max(lag) if lag else None,
             "goodput_rps": ok_total / duration,
             "goodput_pct": 100.0 * ok_total / duration / capacity,
         }
@@ -363,8 +410,8 @@ def run_one(a, target, factor, seconds, warmup):
             sampler = LimitSampler(ADMIN_PORTS[target])
             sampler.start()
         measured_from = time.monotonic() + warmup
-        records, client = asyncio.run(
-            offer_load(port, capacity * factor, warmup, seconds, a.timeout)
+        records, client = run_loop(
+            offer_load(port, capacity * factor, warmup, seconds, a.timeout), a.uvloop
         )
         result = summarize(records, seconds, capacity)
         if sampler is not None:
@@ -376,12 +423,25 @@ def run_one(a, target, factor, seconds, warmup):
             stop(proxy)
         served = stop(backend)
     result.update({"target": target, "factor": factor, "duration_s": seconds,
-                   "loadavg": loadavg, "client": client})
+                   "loadavg": loadavg, "client": client, "uvloop": a.uvloop})
     try:
         result["backend_served"] = json.loads(served.strip().splitlines()[-1])["served"]
     except (ValueError, IndexError):
         result["backend_served"] = None
     return result
+
+
+def run_loop(coroutine, use_uvloop):
+    """Run the load generator, on uvloop (Debian's python3-uvloop) when asked and installed."""
+    if use_uvloop:
+        try:
+            import uvloop
+        except ImportError:
+            raise SystemExit("uvloop is not installed (Debian package python3-uvloop); "
+                             "install it or pass --no-uvloop")
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(coroutine)
+    return asyncio.run(coroutine)
 
 
 # --- report -----------------------------------------------------------------------------------
@@ -415,7 +475,8 @@ def report(runs, capacity):
     head = ["target", "round"]
     for u in URGENCIES:
         head += [f"u={u} ok %", f"u={u} p50 ms", f"u={u} p99 ms"]
-    head += ["shed p50 ms", "shed p99 ms", "queue timeouts (p50 ms)", "client timeouts",
+    head += ["shed p50 ms", "shed p99 ms", "shed p50 ms from send", "shed p99 ms from send",
+             "lag p50 / p99 / max ms", "queue timeouts (p50 ms)", "client timeouts",
              "goodput req/s", "goodput % of capacity", "limit median (min-max)", "load avg"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in (r for r in runs if r["phase"] == "overload"):
@@ -428,8 +489,11 @@ def report(runs, capacity):
             waited = f"{r['queue_timeouts']} ({fmt(r['queue_timeout_p50_ms'])})"
         limit = r.get("limit")
         limit = "-" if not limit else f"{limit['median']:g} ({limit['min']:g}-{limit['max']:g})"
-        cells += [fmt(r["shed_p50_ms"], 2), fmt(r["shed_p99_ms"], 2), waited, str(r["timeouts"]),
-                  fmt(r["goodput_rps"]), fmt(r["goodput_pct"]), limit, r["loadavg"]]
+        lag = f"{fmt(r['lag_p50_ms'])} / {fmt(r['lag_p99_ms'])} / {fmt(r['lag_max_ms'])}"
+        cells += [fmt(r["shed_p50_ms"], 2), fmt(r["shed_p99_ms"], 2),
+                  fmt(r["shed_p50_send_ms"], 2), fmt(r["shed_p99_send_ms"], 2), lag, waited,
+                  str(r["timeouts"]), fmt(r["goodput_rps"]), fmt(r["goodput_pct"]), limit,
+                  r["loadavg"]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -463,6 +527,8 @@ def main():
     ap.add_argument("--no-pin", action="store_true")
     ap.add_argument("--work", default="/tmp/deferd-bench-priority")
     ap.add_argument("--json", help="append one JSON line per run to this file")
+    ap.add_argument("--no-uvloop", dest="uvloop", action="store_false",
+                    help="run the load generator on asyncio's own event loop")
     a = ap.parse_args()
 
     if a.no_pin:
@@ -490,8 +556,10 @@ def main():
         p0 = result["per_urgency"][0]
         print(f"[{phase} {rnd}] {result['target']}: u=0 ok {fmt(p0['success_pct'], 2)} % "
               f"p99 {fmt(p0['ok_p99_ms'])} ms, goodput {fmt(result['goodput_pct'])} %, "
-              f"shed p99 {fmt(result['shed_p99_ms'], 2)} ms, timeouts {result['timeouts']}, "
-              f"client lag {result['client']['max_lag_ms']} ms", file=sys.stderr, flush=True)
+              f"shed p99 {fmt(result['shed_p99_ms'], 2)} ms "
+              f"({fmt(result['shed_p99_send_ms'], 2)} from send), "
+              f"timeouts {result['timeouts']}, lag p99 {fmt(result['lag_p99_ms'])} ms, "
+              f"reasons {result['shed_reasons']}", file=sys.stderr, flush=True)
 
     if a.base_factor > 0:
         for target in a.targets:

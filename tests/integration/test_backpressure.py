@@ -112,7 +112,7 @@ class QueueTest(harness.DeferdTestCase):
         # Requests of the previous test have all completed, so forget them.
         self.upstream.reset()
 
-    def test_urgent_first_least_urgent_shed(self):
+    def test_urgent_first_least_urgent_displaced(self):
         holder = self.hold_the_slot()
 
         sheddable = Client(self.port, urgency=7)
@@ -122,12 +122,12 @@ class QueueTest(harness.DeferdTestCase):
         critical.start()
         wait_for_queue(self.deferd, "app", 2)
 
-        # The queue is full: a newcomer of urgency 5 sheds the waiting urgency 7.
+        # The queue is full: a newcomer of urgency 5 displaces the waiting urgency 7.
         low = Client(self.port, urgency=5)
         low.start()
 
         shed = sheddable.result()
-        self.assertLocalReply(shed, 503, "load-shed")
+        self.assertLocalReply(shed, 503, "queue-displaced")
         self.assertEqual(shed.header("retry-after"), "1")
         self.assertIsNotNone(shed.header("endpoint-load-metrics"))
 
@@ -140,12 +140,12 @@ class QueueTest(harness.DeferdTestCase):
             return self.deferd.metrics().value(
                 "deferd_backpressure_decisions_total",
                 policy="protect",
-                decision="shed",
+                decision="displaced",
                 urgency="7",
                 mode="enforce",
             ) >= 1
 
-        harness.wait_until(counted, 5.0, "the shed decision in the metrics")
+        harness.wait_until(counted, 5.0, "the displaced decision in the metrics")
 
     def test_newcomer_least_urgent_is_shed_at_once(self):
         holder = self.hold_the_slot()
@@ -365,6 +365,62 @@ class LoadSignalTest(harness.DeferdTestCase):
             return value == 0
 
         harness.wait_until(resumed, 8.0, "the callee to stop deferring", interval=0.1)
+
+    def test_limit_halves_while_every_endpoint_defers(self):
+        busy_port, _ = self.callee(delay=0.3)
+
+        out_port = harness.free_port()
+        signal = {"ttl": "3s", "ewma_half_life": "100ms", "defer_above": 0.9,
+                  "hold_above": "200ms", "resume_below": 0.6, "hold_below": "500ms"}
+        caller = harness.Deferd(
+            listeners=[harness.listener_config(
+                "outbound", out_port, [{"cluster": "callee", "policy": "call"}],
+                direction="outbound")],
+            clusters=[harness.cluster_config("callee", [busy_port])],
+            extra={"policies": {"call": {"backpressure": {"limiter": "fixed", "initial_limit": 40,
+                                                          "min_limit": 1, "max_limit": 100,
+                                                          "signal": signal}}}},
+        ).start()
+        self.addCleanup(caller.stop)
+
+        def limit():
+            return caller.metrics().value("deferd_backpressure_limit", cluster="callee")
+
+        harness.wait_until(lambda: limit() == 40, 3.0, "the caller's limit to be published")
+
+        # Load the callee directly, past its two slots, for a bounded time.
+        stop = threading.Event()
+
+        def load():
+            deadline = time.monotonic() + 8.0
+            while not stop.is_set() and time.monotonic() < deadline:
+                try:
+                    harness.http_get(busy_port, timeout=10.0)
+                except AssertionError:
+                    pass
+
+        loaders = [threading.Thread(target=load, daemon=True) for _ in range(6)]
+        for thread in loaders:
+            thread.start()
+
+        # The only endpoint defers, so all of them do: the caller halves its limit.
+        def halved():
+            harness.http_get(out_port, timeout=10.0)
+            return limit() == 20
+
+        harness.wait_until(halved, 6.0, "the caller's limit to halve", interval=0.05)
+
+        stop.set()
+        for thread in loaders:
+            thread.join(12.0)
+
+        # Each call's own request is in flight when its report is made, so the callee reports
+        # 0.5 at least; resume_below is 0.6 for that.
+        def restored():
+            harness.http_get(out_port)
+            return limit() == 40
+
+        harness.wait_until(restored, 8.0, "the caller's limit to come back", interval=0.1)
 
 
 if __name__ == "__main__":

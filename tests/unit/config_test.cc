@@ -344,7 +344,8 @@ const std::string kBackpressure = kMinimal + R"(policies:
       max_limit: 512
       gradient: { tolerance: 2, smoothing: 0.5 }
       aimd: { increase: 2, backoff: 0.8, latency_threshold: 250ms }
-      queue: { max_length: 50, max_wait: 200ms, aging: 100ms, on_max_wait: proceed }
+      queue: { max_length: 50, max_wait: 200ms, aging: 100ms, on_max_wait: proceed,
+               predict_wait: false }
       deadline_header: X-Deadline
       emit_signal: true
       signal:
@@ -365,6 +366,8 @@ TEST(ConfigTest, LoadsBackpressureSections) {
   EXPECT_EQ(defaults.initial_limit, 20u);
   EXPECT_EQ(defaults.queue_max_length, 1000u);
   EXPECT_EQ(defaults.max_wait, 1s);
+  EXPECT_EQ(defaults.tolerance, 1.15);
+  EXPECT_TRUE(defaults.predict_wait);
   EXPECT_FALSE(defaults.emit_signal);
   EXPECT_FALSE(defaults.signal.has_value());
 
@@ -382,6 +385,7 @@ TEST(ConfigTest, LoadsBackpressureSections) {
   EXPECT_EQ(tuned.max_wait, 200ms);
   EXPECT_EQ(tuned.aging, 100ms);
   EXPECT_EQ(tuned.on_max_wait, MaxWaitAction::kProceed);
+  EXPECT_FALSE(tuned.predict_wait);
   EXPECT_EQ(tuned.deadline_header, "x-deadline");
   EXPECT_TRUE(tuned.emit_signal);
   ASSERT_TRUE(tuned.signal.has_value());

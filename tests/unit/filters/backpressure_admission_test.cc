@@ -142,7 +142,7 @@ TEST_F(AdmissionTest, ShedsNewcomerWhenQueueFullOfMoreUrgent) {
   EXPECT_TRUE(log_.outcomes.empty());
 }
 
-TEST_F(AdmissionTest, ShedsLeastUrgentWaitingRequest) {
+TEST_F(AdmissionTest, DisplacesLeastUrgentWaitingRequest) {
   AdmissionController& controller = makeController(options());
   std::vector<AdmitResult> results;
   results.push_back(controller.admit(request(3, 0)));
@@ -154,8 +154,9 @@ TEST_F(AdmissionTest, ShedsLeastUrgentWaitingRequest) {
   AdmitResult urgent = controller.admit(request(0, 4));
   EXPECT_EQ(urgent.status, AdmitStatus::kQueued);
   ASSERT_EQ(log_.outcomes.size(), 1u);
-  EXPECT_EQ(log_.outcomes[0], std::make_pair(2, WaitOutcome::kShed));
-  EXPECT_EQ(controller.decisions(Decision::kShed, 6), 1u);
+  EXPECT_EQ(log_.outcomes[0], std::make_pair(2, WaitOutcome::kDisplaced));
+  EXPECT_EQ(controller.decisions(Decision::kDisplaced, 6), 1u);
+  EXPECT_EQ(controller.decisions(Decision::kShed), 0u);
   EXPECT_EQ(controller.queueLength(), 3u);
   const auto depth = controller.queueDepthByUrgency();
   EXPECT_EQ(depth[0], 1u);
@@ -244,6 +245,165 @@ TEST_F(AdmissionTest, MaxWaitProceedsOverLimit) {
   // Releases over the limit are not handed on.
   slot.complete(LimitSample{.latency = 1ms, .dropped = false});
   EXPECT_EQ(controller.limiter().inFlight(), 3);
+}
+
+// A cluster whose slots stay full and complete at a steady rate, so the wait estimator has
+// rates to work with.
+class PredictionTest : public AdmissionTest {
+protected:
+  static AdmissionOptions predictingOptions() {
+    AdmissionOptions options = AdmissionTest::options();
+    options.queue.max_length = 100;
+    options.queue.max_wait = 110ms;
+    return options;
+  }
+
+  // Fills the limit and completes `count` requests, one per `interval`, each slot taken at
+  // once by a new arrival of `urgency`. poll() runs at every step, as the proxy's tick does.
+  void runSteady(AdmissionController& controller, int count, std::chrono::milliseconds interval,
+                 int urgency) {
+    while (controller.limiter().inFlight() < controller.limiter().limit()) {
+      AdmitResult held = controller.admit(request(urgency, -1));
+      ASSERT_EQ(held.status, AdmitStatus::kAdmitted);
+      slots_.push_back(std::move(held.slot));
+    }
+    for (int i = 0; i < count; ++i) {
+      dispatcher_.advance(interval);
+      controller.poll();
+      slots_.front().complete(LimitSample{.latency = interval, .dropped = false});
+      slots_.erase(slots_.begin());
+      AdmitResult next = controller.admit(request(urgency, -1));
+      ASSERT_EQ(next.status, AdmitStatus::kAdmitted) << "request " << i;
+      slots_.push_back(std::move(next.slot));
+    }
+  }
+
+  std::vector<AdmissionSlot> slots_;
+};
+
+TEST_F(PredictionTest, RejectsOnArrivalPastMaxWait) {
+  AdmissionController& controller = makeController(predictingOptions());
+  // 40 completions per second: the n-th waiter is served after about n * 25 ms.
+  runSteady(controller, 40, 25ms, 3);
+
+  std::vector<AdmitResult> waiting;
+  for (int i = 0; i < 3; ++i) {
+    waiting.push_back(controller.admit(request(3, i)));
+    ASSERT_EQ(waiting.back().status, AdmitStatus::kQueued) << "waiter " << i;
+  }
+  // With three ahead, the fourth would leave after about 100 ms, within max_wait (110 ms).
+  // The fifth would leave after 125 ms, so it is rejected at once and nothing is displaced.
+  waiting.push_back(controller.admit(request(3, 3)));
+  EXPECT_EQ(waiting.back().status, AdmitStatus::kQueued);
+  AdmitResult refused = controller.admit(request(3, 4));
+  EXPECT_EQ(refused.status, AdmitStatus::kWaitTooLong);
+  EXPECT_FALSE(refused.queued.valid());
+  EXPECT_FALSE(refused.slot.held());
+  EXPECT_EQ(controller.decisions(Decision::kWaitTooLong, 3), 1u);
+  EXPECT_EQ(controller.decisions(Decision::kDisplaced), 0u);
+  EXPECT_EQ(controller.queueLength(), 4u);
+  EXPECT_TRUE(log_.outcomes.empty());
+}
+
+TEST_F(PredictionTest, MoreUrgentArrivalsLengthenLessUrgentWait) {
+  AdmissionController& controller = makeController(predictingOptions());
+  // 40 completions per second, 20 of them taken by urgency 0: urgency 5 is left 20 per second.
+  for (int i = 0; i < 20; ++i) {
+    runSteady(controller, 1, 25ms, 0);
+    runSteady(controller, 1, 25ms, 5);
+  }
+
+  AdmitResult first = controller.admit(request(5, 1));
+  ASSERT_EQ(first.status, AdmitStatus::kQueued);
+  // One ahead: (1 + 1) / 20 per second = 100 ms, within max_wait. At urgency 3 the same
+  // place would take 50 ms, and two ahead 150 ms.
+  AdmitResult second = controller.admit(request(5, 2));
+  EXPECT_EQ(second.status, AdmitStatus::kQueued);
+  AdmitResult third = controller.admit(request(5, 3));
+  EXPECT_EQ(third.status, AdmitStatus::kWaitTooLong);
+  // Urgency 0 has nobody ahead, so it waits whatever the queue holds.
+  AdmitResult urgent = controller.admit(request(0, 4));
+  EXPECT_EQ(urgent.status, AdmitStatus::kQueued);
+  EXPECT_EQ(controller.decisions(Decision::kWaitTooLong), 1u);
+}
+
+TEST_F(PredictionTest, KeepsFifoWithinLevel) {
+  AdmissionController& controller = makeController(predictingOptions());
+  runSteady(controller, 40, 25ms, 3);
+  AdmitResult first = controller.admit(request(3, 1));
+  AdmitResult second = controller.admit(request(3, 2));
+  ASSERT_EQ(first.status, AdmitStatus::kQueued);
+  ASSERT_EQ(second.status, AdmitStatus::kQueued);
+
+  slots_.front().complete(LimitSample{.latency = 25ms, .dropped = false});
+  slots_.erase(slots_.begin());
+  slots_.front().complete(LimitSample{.latency = 25ms, .dropped = false});
+  slots_.erase(slots_.begin());
+  ASSERT_EQ(log_.outcomes.size(), 2u);
+  EXPECT_EQ(log_.outcomes[0], std::make_pair(1, WaitOutcome::kAdmitted));
+  EXPECT_EQ(log_.outcomes[1], std::make_pair(2, WaitOutcome::kAdmitted));
+}
+
+TEST_F(PredictionTest, ExpiresOnArrivalWhenWaitPassesDeadline) {
+  AdmissionController& controller = makeController(predictingOptions());
+  runSteady(controller, 40, 25ms, 3);
+  AdmitResult ahead = controller.admit(request(3, 1));
+  ASSERT_EQ(ahead.status, AdmitStatus::kQueued);
+
+  // About 50 ms of wait against 30 ms left (25 ms after the margin).
+  AdmissionRequest short_deadline = request(3, 2);
+  short_deadline.deadline = dispatcher_.now() + 30ms;
+  EXPECT_EQ(controller.admit(std::move(short_deadline)).status, AdmitStatus::kExpired);
+  EXPECT_EQ(controller.decisions(Decision::kExpired, 3), 1u);
+
+  AdmissionRequest long_deadline = request(3, 3);
+  long_deadline.deadline = dispatcher_.now() + 80ms;
+  EXPECT_EQ(controller.admit(std::move(long_deadline)).status, AdmitStatus::kQueued);
+}
+
+TEST_F(PredictionTest, ProceedModeStillQueues) {
+  AdmissionOptions options = predictingOptions();
+  options.queue.on_max_wait = MaxWaitAction::kProceed;
+  AdmissionController& controller = makeController(options);
+  runSteady(controller, 40, 25ms, 3);
+  std::vector<AdmitResult> waiting;
+  for (int i = 0; i < 10; ++i) {
+    waiting.push_back(controller.admit(request(3, i)));
+    EXPECT_EQ(waiting.back().status, AdmitStatus::kQueued) << "waiter " << i;
+  }
+  EXPECT_EQ(controller.decisions(Decision::kWaitTooLong), 0u);
+}
+
+TEST_F(PredictionTest, DisabledPredictionQueuesUntilFull) {
+  AdmissionOptions options = predictingOptions();
+  options.queue.predict_wait = false;
+  AdmissionController& controller = makeController(options);
+  runSteady(controller, 40, 25ms, 3);
+  std::vector<AdmitResult> waiting;
+  for (int i = 0; i < 10; ++i) {
+    waiting.push_back(controller.admit(request(3, i)));
+    EXPECT_EQ(waiting.back().status, AdmitStatus::kQueued) << "waiter " << i;
+  }
+}
+
+TEST_F(PredictionTest, StalledClusterUsesMaxWait) {
+  AdmissionController& controller = makeController(predictingOptions());
+  runSteady(controller, 40, 25ms, 3);
+  // Nothing completes for a second: there is no rate to predict from, so requests queue and
+  // end at max_wait as without prediction.
+  for (int i = 0; i < 20; ++i) {
+    dispatcher_.advance(50ms);
+    controller.poll();
+  }
+  std::vector<AdmitResult> waiting;
+  for (int i = 0; i < 5; ++i) {
+    waiting.push_back(controller.admit(request(3, i)));
+    EXPECT_EQ(waiting.back().status, AdmitStatus::kQueued) << "waiter " << i;
+  }
+  dispatcher_.advance(110ms);
+  controller.poll();
+  EXPECT_EQ(controller.decisions(Decision::kTimedOut), 5u);
+  EXPECT_EQ(controller.decisions(Decision::kWaitTooLong), 0u);
 }
 
 TEST_F(AdmissionTest, CancelFreesPlaceAtOnce) {

@@ -90,15 +90,15 @@ TEST_F(BackpressureFilterTest, QueuedRequestContinuesWhenSlotFrees) {
   EXPECT_EQ(config_.shared->controller->limiter().inFlight(), 0);
 }
 
-TEST_F(BackpressureFilterTest, FullQueueShedsLeastUrgent) {
+TEST_F(BackpressureFilterTest, FullQueueDisplacesLeastUrgent) {
   auto holder = start(3);
   auto sheddable = start(7);
   auto urgent = start(0);
   EXPECT_EQ(urgent->status, FilterStatus::kStop);
 
   sheddable->callbacks.fake_dispatcher.runPosted();
-  EXPECT_EQ(sheddable->callbacks.replies, std::vector{LocalReplyReason::kLoadShed});
-  EXPECT_EQ(sheddable->callbacks.info.decision, "shed");
+  EXPECT_EQ(sheddable->callbacks.replies, std::vector{LocalReplyReason::kQueueDisplaced});
+  EXPECT_EQ(sheddable->callbacks.info.decision, "displaced");
 
   // A newcomer less urgent than the waiter is shed at once.
   auto late = start(5);
