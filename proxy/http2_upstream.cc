@@ -30,6 +30,8 @@ constexpr size_t kWriteBatchBytes = 64 * 1024;
 // recommends a limit of at least 100).
 constexpr uint32_t kAssumedMaxConcurrentStreams = 100;
 constexpr uint32_t kUpstreamWindowSize = 256 * 1024;
+// Response fields reserved per request, enough for a typical response in one allocation.
+constexpr size_t kExpectedResponseFields = 8;
 
 nghttp2_nv makeNv(std::string_view name, std::string_view value) {
   return nghttp2_nv{reinterpret_cast<uint8_t*>(const_cast<char*>(name.data())),
@@ -42,10 +44,11 @@ nghttp2_nv makeNv(std::string_view name, std::string_view value) {
 // The state of one request, shared by the connection and the owner's Http2UpstreamRequest.
 struct Http2Exchange {
   Http2UpstreamHandler* handler = nullptr; // null once cancelled or finished
-  Http2RequestHead head;                   // kept until the request is submitted
+  Http2RequestHead head;                   // a copy, kept only while the connection is made
   bool has_body = false;
   int32_t stream_id = 0; // 0 until submitted
   bool request_sent = false;
+  bool request_ended = false; // the request's END_STREAM is with nghttp2
   unsigned status = 0;
   HeaderList fields;
   HeaderList trailers;
@@ -74,7 +77,9 @@ public:
   bool usable() const { return !closed_ && !goaway_; }
   MonotonicTime idleSince() const { return idle_since_; }
 
-  void add(std::shared_ptr<Http2Exchange> exchange);
+  // Submits `head` at once on a ready session, which copies it. Otherwise the exchange keeps a
+  // copy until the connection is ready.
+  void add(std::shared_ptr<Http2Exchange> exchange, const Http2RequestHead& head);
   void resume(Http2Exchange& exchange);
   void consume(Http2Exchange& exchange, size_t size);
   void cancel(Http2Exchange& exchange);
@@ -99,7 +104,7 @@ private:
                           uint32_t* flags, nghttp2_data_source* source, void* user_data);
 
   bool createSession();
-  void submit(const std::shared_ptr<Http2Exchange>& exchange);
+  void submit(const std::shared_ptr<Http2Exchange>& exchange, const Http2RequestHead& head);
   void read();
   Http2Exchange* exchange(int32_t stream_id) {
     auto found = streams_.find(stream_id);
@@ -159,7 +164,7 @@ void Http2UpstreamConnection::connect(std::chrono::milliseconds timeout) {
     self->pending_.clear();
     for (auto& exchange : pending) {
       if (exchange->handler) {
-        self->submit(exchange);
+        self->submit(exchange, exchange->head);
       }
     }
     self->flush();
@@ -200,18 +205,20 @@ size_t Http2UpstreamConnection::capacity() const {
   return std::min<uint32_t>(remote, 1000);
 }
 
-void Http2UpstreamConnection::add(std::shared_ptr<Http2Exchange> exchange) {
+void Http2UpstreamConnection::add(std::shared_ptr<Http2Exchange> exchange,
+                                  const Http2RequestHead& head) {
   idle_since_ = MonotonicTime{};
   if (!session_) {
+    exchange->head = head;
     pending_.push_back(std::move(exchange));
     return;
   }
-  submit(exchange);
+  submit(exchange, head);
   scheduleFlush();
 }
 
-void Http2UpstreamConnection::submit(const std::shared_ptr<Http2Exchange>& exchange) {
-  const Http2RequestHead& head = exchange->head;
+void Http2UpstreamConnection::submit(const std::shared_ptr<Http2Exchange>& exchange,
+                                     const Http2RequestHead& head) {
   std::vector<nghttp2_nv> nv;
   nv.reserve(head.fields.size() + 4);
   nv.push_back(makeNv(":method", head.method));
@@ -227,6 +234,11 @@ void Http2UpstreamConnection::submit(const std::shared_ptr<Http2Exchange>& excha
       continue; // :authority carries it
     }
     nv.push_back(makeNv(field.name, field.value));
+    if (field.name == "x-request-id") {
+      // Unique per request, so indexing it in HPACK's dynamic table would only evict entries
+      // that later requests could reuse.
+      nv.back().flags = NGHTTP2_NV_FLAG_NO_INDEX;
+    }
   }
 
   nghttp2_data_provider provider{};
@@ -247,6 +259,7 @@ void Http2UpstreamConnection::submit(const std::shared_ptr<Http2Exchange>& excha
     return;
   }
   exchange->stream_id = stream_id;
+  exchange->request_ended = !exchange->has_body;
   exchange->head = {};
   streams_.emplace(stream_id, exchange);
 }
@@ -271,7 +284,10 @@ void Http2UpstreamConnection::cancel(Http2Exchange& exchange) {
     std::erase_if(pending_, [&exchange](const auto& item) { return item.get() == &exchange; });
     return;
   }
-  if (session_ && !closed_ && !exchange.complete && streams_.count(exchange.stream_id) > 0) {
+  // A response that ended before its request (RFC 9113 section 8.1) leaves the stream open on
+  // this side until it is reset too.
+  bool open = !exchange.complete || !exchange.request_ended;
+  if (session_ && !closed_ && open && streams_.count(exchange.stream_id) > 0) {
     nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, exchange.stream_id, NGHTTP2_CANCEL);
     scheduleFlush();
   }
@@ -505,6 +521,9 @@ ssize_t Http2UpstreamConnection::readBody(nghttp2_session* session, int32_t stre
   if (size > 0) {
     exchange->request_sent = true;
   }
+  if (*flags & NGHTTP2_DATA_FLAG_EOF) {
+    exchange->request_ended = true;
+  }
   if ((*flags & NGHTTP2_DATA_FLAG_EOF) && !trailers.empty()) {
     std::vector<nghttp2_nv> nv;
     for (const HeaderField& field : trailers) {
@@ -586,9 +605,9 @@ Http2ConnectionPool::startRequest(const Http2RequestHead& head, bool has_body,
 
   auto exchange = std::make_shared<Http2Exchange>();
   exchange->handler = &handler;
-  exchange->head = head;
   exchange->has_body = has_body;
-  chosen->add(exchange);
+  exchange->fields.reserve(kExpectedResponseFields);
+  chosen->add(exchange, head);
   return std::make_unique<Http2UpstreamRequest>(chosen, std::move(exchange));
 }
 

@@ -2,14 +2,14 @@
 
 #include <algorithm>
 #include <array>
-#include <cctype>
 #include <charconv>
 
 namespace deferd {
 
 namespace {
 
-char lower(char c) { return static_cast<char>(std::tolower(static_cast<unsigned char>(c))); }
+// ASCII only, as field names are: std::tolower would cost a locale-aware call per byte.
+char lower(char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c; }
 
 std::string lowerCase(std::string_view value) {
   std::string out(value);
@@ -134,6 +134,14 @@ std::optional<uint64_t> contentLength(const HeaderList& fields) {
 }
 
 void appendHttp1RequestHead(std::string& out, const Http2RequestHead& head, BodyFraming framing) {
+  // One allocation for the whole head: ": " and CRLF add 4 bytes per field, and the request
+  // line, Host and transfer-encoding fit in the 64 bytes of slack.
+  size_t size = out.size() + head.method.size() + head.path.size() + head.authority.size() + 64;
+  for (const HeaderField& field : head.fields) {
+    size += field.name.size() + field.value.size() + 4;
+  }
+  out.reserve(size);
+
   out.append(head.method).append(" ").append(head.path).append(" HTTP/1.1\r\n");
 
   // :authority takes the place of Host (RFC 9113 section 8.3.1); without it, a client's Host

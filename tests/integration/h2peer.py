@@ -227,6 +227,8 @@ class H2Upstream:
     """A scripted h2c server. It sends GOAWAY (last stream id 0) on the first request of each of
     its first `refuse_connections` connections, and 200 "served" for every other request, with
     no content-length and, when the path ends in "/trailers", the trailer x-upstream-trailer.
+    A request whose path contains "/after-trailers" gets its response once its trailers arrive,
+    and every request's trailers are recorded in `request_trailers`.
 
     deferd must retry a request refused that way on a new connection, since the server did
     not process it.
@@ -236,6 +238,7 @@ class H2Upstream:
         self.refuse_connections = refuse_connections
         self.connections = 0
         self.requests = 0  # requests that got 200
+        self.request_trailers = []  # the trailer fields of each request that had them
         self.lock = threading.Lock()
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -268,27 +271,41 @@ class H2Upstream:
         try:
             conn.sendall(h2conn.data_to_send())
             deadline = time.monotonic() + IO_TIMEOUT
+            waiting = {}  # stream id -> path, for responses sent when the trailers arrive
             while time.monotonic() < deadline:
                 data = conn.recv(65536)
                 if not data:
                     return
                 for event in h2conn.receive_data(data):
+                    if isinstance(event, h2.events.DataReceived):
+                        h2conn.acknowledge_received_data(
+                            event.flow_controlled_length, event.stream_id)
+                    if isinstance(event, h2.events.TrailersReceived):
+                        with self.lock:
+                            self.request_trailers.append(list(event.headers))
+                        if event.stream_id in waiting:
+                            self._answer(h2conn, event.stream_id, waiting.pop(event.stream_id))
                     if isinstance(event, h2.events.RequestReceived):
                         if refuse:
                             h2conn.close_connection(last_stream_id=0)
                             conn.sendall(h2conn.data_to_send())
                             return
                         path = dict(event.headers).get(":path", "")
-                        with_trailers = path.endswith("/trailers")
-                        h2conn.send_headers(event.stream_id, [(":status", "200")])
-                        h2conn.send_data(event.stream_id, b"served", end_stream=not with_trailers)
-                        if with_trailers:
-                            h2conn.send_headers(event.stream_id, [("x-upstream-trailer", "yes")],
-                                                end_stream=True)
-                        with self.lock:
-                            self.requests += 1
+                        if "/after-trailers" in path:
+                            waiting[event.stream_id] = path
+                        else:
+                            self._answer(h2conn, event.stream_id, path)
                 conn.sendall(h2conn.data_to_send())
         except (OSError, h2.exceptions.ProtocolError):
             return
         finally:
             conn.close()
+
+    def _answer(self, h2conn, stream_id, path):
+        with_trailers = path.endswith("/trailers")
+        h2conn.send_headers(stream_id, [(":status", "200")])
+        h2conn.send_data(stream_id, b"served", end_stream=not with_trailers)
+        if with_trailers:
+            h2conn.send_headers(stream_id, [("x-upstream-trailer", "yes")], end_stream=True)
+        with self.lock:
+            self.requests += 1
