@@ -1,6 +1,7 @@
 #include "proxy/http2_session.h"
 
 #include <boost/asio/buffer.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/write.hpp>
 
 #include <nghttp2/nghttp2.h>
@@ -174,7 +175,6 @@ private:
   bool response_complete_ = false; // every response byte and the trailers are with nghttp2
   std::string response_body_;      // waiting for the data provider
   HeaderList response_trailers_;
-  std::vector<nghttp2_nv> nv_;
   HeaderList response_fields_;
   std::string status_text_;
   std::string grpc_status_;
@@ -225,6 +225,18 @@ public:
   // nothing, and the caller of nghttp2 flushes afterwards.
   void flush();
 
+  // Flushes once the handlers that are ready now have run, so the responses of several
+  // upstream reads leave in one write instead of one write each.
+  void scheduleFlush();
+
+  // Returns an empty name-value array to build a header list in. It is shared by the
+  // connection's streams and reused, so it is valid until the next call only. nghttp2's submit
+  // functions copy what they are given.
+  std::vector<nghttp2_nv>& nvScratch() {
+    nv_scratch_.clear();
+    return nv_scratch_;
+  }
+
 private:
   static int onBeginHeaders(nghttp2_session*, const nghttp2_frame* frame, void* user_data);
   static int onHeader(nghttp2_session*, const nghttp2_frame* frame, const uint8_t* name,
@@ -259,7 +271,9 @@ private:
   std::map<int32_t, std::shared_ptr<Http2Stream>> streams_;
   std::array<uint8_t, kReadBufferSize> read_buffer_{};
   std::string write_buffer_;
+  std::vector<nghttp2_nv> nv_scratch_;
   bool writing_ = false;
+  bool flush_scheduled_ = false;
   bool in_nghttp2_ = false; // inside mem_recv or mem_send: nghttp2 must not be re-entered
   bool draining_ = false;
   bool closed_ = false;
@@ -436,6 +450,17 @@ void Http2Session::flush() {
                     });
 }
 
+void Http2Session::scheduleFlush() {
+  if (flush_scheduled_ || closed_) {
+    return;
+  }
+  flush_scheduled_ = true;
+  asio::post(socket_.get_executor(), [self = shared_from_this()] {
+    self->flush_scheduled_ = false;
+    self->flush();
+  });
+}
+
 void Http2Session::onTick(MonotonicTime now) {
   if (closed_) {
     return;
@@ -609,7 +634,7 @@ nghttp2_session* Http2Stream::nghttp2() const { return session_->nghttp2(); }
 
 void Http2Stream::flushSession() {
   if (session_) {
-    session_->flush();
+    session_->scheduleFlush();
   }
 }
 
@@ -721,7 +746,10 @@ void Http2Stream::onRequestHeaders(bool end_stream) {
     headers.append("x-forwarded-for", session_->peerIp());
   }
   std::optional<std::string_view> request_id = headers.get("x-request-id");
-  if (!request_id || request_id->empty()) {
+  if (!request_id) {
+    request_id_ = session_->worker().generateRequestId();
+    headers.append("x-request-id", request_id_);
+  } else if (request_id->empty()) {
     request_id_ = session_->worker().generateRequestId();
     headers.set("x-request-id", request_id_);
   } else {
@@ -1236,17 +1264,16 @@ bool Http2Stream::submitResponse(unsigned status, HeaderList fields, bool has_bo
   }
 
   status_text_ = std::to_string(status_);
-  nv_.clear();
-  nv_.reserve(response_fields_.size() + 1);
-  nv_.push_back(makeNv(":status", status_text_));
+  std::vector<nghttp2_nv>& nv = session_->nvScratch();
+  nv.push_back(makeNv(":status", status_text_));
   for (const HeaderField& field : response_fields_) {
-    nv_.push_back(makeNv(field.name, field.value));
+    nv.push_back(makeNv(field.name, field.value));
   }
   nghttp2_data_provider provider{};
   provider.source.ptr = this;
   provider.read_callback = &readResponseBodyCallback;
-  int rv = nghttp2_submit_response(nghttp2(), id_, nv_.data(), nv_.size(),
-                                   has_body ? &provider : nullptr);
+  int rv =
+      nghttp2_submit_response(nghttp2(), id_, nv.data(), nv.size(), has_body ? &provider : nullptr);
   if (rv != 0) {
     resetStream(NGHTTP2_INTERNAL_ERROR, "upstream-reset");
     return false;
@@ -1415,11 +1442,10 @@ void Http2Stream::sendLocalReply(LocalReplyReason reason) {
   }
 
   status_text_ = std::to_string(status_);
-  nv_.clear();
-  nv_.reserve(response_fields_.size() + 1);
-  nv_.push_back(makeNv(":status", status_text_));
+  std::vector<nghttp2_nv>& nv = session_->nvScratch();
+  nv.push_back(makeNv(":status", status_text_));
   for (const HeaderField& field : response_fields_) {
-    nv_.push_back(makeNv(field.name, field.value));
+    nv.push_back(makeNv(field.name, field.value));
   }
   nghttp2_data_provider provider{};
   provider.source.ptr = this;
@@ -1430,7 +1456,7 @@ void Http2Stream::sendLocalReply(LocalReplyReason reason) {
   }
   response_complete_ = true;
   int rv =
-      nghttp2_submit_response(nghttp2(), id_, nv_.data(), nv_.size(), body ? &provider : nullptr);
+      nghttp2_submit_response(nghttp2(), id_, nv.data(), nv.size(), body ? &provider : nullptr);
   if (rv != 0) {
     nghttp2_submit_rst_stream(nghttp2(), NGHTTP2_FLAG_NONE, id_, NGHTTP2_INTERNAL_ERROR);
     return;

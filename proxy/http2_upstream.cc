@@ -128,6 +128,7 @@ private:
   std::vector<std::shared_ptr<Http2Exchange>> pending_; // waiting for the connection
   std::array<uint8_t, kReadBufferSize> read_buffer_{};
   std::string write_buffer_;
+  std::vector<nghttp2_nv> nv_; // the request being submitted
   MonotonicTime idle_since_ = std::chrono::steady_clock::now();
 };
 
@@ -219,8 +220,9 @@ void Http2UpstreamConnection::add(std::shared_ptr<Http2Exchange> exchange,
 
 void Http2UpstreamConnection::submit(const std::shared_ptr<Http2Exchange>& exchange,
                                      const Http2RequestHead& head) {
-  std::vector<nghttp2_nv> nv;
-  nv.reserve(head.fields.size() + 4);
+  // Reused from request to request: nghttp2_submit_request copies the fields.
+  std::vector<nghttp2_nv>& nv = nv_;
+  nv.clear();
   nv.push_back(makeNv(":method", head.method));
   nv.push_back(makeNv(":scheme", head.scheme.empty() ? std::string_view("http") : head.scheme));
   nv.push_back(makeNv(":authority", head.authority));

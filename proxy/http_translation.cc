@@ -178,25 +178,28 @@ void appendHttp1RequestHead(std::string& out, const Http2RequestHead& head, Body
 }
 
 void removeConnectionSpecific(HeaderList& fields) {
-  // Every token of every Connection field names a field to drop as well.
-  std::vector<std::string> named;
-  for (const HeaderField& field : fields) {
-    if (field.name != "connection") {
+  // Every token of every Connection field names a field to drop as well. Those fields get an
+  // empty name, which no parsed field has, so one erase pass removes them with the rest and no
+  // list of names is allocated. Connection fields keep their names until then, so each one's
+  // tokens are read.
+  for (const HeaderField& connection : fields) {
+    if (connection.name != "connection") {
       continue;
     }
-    std::string_view rest = field.value;
+    std::string_view rest = connection.value;
     while (!rest.empty()) {
       size_t comma = rest.find(',');
       std::string_view token = trim(rest.substr(0, comma));
-      if (!token.empty()) {
-        named.push_back(lowerCase(token));
+      for (HeaderField& field : fields) {
+        if (!token.empty() && field.name != "connection" && equalsIgnoreCase(field.name, token)) {
+          field.name.clear();
+        }
       }
       rest = comma == std::string_view::npos ? std::string_view() : rest.substr(comma + 1);
     }
   }
-  std::erase_if(fields, [&named](const HeaderField& field) {
-    return isConnectionSpecific(field.name) ||
-           std::find(named.begin(), named.end(), field.name) != named.end();
+  std::erase_if(fields, [](const HeaderField& field) {
+    return field.name.empty() || isConnectionSpecific(field.name);
   });
 }
 
