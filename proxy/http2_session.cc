@@ -17,6 +17,7 @@
 #include "proxy/filter_chain.h"
 #include "proxy/grpc.h"
 #include "proxy/http1_response_parser.h"
+#include "proxy/http2_memory.h"
 #include "proxy/http2_upstream.h"
 #include "proxy/http_translation.h"
 #include "proxy/worker.h"
@@ -317,7 +318,7 @@ bool Http2Session::start(std::string_view received) {
                                              http2.reset_rate);
   nghttp2_option_set_max_continuations(option, http2.max_continuations);
 
-  int rv = nghttp2_session_server_new2(&session_, callbacks, this, option);
+  int rv = nghttp2_session_server_new3(&session_, callbacks, this, option, http2Allocator());
   nghttp2_option_del(option);
   nghttp2_session_callbacks_del(callbacks);
   if (rv != 0) {

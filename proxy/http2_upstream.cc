@@ -14,6 +14,7 @@
 #include <limits>
 #include <map>
 
+#include "proxy/http2_memory.h"
 #include "proxy/net.h"
 
 namespace deferd {
@@ -183,7 +184,7 @@ bool Http2UpstreamConnection::createSession() {
   nghttp2_option* option = nullptr;
   nghttp2_option_new(&option);
   nghttp2_option_set_no_auto_window_update(option, 1);
-  int rv = nghttp2_session_client_new2(&session_, callbacks, this, option);
+  int rv = nghttp2_session_client_new3(&session_, callbacks, this, option, http2Allocator());
   nghttp2_option_del(option);
   nghttp2_session_callbacks_del(callbacks);
   if (rv != 0) {
