@@ -1387,6 +1387,13 @@ void Http2Stream::resetStream(uint32_t error_code, std::string_view reason) {
   }
   state_ = State::kResetting;
   releaseUpstream(false);
+  if (response_submitted_ && session_) {
+    // nghttp2 drops a stream's queued frames once RST_STREAM is submitted. Flushed first, the
+    // response HEADERS that may still wait for a posted flush reach the client, which then
+    // sees that the response had started. (Not while a write is in flight: then they are lost.)
+    auto self = shared_from_this(); // the flush may close this stream and drop the map's pointer
+    session_->flush();
+  }
   if (!detached_) {
     nghttp2_submit_rst_stream(nghttp2(), NGHTTP2_FLAG_NONE, id_, error_code);
   }
