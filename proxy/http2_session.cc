@@ -1390,7 +1390,8 @@ void Http2Stream::resetStream(uint32_t error_code, std::string_view reason) {
   if (response_submitted_ && session_) {
     // nghttp2 drops a stream's queued frames once RST_STREAM is submitted. Flushed first, the
     // response HEADERS that may still wait for a posted flush reach the client, which then
-    // sees that the response had started. (Not while a write is in flight: then they are lost.)
+    // sees that the response had started.
+    // TODO: while a write is in flight flush() does nothing, so those HEADERS are still lost.
     auto self = shared_from_this(); // the flush may close this stream and drop the map's pointer
     session_->flush();
   }
