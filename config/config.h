@@ -108,6 +108,21 @@ struct ListenerLimits {
   Duration stream_idle_timeout{300000}; // no body bytes moving in either direction
 };
 
+// Protection limits of the listener's downstream HTTP/2 connections. The defaults suit a
+// sidecar; the maximum header list size is the listener's max_header_bytes.
+struct Http2Limits {
+  uint32_t max_concurrent_streams = 100;     // SETTINGS_MAX_CONCURRENT_STREAMS
+  uint32_t initial_window_size = 256 * 1024; // SETTINGS_INITIAL_WINDOW_SIZE, bytes per stream
+  // RST_STREAM frames a client may send in a burst, and refilled per second, before the
+  // connection ends with GOAWAY ENHANCE_YOUR_CALM (nghttp2 1.52's own limit is 1000 and 33).
+  uint32_t reset_burst = 200;
+  uint32_t reset_rate = 33;
+  // Queued SETTINGS and PING acknowledgements before the connection ends.
+  uint32_t max_control_frames = 1000;
+  // CONTINUATION frames allowed per header block.
+  uint32_t max_continuations = 8;
+};
+
 struct Listener {
   std::string name;
   Address address;
@@ -120,6 +135,7 @@ struct Listener {
   // urgent one is raised to it. Unset (`priority_floor: strip`) ignores their header.
   std::optional<int> priority_floor = 3;
   ListenerLimits limits;
+  Http2Limits http2;
   std::vector<Route> routes;
   Location location;
 };

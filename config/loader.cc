@@ -63,8 +63,11 @@ const Keys kNodeKeys = {"service"};
 const Keys kAdminKeys = {"address", "token_file"};
 const Keys kLogKeys = {"level"};
 const Keys kAccessLogKeys = {"path"};
-const Keys kListenerKeys = {"name",   "address", "direction",     "trust",
-                            "routes", "limits",  "trusted_cidrs", "priority_floor"};
+const Keys kListenerKeys = {"name",   "address", "direction",     "trust",         "routes",
+                            "limits", "http2",   "trusted_cidrs", "priority_floor"};
+const Keys kHttp2Keys = {
+    "max_concurrent_streams", "initial_window_size", "reset_burst", "reset_rate",
+    "max_control_frames",     "max_continuations"};
 const Keys kLimitsKeys = {"max_connections", "max_header_bytes", "max_header_count",
                           "header_timeout",  "idle_timeout",     "stream_idle_timeout"};
 const Keys kRouteKeys = {"match",   "cluster",         "policy",          "priority",
@@ -202,6 +205,7 @@ private:
   void parseListenerName(const Field& field, Listener* listener);
   void parseListenerAddress(const Field& field, Listener* listener);
   void parseLimits(const Field& field, ListenerLimits* limits);
+  void parseHttp2Limits(const Field& field, Http2Limits* limits);
   void parseRoute(const Field& field, Route* route);
   void parseMatch(const Field& field, RouteMatch* match);
   void parseHeaderMatcher(const Field& field, std::vector<HeaderMatcher>* matchers);
@@ -500,6 +504,9 @@ void Loader::parseListener(const Field& field) {
   if (const Field* limits = section->find("limits")) {
     parseLimits(*limits, &listener.limits);
   }
+  if (const Field* http2 = section->find("http2")) {
+    parseHttp2Limits(*http2, &listener.http2);
+  }
   if (const Field* cidrs = section->find("trusted_cidrs")) {
     parseTrustedCidrs(*cidrs, &listener);
   }
@@ -583,6 +590,35 @@ void Loader::parseLimits(const Field& field, ListenerLimits* limits) {
   }
   if (const Field* value = section->find("stream_idle_timeout")) {
     setIfValid(readDuration(*value), &limits->stream_idle_timeout);
+  }
+}
+
+void Loader::parseHttp2Limits(const Field& field, Http2Limits* limits) {
+  std::optional<Section> section = openSection(field, kHttp2Keys);
+  if (!section) {
+    return;
+  }
+  // RFC 9113 section 6.5.2: a window above 2^31-1 is a flow-control error. A window below the
+  // protocol's default of 65535 would only slow request bodies, so it is rejected too.
+  constexpr uint64_t kMaxWindow = 2147483647;
+  constexpr uint64_t kMax = UINT32_MAX;
+  if (const Field* value = section->find("max_concurrent_streams")) {
+    setIfValid(readUnsigned(*value, 1, kMax), &limits->max_concurrent_streams);
+  }
+  if (const Field* value = section->find("initial_window_size")) {
+    setIfValid(readUnsigned(*value, 65535, kMaxWindow), &limits->initial_window_size);
+  }
+  if (const Field* value = section->find("reset_burst")) {
+    setIfValid(readUnsigned(*value, 1, kMax), &limits->reset_burst);
+  }
+  if (const Field* value = section->find("reset_rate")) {
+    setIfValid(readUnsigned(*value, 1, kMax), &limits->reset_rate);
+  }
+  if (const Field* value = section->find("max_control_frames")) {
+    setIfValid(readUnsigned(*value, 1, kMax), &limits->max_control_frames);
+  }
+  if (const Field* value = section->find("max_continuations")) {
+    setIfValid(readUnsigned(*value, 1, kMax), &limits->max_continuations);
   }
 }
 

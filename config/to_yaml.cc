@@ -147,6 +147,16 @@ void emitListener(YAML::Emitter& out, const Listener& listener) {
   emitPair(out, "stream_idle_timeout", limits.stream_idle_timeout);
   out << YAML::EndMap;
 
+  const Http2Limits& http2 = listener.http2;
+  out << YAML::Key << "http2" << YAML::Value << YAML::BeginMap;
+  emitPair(out, "max_concurrent_streams", http2.max_concurrent_streams);
+  emitPair(out, "initial_window_size", http2.initial_window_size);
+  emitPair(out, "reset_burst", http2.reset_burst);
+  emitPair(out, "reset_rate", http2.reset_rate);
+  emitPair(out, "max_control_frames", http2.max_control_frames);
+  emitPair(out, "max_continuations", http2.max_continuations);
+  out << YAML::EndMap;
+
   out << YAML::Key << "routes" << YAML::Value << YAML::BeginSeq;
   for (const Route& route : listener.routes) {
     emitRoute(out, route);

@@ -2,6 +2,7 @@
 
 #include <boost/beast/core/string.hpp>
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -263,6 +264,31 @@ size_t formatChunkLine(char* out, size_t size) {
   out[length++] = '\r';
   out[length++] = '\n';
   return length;
+}
+
+void HeadFieldSnapshot::record(const boost::beast::http::fields& fields) {
+  fields_.clear();
+  for (const auto& field : fields) {
+    fields_.push_back(&field);
+  }
+}
+
+HeaderList HeadFieldSnapshot::trailers(const boost::beast::http::fields& fields) const {
+  HeaderList out;
+  for (const auto& field : fields) {
+    if (std::find(fields_.begin(), fields_.end(), &field) != fields_.end()) {
+      continue;
+    }
+    std::string name(field.name_string());
+    for (char& c : name) {
+      c = c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c;
+    }
+    if (isConnectionSpecific(name) || name == "content-length" || name == "host") {
+      continue;
+    }
+    out.push_back(HeaderField{std::move(name), std::string(field.value())});
+  }
+  return out;
 }
 
 } // namespace deferd

@@ -11,8 +11,10 @@
 #include <cstddef>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "filters/filter.h"
+#include "proxy/http_translation.h"
 
 namespace deferd {
 
@@ -73,6 +75,21 @@ void appendResponseHead(std::string& out, const boost::beast::http::response_hea
 // have room for kChunkLineMax bytes, and returns its length.
 inline constexpr size_t kChunkLineMax = 18;
 size_t formatChunkLine(char* out, size_t size);
+
+// The fields a message had when its head was written. Beast's parser appends the trailer
+// section of a chunked body to the message's own field list, so the fields present at the end
+// of the body that were not there at the head are the trailers.
+class HeadFieldSnapshot {
+public:
+  void record(const boost::beast::http::fields& fields);
+
+  // Returns the fields added since record(), names lower-cased, without those a trailer
+  // section must not carry onward: framing fields, Host and connection-specific fields.
+  HeaderList trailers(const boost::beast::http::fields& fields) const;
+
+private:
+  std::vector<const void*> fields_; // element addresses, stable while a field is not erased
+};
 
 // Adapts Beast's fields to the filters' HeaderMap.
 class BeastHeaderMap : public HeaderMap {

@@ -1,7 +1,7 @@
 #include "proxy/http1_response_parser.h"
 
 #include <algorithm>
-#include <cctype>
+#include <array>
 #include <charconv>
 
 namespace deferd {
@@ -9,15 +9,26 @@ namespace deferd {
 namespace {
 
 constexpr size_t kMaxChunkLineBytes = 1024;
+// Room reserved for a response head's fields, enough for a typical response in one allocation.
+constexpr size_t kExpectedFields = 8;
 
-// A token character of RFC 9110 section 5.6.2.
-bool isTokenChar(char c) {
-  if (std::isalnum(static_cast<unsigned char>(c))) {
-    return true;
+// Per byte: 0 when the byte may not appear in a field name, else the byte lower-cased. Field
+// names are RFC 9110 section 5.6.2 tokens. A table lookup per byte keeps head parsing off the
+// locale-aware std::isalnum and std::tolower, which cost a call each.
+constexpr std::array<char, 256> kTokenLower = [] {
+  std::array<char, 256> table{};
+  for (int c = '0'; c <= '9'; ++c) {
+    table[c] = static_cast<char>(c);
   }
-  static constexpr std::string_view kSymbols = "!#$%&'*+-.^_`|~";
-  return kSymbols.find(c) != std::string_view::npos;
-}
+  for (int c = 'a'; c <= 'z'; ++c) {
+    table[c] = static_cast<char>(c);
+    table[c - 'a' + 'A'] = static_cast<char>(c);
+  }
+  for (char c : std::string_view("!#$%&'*+-.^_`|~")) {
+    table[static_cast<unsigned char>(c)] = c;
+  }
+  return table;
+}();
 
 std::string_view trim(std::string_view value) {
   while (!value.empty() && (value.front() == ' ' || value.front() == '\t')) {
@@ -36,12 +47,13 @@ bool parseFieldLine(std::string_view line, HeaderList& out) {
   if (colon == 0 || colon == std::string_view::npos) {
     return false;
   }
-  std::string name(line.substr(0, colon));
-  for (char& c : name) {
-    if (!isTokenChar(c)) {
+  std::string name(colon, '\0');
+  for (size_t i = 0; i < colon; ++i) {
+    char lower = kTokenLower[static_cast<unsigned char>(line[i])];
+    if (lower == 0) {
       return false;
     }
-    c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    name[i] = lower;
   }
   std::string_view value = trim(line.substr(colon + 1));
   for (char c : value) {
@@ -150,6 +162,7 @@ Http1ResponseParser::Step Http1ResponseParser::parseHead(std::string_view input)
   }
 
   HeaderList fields;
+  fields.reserve(kExpectedFields);
   std::string_view rest = head.substr(line_end + 2);
   while (!rest.empty()) {
     size_t next = rest.find("\r\n");

@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <utility>
 
 #include "proxy/http_translation.h"
 
@@ -50,6 +51,8 @@ public:
 
   unsigned status() const { return status_; }
   const HeaderList& headers() const { return headers_; }
+  // Moves the fields out after kHead, leaving headers() empty.
+  HeaderList takeHeaders() { return std::move(headers_); }
   const HeaderList& trailers() const { return trailers_; }
   // Whether the connection may carry another request once this response is done.
   bool keepAlive() const { return keep_alive_; }

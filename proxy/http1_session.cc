@@ -63,12 +63,21 @@ public:
 
   void start(bool chunked) {
     head.clear();
+    last_chunk_.clear();
     head_pending_ = true;
     chunked_ = chunked;
   }
 
   // Whether the head still waits for the first write, so nothing of the message was sent.
   bool headPending() const { return head_pending_; }
+
+  // Ends a chunked body with `trailers` in its trailer section instead of an empty one.
+  void setTrailers(const HeaderList& trailers) {
+    last_chunk_.clear();
+    if (!trailers.empty()) {
+      appendLastChunk(last_chunk_, trailers);
+    }
+  }
 
   // Frames `size` bytes at `data` (none is fine) for the next write, after the head if it is
   // still unsent. `last` ends a chunked body with the last-chunk.
@@ -86,7 +95,9 @@ public:
         buffers_[count++] = asio::buffer(data, size);
         buffers_[count++] = asio::buffer(kCrlf.data(), kCrlf.size());
       }
-      if (last) {
+      if (last && !last_chunk_.empty()) {
+        buffers_[count++] = asio::buffer(last_chunk_);
+      } else if (last) {
         buffers_[count++] = asio::buffer(kLastChunk.data(), kLastChunk.size());
       }
     } else if (size > 0) {
@@ -103,6 +114,7 @@ private:
 
   bool head_pending_ = false;
   bool chunked_ = false;
+  std::string last_chunk_; // the last-chunk with a trailer section; empty for "0\r\n\r\n"
   char chunk_line_[kChunkLineMax];
   Buffers buffers_;
 };
@@ -402,6 +414,8 @@ private:
     h2_complete_ = false;
     h2_last_written_ = false;
     h2_trailers_.clear();
+    request_trailers_.clear();
+    forward_response_trailers_ = false;
     response_started_ = false;
     request_sent_ = false;
 
@@ -607,6 +621,9 @@ private:
     }
     request_out_.start(request_->chunked());
     appendRequestHead(request_out_.head, request);
+    if (request_->chunked()) {
+      request_head_fields_.record(request);
+    }
 
     if (request_->is_done()) {
       // No body: the head goes alone.
@@ -738,6 +755,11 @@ private:
     }
     deadline_ = std::chrono::steady_clock::now() + listener_->config->limits.stream_idle_timeout;
 
+    if (request_->is_done() && request_->chunked()) {
+      // The parser has read the trailer section into the request's fields by now.
+      request_trailers_ = request_head_fields_.trailers(request_->get());
+      request_out_.setTrailers(request_trailers_);
+    }
     if (h2_mode_) {
       // The HTTP/2 upstream pulls the piece through readUpstreamBody(), which reads the next.
       if (h2_upstream_) {
@@ -856,6 +878,10 @@ private:
     response_started_ = true;
     response_out_.start(chunked && has_body);
     appendResponseHead(response_out_.head, response);
+    forward_response_trailers_ = response_->chunked() && chunked && has_body;
+    if (forward_response_trailers_) {
+      response_head_fields_.record(response);
+    }
 
     if (response_->is_done()) {
       asio::async_write(socket_, response_out_.frame(nullptr, 0, false),
@@ -919,6 +945,11 @@ private:
     }
     deadline_ = std::chrono::steady_clock::now() + listener_->config->limits.stream_idle_timeout;
 
+    if (response_->is_done() && forward_response_trailers_) {
+      // The upstream's trailer section, parsed into the response's fields. It reaches the client
+      // only when the client's response is chunked too (not for HTTP/1.0).
+      response_out_.setTrailers(response_head_fields_.trailers(response_->get()));
+    }
     asio::async_write(socket_,
                       response_out_.frame(body_buffer_.get(), received, response_->is_done()),
                       [self = shared_from_this()](error_code write_ec, size_t) {
@@ -969,6 +1000,9 @@ private:
 
     bool has_body = !request_->is_done();
     h2_body_ended_ = !has_body;
+    if (request_->chunked()) {
+      request_head_fields_.record(request);
+    }
     upstream_sent_at_ = std::chrono::steady_clock::now();
     deadline_ = upstream_sent_at_ + (has_body ? listener_->config->limits.stream_idle_timeout
                                               : route_->config->timeout);
@@ -1024,9 +1058,8 @@ private:
     }
   }
 
-  // TODO: forward the trailers of a chunked HTTP/1.1 request body; Beast's parser drops them.
   ssize_t readUpstreamBody(uint8_t* out, size_t length, uint32_t* flags,
-                           HeaderList* /*trailers*/) override {
+                           HeaderList* trailers) override {
     size_t size = std::min(length, h2_body_.size());
     std::memcpy(out, h2_body_.data(), size);
     h2_body_.erase(0, size);
@@ -1052,6 +1085,7 @@ private:
       return size > 0 ? static_cast<ssize_t>(size) : static_cast<ssize_t>(NGHTTP2_ERR_DEFERRED);
     }
     *flags |= NGHTTP2_DATA_FLAG_EOF;
+    *trailers = std::move(request_trailers_);
     request_sent_ = true;
     if (!response_started_) {
       state_ = State::kAwaitingResponse;
@@ -1541,8 +1575,12 @@ private:
   // The current request.
   std::optional<http::request_parser<http::buffer_body>> request_;
   OutgoingMessage request_out_;
+  HeadFieldSnapshot request_head_fields_; // recorded for chunked requests, to find trailers
+  HeaderList request_trailers_;           // the chunked request's trailers, once it ended
   std::optional<http::response_parser<http::buffer_body>> response_;
   OutgoingMessage response_out_;
+  HeadFieldSnapshot response_head_fields_; // recorded for chunked responses
+  bool forward_response_trailers_ = false; // both the upstream's and the client's are chunked
   std::optional<BeastHeaderMap> headers_;
   std::unique_ptr<FilterChain> chain_;
   std::unique_ptr<char[]> body_buffer_;

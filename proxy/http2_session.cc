@@ -1,6 +1,7 @@
 #include "proxy/http2_session.h"
 
 #include <boost/asio/buffer.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/write.hpp>
 
 #include <nghttp2/nghttp2.h>
@@ -16,6 +17,7 @@
 #include "proxy/filter_chain.h"
 #include "proxy/grpc.h"
 #include "proxy/http1_response_parser.h"
+#include "proxy/http2_memory.h"
 #include "proxy/http2_upstream.h"
 #include "proxy/http_translation.h"
 #include "proxy/worker.h"
@@ -30,7 +32,12 @@ namespace {
 
 constexpr size_t kReadBufferSize = 16 * 1024;
 constexpr size_t kWriteBatchBytes = 64 * 1024;
+// Response bytes a stream keeps for its client before it stops reading the upstream.
+constexpr size_t kSendBufferLimit = 128 * 1024;
 constexpr std::string_view kProtocolName = "HTTP/2";
+// Request fields reserved per stream, so a typical request (plus the x-forwarded-for and
+// x-request-id that deferd adds) fills one allocation.
+constexpr size_t kExpectedFields = 16;
 
 nghttp2_nv makeNv(std::string_view name, std::string_view value) {
   return nghttp2_nv{reinterpret_cast<uint8_t*>(const_cast<char*>(name.data())),
@@ -62,6 +69,8 @@ public:
   void onRequestData(const uint8_t* data, size_t size);
   void onRequestEnd();
   void onClosed(uint32_t error_code);
+  // The frame with the response's END_STREAM went out.
+  void onResponseSent();
   ssize_t readResponseBody(uint8_t* out, size_t length, uint32_t* flags);
   void onTick(MonotonicTime now);
 
@@ -167,7 +176,6 @@ private:
   bool response_complete_ = false; // every response byte and the trailers are with nghttp2
   std::string response_body_;      // waiting for the data provider
   HeaderList response_trailers_;
-  std::vector<nghttp2_nv> nv_;
   HeaderList response_fields_;
   std::string status_text_;
   std::string grpc_status_;
@@ -218,6 +226,18 @@ public:
   // nothing, and the caller of nghttp2 flushes afterwards.
   void flush();
 
+  // Flushes once the handlers that are ready now have run, so the responses of several
+  // upstream reads leave in one write instead of one write each.
+  void scheduleFlush();
+
+  // Returns an empty name-value array to build a header list in. It is shared by the
+  // connection's streams and reused, so it is valid until the next call only. nghttp2's submit
+  // functions copy what they are given.
+  std::vector<nghttp2_nv>& nvScratch() {
+    nv_scratch_.clear();
+    return nv_scratch_;
+  }
+
 private:
   static int onBeginHeaders(nghttp2_session*, const nghttp2_frame* frame, void* user_data);
   static int onHeader(nghttp2_session*, const nghttp2_frame* frame, const uint8_t* name,
@@ -252,12 +272,14 @@ private:
   std::map<int32_t, std::shared_ptr<Http2Stream>> streams_;
   std::array<uint8_t, kReadBufferSize> read_buffer_{};
   std::string write_buffer_;
+  std::vector<nghttp2_nv> nv_scratch_;
   bool writing_ = false;
+  bool flush_scheduled_ = false;
   bool in_nghttp2_ = false; // inside mem_recv or mem_send: nghttp2 must not be re-entered
   bool draining_ = false;
   bool closed_ = false;
   MonotonicTime idle_since_{};
-  double reset_tokens_ = Http2Defaults::kResetBurst;
+  double reset_tokens_ = 0; // set from the listener's reset_burst in start()
   MonotonicTime reset_refilled_at_{};
 };
 
@@ -287,14 +309,16 @@ bool Http2Session::start(std::string_view received) {
   nghttp2_option* option = nullptr;
   nghttp2_option_new(&option);
   nghttp2_option_set_no_auto_window_update(option, 1);
-  nghttp2_option_set_max_outbound_ack(option, Http2Defaults::kMaxOutboundAck);
+  const config::Http2Limits& http2 = listener_->config->http2;
+  reset_tokens_ = http2.reset_burst;
+  nghttp2_option_set_max_outbound_ack(option, http2.max_control_frames);
   // deferd's own limit (takeResetToken) is lower and ends the connection first; nghttp2's is
   // a backstop.
-  nghttp2_option_set_stream_reset_rate_limit(option, Http2Defaults::kResetBurst * 2,
-                                             Http2Defaults::kResetRatePerSecond);
-  nghttp2_option_set_max_continuations(option, Http2Defaults::kMaxContinuations);
+  nghttp2_option_set_stream_reset_rate_limit(option, uint64_t{http2.reset_burst} * 2,
+                                             http2.reset_rate);
+  nghttp2_option_set_max_continuations(option, http2.max_continuations);
 
-  int rv = nghttp2_session_server_new2(&session_, callbacks, this, option);
+  int rv = nghttp2_session_server_new3(&session_, callbacks, this, option, http2Allocator());
   nghttp2_option_del(option);
   nghttp2_session_callbacks_del(callbacks);
   if (rv != 0) {
@@ -305,8 +329,8 @@ bool Http2Session::start(std::string_view received) {
   }
 
   std::array<nghttp2_settings_entry, 3> settings{{
-      {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, Http2Defaults::kMaxConcurrentStreams},
-      {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, Http2Defaults::kInitialWindowSize},
+      {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, http2.max_concurrent_streams},
+      {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, http2.initial_window_size},
       {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, listener_->config->limits.max_header_bytes},
   }};
   nghttp2_submit_settings(session_, NGHTTP2_FLAG_NONE, settings.data(), settings.size());
@@ -325,11 +349,12 @@ bool Http2Session::start(std::string_view received) {
 }
 
 bool Http2Session::takeResetToken() {
+  const config::Http2Limits& limits = listener_->config->http2;
   MonotonicTime now = std::chrono::steady_clock::now();
   if (reset_refilled_at_ != MonotonicTime{}) {
     double seconds = std::chrono::duration<double>(now - reset_refilled_at_).count();
-    reset_tokens_ = std::min<double>(Http2Defaults::kResetBurst,
-                                     reset_tokens_ + seconds * Http2Defaults::kResetRatePerSecond);
+    reset_tokens_ =
+        std::min<double>(limits.reset_burst, reset_tokens_ + seconds * limits.reset_rate);
   }
   reset_refilled_at_ = now;
   if (reset_tokens_ < 1) {
@@ -424,6 +449,17 @@ void Http2Session::flush() {
                       }
                       self->flush();
                     });
+}
+
+void Http2Session::scheduleFlush() {
+  if (flush_scheduled_ || closed_) {
+    return;
+  }
+  flush_scheduled_ = true;
+  asio::post(socket_.get_executor(), [self = shared_from_this()] {
+    self->flush_scheduled_ = false;
+    self->flush();
+  });
 }
 
 void Http2Session::onTick(MonotonicTime now) {
@@ -556,6 +592,13 @@ int Http2Session::onStreamClose(nghttp2_session*, int32_t stream_id, uint32_t er
 
 int Http2Session::onFrameSent(nghttp2_session*, const nghttp2_frame* frame, void* user_data) {
   auto* self = static_cast<Http2Session*>(user_data);
+  bool end_stream = (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
+  if (end_stream && (frame->hd.type == NGHTTP2_HEADERS || frame->hd.type == NGHTTP2_DATA)) {
+    if (Http2Stream* stream = self->stream(frame->hd.stream_id)) {
+      stream->onResponseSent();
+    }
+    return 0;
+  }
   if (frame->hd.type == NGHTTP2_GOAWAY && frame->goaway.error_code == NGHTTP2_ENHANCE_YOUR_CALM) {
     self->listener_->stats->http2_flood_goaways->Increment();
     spdlog::warn("listener {}: HTTP/2 client {} sent frames too fast (rapid reset or "
@@ -575,7 +618,9 @@ static ssize_t readResponseBodyCallback(nghttp2_session*, int32_t, uint8_t* buf,
 // Stream
 
 Http2Stream::Http2Stream(std::shared_ptr<Http2Session> session, int32_t id)
-    : session_(std::move(session)), id_(id) {}
+    : session_(std::move(session)), id_(id) {
+  head_.fields.reserve(kExpectedFields);
+}
 
 Http2Stream::~Http2Stream() {
   if (upstream_) {
@@ -590,7 +635,7 @@ nghttp2_session* Http2Stream::nghttp2() const { return session_->nghttp2(); }
 
 void Http2Stream::flushSession() {
   if (session_) {
-    session_->flush();
+    session_->scheduleFlush();
   }
 }
 
@@ -702,7 +747,10 @@ void Http2Stream::onRequestHeaders(bool end_stream) {
     headers.append("x-forwarded-for", session_->peerIp());
   }
   std::optional<std::string_view> request_id = headers.get("x-request-id");
-  if (!request_id || request_id->empty()) {
+  if (!request_id) {
+    request_id_ = session_->worker().generateRequestId();
+    headers.append("x-request-id", request_id_);
+  } else if (request_id->empty()) {
     request_id_ = session_->worker().generateRequestId();
     headers.set("x-request-id", request_id_);
   } else {
@@ -1067,7 +1115,7 @@ void Http2Stream::readUpstream() {
   if (!upstream_ || upstream_reading_ || detached_ || response_complete_) {
     return;
   }
-  if (response_body_.size() >= Http2Defaults::kSendBufferLimit) {
+  if (response_body_.size() >= kSendBufferLimit) {
     upstream_paused_ = true;
     return;
   }
@@ -1178,7 +1226,7 @@ void Http2Stream::processUpstreamBytes() {
       data_added = true;
       deadline_ = std::chrono::steady_clock::now() +
                   session_->listener().config->limits.stream_idle_timeout;
-      if (response_body_.size() >= Http2Defaults::kSendBufferLimit) {
+      if (response_body_.size() >= kSendBufferLimit) {
         resumeResponseData();
         return;
       }
@@ -1198,7 +1246,7 @@ void Http2Stream::processUpstreamBytes() {
 bool Http2Stream::onResponseHead() {
   upstream_seconds_ =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - upstream_sent_at_).count();
-  HeaderList fields = parser_->headers();
+  HeaderList fields = parser_->takeHeaders();
   removeConnectionSpecific(fields);
   return submitResponse(parser_->status(), std::move(fields), parser_->hasBody());
 }
@@ -1223,16 +1271,16 @@ bool Http2Stream::submitResponse(unsigned status, HeaderList fields, bool has_bo
   }
 
   status_text_ = std::to_string(status_);
-  nv_.clear();
-  nv_.push_back(makeNv(":status", status_text_));
+  std::vector<nghttp2_nv>& nv = session_->nvScratch();
+  nv.push_back(makeNv(":status", status_text_));
   for (const HeaderField& field : response_fields_) {
-    nv_.push_back(makeNv(field.name, field.value));
+    nv.push_back(makeNv(field.name, field.value));
   }
   nghttp2_data_provider provider{};
   provider.source.ptr = this;
   provider.read_callback = &readResponseBodyCallback;
-  int rv = nghttp2_submit_response(nghttp2(), id_, nv_.data(), nv_.size(),
-                                   has_body ? &provider : nullptr);
+  int rv =
+      nghttp2_submit_response(nghttp2(), id_, nv.data(), nv.size(), has_body ? &provider : nullptr);
   if (rv != 0) {
     resetStream(NGHTTP2_INTERNAL_ERROR, "upstream-reset");
     return false;
@@ -1277,7 +1325,7 @@ ssize_t Http2Stream::readResponseBody(uint8_t* out, size_t length, uint32_t* fla
     h2_upstream_->consumeResponse(consumed);
   }
 
-  if (upstream_paused_ && response_body_.size() < Http2Defaults::kSendBufferLimit / 2) {
+  if (upstream_paused_ && response_body_.size() < kSendBufferLimit / 2) {
     readUpstream();
   }
   if (!response_body_.empty()) {
@@ -1345,6 +1393,14 @@ void Http2Stream::resetStream(uint32_t error_code, std::string_view reason) {
   }
   state_ = State::kResetting;
   releaseUpstream(false);
+  if (response_submitted_ && session_) {
+    // nghttp2 drops a stream's queued frames once RST_STREAM is submitted. Flushed first, the
+    // response HEADERS that may still wait for a posted flush reach the client, which then
+    // sees that the response had started.
+    // TODO: while a write is in flight flush() does nothing, so those HEADERS are still lost.
+    auto self = shared_from_this(); // the flush may close this stream and drop the map's pointer
+    session_->flush();
+  }
   if (!detached_) {
     nghttp2_submit_rst_stream(nghttp2(), NGHTTP2_FLAG_NONE, id_, error_code);
   }
@@ -1401,10 +1457,10 @@ void Http2Stream::sendLocalReply(LocalReplyReason reason) {
   }
 
   status_text_ = std::to_string(status_);
-  nv_.clear();
-  nv_.push_back(makeNv(":status", status_text_));
+  std::vector<nghttp2_nv>& nv = session_->nvScratch();
+  nv.push_back(makeNv(":status", status_text_));
   for (const HeaderField& field : response_fields_) {
-    nv_.push_back(makeNv(field.name, field.value));
+    nv.push_back(makeNv(field.name, field.value));
   }
   nghttp2_data_provider provider{};
   provider.source.ptr = this;
@@ -1415,14 +1471,25 @@ void Http2Stream::sendLocalReply(LocalReplyReason reason) {
   }
   response_complete_ = true;
   int rv =
-      nghttp2_submit_response(nghttp2(), id_, nv_.data(), nv_.size(), body ? &provider : nullptr);
+      nghttp2_submit_response(nghttp2(), id_, nv.data(), nv.size(), body ? &provider : nullptr);
   if (rv != 0) {
     nghttp2_submit_rst_stream(nghttp2(), NGHTTP2_FLAG_NONE, id_, NGHTTP2_INTERNAL_ERROR);
     return;
   }
   response_submitted_ = true;
-  // TODO: when the request has not ended, send RST_STREAM NO_ERROR after the reply's last
-  // frame (RFC 9113 section 8.1) instead of reading and discarding the rest of the body.
+}
+
+void Http2Stream::onResponseSent() {
+  if (request_ended_ || detached_) {
+    return;
+  }
+  // RFC 9113 section 8.1: a server that completes its response before the request ends may
+  // ask the client to stop sending with RST_STREAM NO_ERROR. The rest of the body would only
+  // be read and discarded, for a local reply or for a response the upstream already finished.
+  spdlog::debug("listener {}: HTTP/2 stream {} from {} got its whole response before the "
+                "request ended; sending RST_STREAM NO_ERROR",
+                session_->listener().config->name, id_, session_->peerIp());
+  nghttp2_submit_rst_stream(nghttp2(), NGHTTP2_FLAG_NONE, id_, NGHTTP2_NO_ERROR);
 }
 
 void Http2Stream::onTick(MonotonicTime now) {

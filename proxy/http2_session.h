@@ -14,15 +14,16 @@
 // Flow control, end to end:
 //   - request body: automatic WINDOW_UPDATE is off. Received DATA is acknowledged with
 //     nghttp2_session_consume() only once it has been written to the upstream, so a slow
-//     upstream limits the client to its stream window (kInitialWindowSize) and deferd buffers at
-//     most that much per stream.
+//     upstream limits the client to its stream window (the listener's http2.initial_window_size)
+//     and deferd buffers at most that much per stream.
 //   - response body: upstream bytes wait in the stream's send buffer for nghttp2's data
-//     provider, which pulls them as the client's window allows. Above kSendBufferLimit the
-//     stream stops reading its upstream socket and resumes when the provider drains it, so a
-//     slow reader throttles the upstream instead of filling memory.
+//     provider, which pulls them as the client's window allows. Above 128 KiB the stream
+//     stops reading its upstream socket and resumes when the provider drains it, so a slow
+//     reader throttles the upstream instead of filling memory.
 //
-// Protection (defaults fixed here, safe for a sidecar): SETTINGS_MAX_CONCURRENT_STREAMS,
-// SETTINGS_MAX_HEADER_LIST_SIZE from the listener's max_header_bytes (and max_header_count),
+// Protection, from the listener's `http2` settings (config::Http2Limits):
+// SETTINGS_MAX_CONCURRENT_STREAMS, SETTINGS_MAX_HEADER_LIST_SIZE from the listener's
+// max_header_bytes (and max_header_count),
 // a token bucket on the client's RST_STREAM frames (a rapid-reset flood ends in GOAWAY
 // ENHANCE_YOUR_CALM, with nghttp2's own reset limit behind it), nghttp2's cap on queued
 // control frames (max_outbound_ack) and on CONTINUATION frames per header block
@@ -37,22 +38,6 @@
 namespace deferd {
 
 class Worker;
-
-// Protection defaults of downstream HTTP/2 connections.
-// TODO: make these listener limits in the config; they are fixed for every listener today.
-struct Http2Defaults {
-  static constexpr uint32_t kMaxConcurrentStreams = 100;
-  static constexpr uint32_t kInitialWindowSize = 256 * 1024;
-  // Response bytes a stream keeps for its client before it stops reading the upstream.
-  static constexpr size_t kSendBufferLimit = 128 * 1024;
-  // RST_STREAM frames a client may send in a burst, and refilled per second (nghttp2 1.52's
-  // own defaults are 1000 and 33).
-  static constexpr uint64_t kResetBurst = 200;
-  static constexpr uint64_t kResetRatePerSecond = 33;
-  // Queued SETTINGS and PING acknowledgements before nghttp2 ends the session.
-  static constexpr size_t kMaxOutboundAck = 1000;
-  static constexpr size_t kMaxContinuations = 8;
-};
 
 // The 24-byte connection preface that a client with prior knowledge sends first.
 inline constexpr std::string_view kHttp2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";

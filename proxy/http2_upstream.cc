@@ -14,6 +14,7 @@
 #include <limits>
 #include <map>
 
+#include "proxy/http2_memory.h"
 #include "proxy/net.h"
 
 namespace deferd {
@@ -30,6 +31,8 @@ constexpr size_t kWriteBatchBytes = 64 * 1024;
 // recommends a limit of at least 100).
 constexpr uint32_t kAssumedMaxConcurrentStreams = 100;
 constexpr uint32_t kUpstreamWindowSize = 256 * 1024;
+// Response fields reserved per request, enough for a typical response in one allocation.
+constexpr size_t kExpectedResponseFields = 8;
 
 nghttp2_nv makeNv(std::string_view name, std::string_view value) {
   return nghttp2_nv{reinterpret_cast<uint8_t*>(const_cast<char*>(name.data())),
@@ -42,10 +45,11 @@ nghttp2_nv makeNv(std::string_view name, std::string_view value) {
 // The state of one request, shared by the connection and the owner's Http2UpstreamRequest.
 struct Http2Exchange {
   Http2UpstreamHandler* handler = nullptr; // null once cancelled or finished
-  Http2RequestHead head;                   // kept until the request is submitted
+  Http2RequestHead head;                   // a copy, kept only while the connection is made
   bool has_body = false;
   int32_t stream_id = 0; // 0 until submitted
   bool request_sent = false;
+  bool request_ended = false; // the request's END_STREAM is with nghttp2
   unsigned status = 0;
   HeaderList fields;
   HeaderList trailers;
@@ -74,7 +78,9 @@ public:
   bool usable() const { return !closed_ && !goaway_; }
   MonotonicTime idleSince() const { return idle_since_; }
 
-  void add(std::shared_ptr<Http2Exchange> exchange);
+  // Submits `head` at once on a ready session, which copies it. Otherwise the exchange keeps a
+  // copy until the connection is ready.
+  void add(std::shared_ptr<Http2Exchange> exchange, const Http2RequestHead& head);
   void resume(Http2Exchange& exchange);
   void consume(Http2Exchange& exchange, size_t size);
   void cancel(Http2Exchange& exchange);
@@ -99,7 +105,7 @@ private:
                           uint32_t* flags, nghttp2_data_source* source, void* user_data);
 
   bool createSession();
-  void submit(const std::shared_ptr<Http2Exchange>& exchange);
+  void submit(const std::shared_ptr<Http2Exchange>& exchange, const Http2RequestHead& head);
   void read();
   Http2Exchange* exchange(int32_t stream_id) {
     auto found = streams_.find(stream_id);
@@ -123,6 +129,7 @@ private:
   std::vector<std::shared_ptr<Http2Exchange>> pending_; // waiting for the connection
   std::array<uint8_t, kReadBufferSize> read_buffer_{};
   std::string write_buffer_;
+  std::vector<nghttp2_nv> nv_; // the request being submitted
   MonotonicTime idle_since_ = std::chrono::steady_clock::now();
 };
 
@@ -159,7 +166,7 @@ void Http2UpstreamConnection::connect(std::chrono::milliseconds timeout) {
     self->pending_.clear();
     for (auto& exchange : pending) {
       if (exchange->handler) {
-        self->submit(exchange);
+        self->submit(exchange, exchange->head);
       }
     }
     self->flush();
@@ -177,7 +184,7 @@ bool Http2UpstreamConnection::createSession() {
   nghttp2_option* option = nullptr;
   nghttp2_option_new(&option);
   nghttp2_option_set_no_auto_window_update(option, 1);
-  int rv = nghttp2_session_client_new2(&session_, callbacks, this, option);
+  int rv = nghttp2_session_client_new3(&session_, callbacks, this, option, http2Allocator());
   nghttp2_option_del(option);
   nghttp2_session_callbacks_del(callbacks);
   if (rv != 0) {
@@ -200,20 +207,23 @@ size_t Http2UpstreamConnection::capacity() const {
   return std::min<uint32_t>(remote, 1000);
 }
 
-void Http2UpstreamConnection::add(std::shared_ptr<Http2Exchange> exchange) {
+void Http2UpstreamConnection::add(std::shared_ptr<Http2Exchange> exchange,
+                                  const Http2RequestHead& head) {
   idle_since_ = MonotonicTime{};
   if (!session_) {
+    exchange->head = head;
     pending_.push_back(std::move(exchange));
     return;
   }
-  submit(exchange);
+  submit(exchange, head);
   scheduleFlush();
 }
 
-void Http2UpstreamConnection::submit(const std::shared_ptr<Http2Exchange>& exchange) {
-  const Http2RequestHead& head = exchange->head;
-  std::vector<nghttp2_nv> nv;
-  nv.reserve(head.fields.size() + 4);
+void Http2UpstreamConnection::submit(const std::shared_ptr<Http2Exchange>& exchange,
+                                     const Http2RequestHead& head) {
+  // Reused from request to request: nghttp2_submit_request copies the fields.
+  std::vector<nghttp2_nv>& nv = nv_;
+  nv.clear();
   nv.push_back(makeNv(":method", head.method));
   nv.push_back(makeNv(":scheme", head.scheme.empty() ? std::string_view("http") : head.scheme));
   nv.push_back(makeNv(":authority", head.authority));
@@ -227,6 +237,11 @@ void Http2UpstreamConnection::submit(const std::shared_ptr<Http2Exchange>& excha
       continue; // :authority carries it
     }
     nv.push_back(makeNv(field.name, field.value));
+    if (field.name == "x-request-id") {
+      // Unique per request, so indexing it in HPACK's dynamic table would only evict entries
+      // that later requests could reuse.
+      nv.back().flags = NGHTTP2_NV_FLAG_NO_INDEX;
+    }
   }
 
   nghttp2_data_provider provider{};
@@ -247,6 +262,7 @@ void Http2UpstreamConnection::submit(const std::shared_ptr<Http2Exchange>& excha
     return;
   }
   exchange->stream_id = stream_id;
+  exchange->request_ended = !exchange->has_body;
   exchange->head = {};
   streams_.emplace(stream_id, exchange);
 }
@@ -271,7 +287,10 @@ void Http2UpstreamConnection::cancel(Http2Exchange& exchange) {
     std::erase_if(pending_, [&exchange](const auto& item) { return item.get() == &exchange; });
     return;
   }
-  if (session_ && !closed_ && !exchange.complete && streams_.count(exchange.stream_id) > 0) {
+  // A response that ended before its request (RFC 9113 section 8.1) leaves the stream open on
+  // this side until it is reset too.
+  bool open = !exchange.complete || !exchange.request_ended;
+  if (session_ && !closed_ && open && streams_.count(exchange.stream_id) > 0) {
     nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, exchange.stream_id, NGHTTP2_CANCEL);
     scheduleFlush();
   }
@@ -515,6 +534,9 @@ ssize_t Http2UpstreamConnection::readBody(nghttp2_session* session, int32_t stre
   if (size > 0) {
     exchange->request_sent = true;
   }
+  if (*flags & NGHTTP2_DATA_FLAG_EOF) {
+    exchange->request_ended = true;
+  }
   if ((*flags & NGHTTP2_DATA_FLAG_EOF) && !trailers.empty()) {
     std::vector<nghttp2_nv> nv;
     for (const HeaderField& field : trailers) {
@@ -596,9 +618,9 @@ Http2ConnectionPool::startRequest(const Http2RequestHead& head, bool has_body,
 
   auto exchange = std::make_shared<Http2Exchange>();
   exchange->handler = &handler;
-  exchange->head = head;
   exchange->has_body = has_body;
-  chosen->add(exchange);
+  exchange->fields.reserve(kExpectedResponseFields);
+  chosen->add(exchange, head);
   return std::make_unique<Http2UpstreamRequest>(chosen, std::move(exchange));
 }
 

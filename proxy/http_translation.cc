@@ -2,14 +2,14 @@
 
 #include <algorithm>
 #include <array>
-#include <cctype>
 #include <charconv>
 
 namespace deferd {
 
 namespace {
 
-char lower(char c) { return static_cast<char>(std::tolower(static_cast<unsigned char>(c))); }
+// ASCII only, as field names are: std::tolower would cost a locale-aware call per byte.
+char lower(char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c; }
 
 std::string lowerCase(std::string_view value) {
   std::string out(value);
@@ -134,6 +134,14 @@ std::optional<uint64_t> contentLength(const HeaderList& fields) {
 }
 
 void appendHttp1RequestHead(std::string& out, const Http2RequestHead& head, BodyFraming framing) {
+  // One allocation for the whole head: ": " and CRLF add 4 bytes per field, and the request
+  // line, Host and transfer-encoding fit in the 64 bytes of slack.
+  size_t size = out.size() + head.method.size() + head.path.size() + head.authority.size() + 64;
+  for (const HeaderField& field : head.fields) {
+    size += field.name.size() + field.value.size() + 4;
+  }
+  out.reserve(size);
+
   out.append(head.method).append(" ").append(head.path).append(" HTTP/1.1\r\n");
 
   // :authority takes the place of Host (RFC 9113 section 8.3.1); without it, a client's Host
@@ -170,25 +178,28 @@ void appendHttp1RequestHead(std::string& out, const Http2RequestHead& head, Body
 }
 
 void removeConnectionSpecific(HeaderList& fields) {
-  // Every token of every Connection field names a field to drop as well.
-  std::vector<std::string> named;
-  for (const HeaderField& field : fields) {
-    if (field.name != "connection") {
+  // Every token of every Connection field names a field to drop as well. Those fields get an
+  // empty name, which no parsed field has, so one erase pass removes them with the rest and no
+  // list of names is allocated. Connection fields keep their names until then, so each one's
+  // tokens are read.
+  for (const HeaderField& connection : fields) {
+    if (connection.name != "connection") {
       continue;
     }
-    std::string_view rest = field.value;
+    std::string_view rest = connection.value;
     while (!rest.empty()) {
       size_t comma = rest.find(',');
       std::string_view token = trim(rest.substr(0, comma));
-      if (!token.empty()) {
-        named.push_back(lowerCase(token));
+      for (HeaderField& field : fields) {
+        if (!token.empty() && field.name != "connection" && equalsIgnoreCase(field.name, token)) {
+          field.name.clear();
+        }
       }
       rest = comma == std::string_view::npos ? std::string_view() : rest.substr(comma + 1);
     }
   }
-  std::erase_if(fields, [&named](const HeaderField& field) {
-    return isConnectionSpecific(field.name) ||
-           std::find(named.begin(), named.end(), field.name) != named.end();
+  std::erase_if(fields, [](const HeaderField& field) {
+    return field.name.empty() || isConnectionSpecific(field.name);
   });
 }
 

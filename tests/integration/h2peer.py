@@ -230,6 +230,8 @@ class H2Upstream:
     Two paths end their response without DATA bytes in the last frame: "/no-content" is a 204
     whose HEADERS carry END_STREAM, and "/split-end" sends "hello" with a content-length and
     then END_STREAM on an empty DATA frame, as many servers do.
+    A request whose path contains "/after-trailers" gets its response once its trailers arrive,
+    and every request's trailers are recorded in `request_trailers`.
 
     deferd must retry a request refused that way on a new connection, since the server did
     not process it.
@@ -239,6 +241,7 @@ class H2Upstream:
         self.refuse_connections = refuse_connections
         self.connections = 0
         self.requests = 0  # requests that got 200
+        self.request_trailers = []  # the trailer fields of each request that had them
         self.lock = threading.Lock()
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -271,11 +274,20 @@ class H2Upstream:
         try:
             conn.sendall(h2conn.data_to_send())
             deadline = time.monotonic() + IO_TIMEOUT
+            waiting = {}  # stream id -> path, for responses sent when the trailers arrive
             while time.monotonic() < deadline:
                 data = conn.recv(65536)
                 if not data:
                     return
                 for event in h2conn.receive_data(data):
+                    if isinstance(event, h2.events.DataReceived):
+                        h2conn.acknowledge_received_data(
+                            event.flow_controlled_length, event.stream_id)
+                    if isinstance(event, h2.events.TrailersReceived):
+                        with self.lock:
+                            self.request_trailers.append(list(event.headers))
+                        if event.stream_id in waiting:
+                            self._answer(h2conn, event.stream_id, waiting.pop(event.stream_id))
                     if isinstance(event, h2.events.RequestReceived):
                         if refuse:
                             h2conn.close_connection(last_stream_id=0)
@@ -295,16 +307,21 @@ class H2Upstream:
                             h2conn.send_data(event.stream_id, b"", end_stream=True)
                             conn.sendall(h2conn.data_to_send())
                             continue
-                        with_trailers = path.endswith("/trailers")
-                        h2conn.send_headers(event.stream_id, [(":status", "200")])
-                        h2conn.send_data(event.stream_id, b"served", end_stream=not with_trailers)
-                        if with_trailers:
-                            h2conn.send_headers(event.stream_id, [("x-upstream-trailer", "yes")],
-                                                end_stream=True)
-                        with self.lock:
-                            self.requests += 1
+                        if "/after-trailers" in path:
+                            waiting[event.stream_id] = path
+                        else:
+                            self._answer(h2conn, event.stream_id, path)
                 conn.sendall(h2conn.data_to_send())
         except (OSError, h2.exceptions.ProtocolError):
             return
         finally:
             conn.close()
+
+    def _answer(self, h2conn, stream_id, path):
+        with_trailers = path.endswith("/trailers")
+        h2conn.send_headers(stream_id, [(":status", "200")])
+        h2conn.send_data(stream_id, b"served", end_stream=not with_trailers)
+        if with_trailers:
+            h2conn.send_headers(stream_id, [("x-upstream-trailer", "yes")], end_stream=True)
+        with self.lock:
+            self.requests += 1

@@ -1,5 +1,9 @@
 #include "proxy/http1_headers.h"
 
+#include <boost/asio/buffer.hpp>
+#include <boost/beast/http/parser.hpp>
+#include <boost/beast/http/string_body.hpp>
+
 #include <gtest/gtest.h>
 
 #include <string>
@@ -319,6 +323,60 @@ TEST(RequestFieldsTest, CountsForwardedForLines) {
   RequestFields scanned(fields);
 
   EXPECT_EQ(scanned.forwarded_for_lines, 2u);
+}
+
+// Parses `message` (a chunked request) with Beast's parser, recording the head's fields once
+// the header is done, and returns the trailers the snapshot finds at the end.
+HeaderList trailersOf(const std::string& message) {
+  http::request_parser<http::string_body> parser;
+  boost::system::error_code ec;
+  size_t used = 0;
+  while (!parser.is_header_done() && used < message.size()) {
+    used += parser.put(boost::asio::buffer(message.data() + used, message.size() - used), ec);
+    EXPECT_FALSE(ec) << ec.message();
+    if (ec) {
+      return {};
+    }
+  }
+  HeadFieldSnapshot snapshot;
+  snapshot.record(parser.get());
+  while (!parser.is_done() && used < message.size()) {
+    used += parser.put(boost::asio::buffer(message.data() + used, message.size() - used), ec);
+    EXPECT_FALSE(ec) << ec.message();
+    if (ec) {
+      return {};
+    }
+  }
+  EXPECT_TRUE(parser.is_done());
+  return snapshot.trailers(parser.get());
+}
+
+TEST(HeadFieldSnapshotTest, FindsTrailersAfterChunkedBody) {
+  HeaderList trailers = trailersOf("POST / HTTP/1.1\r\nHost: a\r\nX-Digest: 1\r\n"
+                                   "Transfer-Encoding: chunked\r\n\r\n"
+                                   "3\r\nabc\r\n0\r\nX-Digest: 2\r\nGrpc-Status: 0\r\n\r\n");
+  ASSERT_EQ(trailers.size(), 2u);
+  // A trailer named like a head field is still a trailer, though Beast files it beside the
+  // head's field of that name.
+  EXPECT_EQ(trailers[0].name, "x-digest");
+  EXPECT_EQ(trailers[0].value, "2");
+  EXPECT_EQ(trailers[1].name, "grpc-status");
+  EXPECT_EQ(trailers[1].value, "0");
+}
+
+TEST(HeadFieldSnapshotTest, DropsFieldsNotAllowedInTrailers) {
+  HeaderList trailers = trailersOf("POST / HTTP/1.1\r\nHost: a\r\n"
+                                   "Transfer-Encoding: chunked\r\n\r\n"
+                                   "3\r\nabc\r\n0\r\nHost: b\r\nKeep-Alive: 5\r\n"
+                                   "Upgrade: x\r\nX-Kept: yes\r\n\r\n");
+  ASSERT_EQ(trailers.size(), 1u);
+  EXPECT_EQ(trailers[0].name, "x-kept");
+}
+
+TEST(HeadFieldSnapshotTest, NoTrailersGivesEmptyList) {
+  HeaderList trailers = trailersOf("POST / HTTP/1.1\r\nHost: a\r\n"
+                                   "Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n");
+  EXPECT_TRUE(trailers.empty());
 }
 
 } // namespace
