@@ -166,6 +166,7 @@ private:
   ConnectionPtr upstream_;
   bool upstream_reading_ = false;
   bool upstream_paused_ = false;
+  bool upstream_unparsed_ = false; // upstream bytes read but not parsed while paused
   std::optional<Http1ResponseParser> parser_;
   std::unique_ptr<Http2UpstreamRequest> h2_upstream_; // http2 clusters
   size_t h2_unconsumed_ = 0;  // response bytes not yet passed to consumeResponse()
@@ -1121,6 +1122,18 @@ void Http2Stream::readUpstream() {
   }
   upstream_paused_ = false;
   auto& buffer = upstream_->buffer;
+  if (upstream_unparsed_) {
+    // Parsing stopped when the send buffer filled up, maybe just before the end of the
+    // response, and the socket may have nothing more to give. Parse first, outside the
+    // caller, which may be nghttp2's data callback.
+    upstream_unparsed_ = false;
+    upstream_reading_ = true;
+    asio::post(upstream_->socket.get_executor(), [self = shared_from_this()] {
+      self->onUpstreamRead({}, 0);
+      self->flushSession();
+    });
+    return;
+  }
   size_t room = std::min(Worker::kBodyBufferSize, buffer.max_size() - buffer.size());
   if (room == 0) {
     onUpstreamError(UpstreamFailure::kBadResponse, LocalReplyReason::kBadUpstreamResponse,
@@ -1227,6 +1240,9 @@ void Http2Stream::processUpstreamBytes() {
       deadline_ = std::chrono::steady_clock::now() +
                   session_->listener().config->limits.stream_idle_timeout;
       if (response_body_.size() >= kSendBufferLimit) {
+        // The rest of the buffer, or the end of the message that the parser reports on its
+        // next call, waits until the client has taken some of the body.
+        upstream_unparsed_ = true;
         resumeResponseData();
         return;
       }

@@ -19,6 +19,9 @@ TRANSFER_TIMEOUT_SECONDS = 180
 # The reader pauses after each window's worth of data, which makes it slower than nginx.
 PAUSE_EVERY_BYTES = 8 << 20
 PAUSE_SECONDS = 0.02
+# nginx keeps an idle connection for 75 s, so an end of stream that waits for the upstream to
+# close comes far later than this.
+END_AFTER_BODY_SECONDS = 10
 
 
 class Http2StreamingTest(harness.DeferdTestCase):
@@ -44,12 +47,17 @@ class Http2StreamingTest(harness.DeferdTestCase):
                                        headers=[("range", f"bytes=0-{last}")])
             stream = client.streams[stream_id]
             since_pause = 0
+            body_done_at = None
             while not stream.done:
                 if time.monotonic() > deadline:
                     self.fail(f"transfer incomplete after {TRANSFER_TIMEOUT_SECONDS} s: {stream}")
                 before = stream.body_length
                 if not client.read_once(timeout=1.0):
                     break
+                if body_done_at is None and stream.body_length == BODY_BYTES:
+                    body_done_at = time.monotonic()
+                if body_done_at and time.monotonic() - body_done_at > END_AFTER_BODY_SECONDS:
+                    self.fail(f"the whole body arrived but the stream did not end: {stream}")
                 since_pause += stream.body_length - before
                 if since_pause >= PAUSE_EVERY_BYTES:
                     time.sleep(PAUSE_SECONDS)
