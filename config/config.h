@@ -121,6 +121,9 @@ struct Http2Limits {
   uint32_t max_control_frames = 1000;
   // CONTINUATION frames allowed per header block.
   uint32_t max_continuations = 8;
+  // DATA frames in a row with no payload and no END_STREAM, which cost deferd work and the
+  // client nothing, before the connection ends with GOAWAY ENHANCE_YOUR_CALM.
+  uint32_t max_empty_frames = 16;
 };
 
 struct Listener {

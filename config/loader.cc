@@ -66,8 +66,8 @@ const Keys kAccessLogKeys = {"path"};
 const Keys kListenerKeys = {"name",   "address", "direction",     "trust",         "routes",
                             "limits", "http2",   "trusted_cidrs", "priority_floor"};
 const Keys kHttp2Keys = {
-    "max_concurrent_streams", "initial_window_size", "reset_burst", "reset_rate",
-    "max_control_frames",     "max_continuations"};
+    "max_concurrent_streams", "initial_window_size", "reset_burst",     "reset_rate",
+    "max_control_frames",     "max_continuations",   "max_empty_frames"};
 const Keys kLimitsKeys = {"max_connections", "max_header_bytes", "max_header_count",
                           "header_timeout",  "idle_timeout",     "stream_idle_timeout"};
 const Keys kRouteKeys = {"match",   "cluster",         "policy",          "priority",
@@ -619,6 +619,9 @@ void Loader::parseHttp2Limits(const Field& field, Http2Limits* limits) {
   }
   if (const Field* value = section->find("max_continuations")) {
     setIfValid(readUnsigned(*value, 1, kMax), &limits->max_continuations);
+  }
+  if (const Field* value = section->find("max_empty_frames")) {
+    setIfValid(readUnsigned(*value, 1, kMax), &limits->max_empty_frames);
   }
 }
 

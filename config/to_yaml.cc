@@ -155,6 +155,7 @@ void emitListener(YAML::Emitter& out, const Listener& listener) {
   emitPair(out, "reset_rate", http2.reset_rate);
   emitPair(out, "max_control_frames", http2.max_control_frames);
   emitPair(out, "max_continuations", http2.max_continuations);
+  emitPair(out, "max_empty_frames", http2.max_empty_frames);
   out << YAML::EndMap;
 
   out << YAML::Key << "routes" << YAML::Value << YAML::BeginSeq;

@@ -256,9 +256,15 @@ private:
     return found == streams_.end() ? nullptr : found->second.get();
   }
 
-  // Takes a token from the client's RST_STREAM budget: kResetBurst tokens, refilled at
-  // kResetRatePerSecond. Returns false when the budget is spent.
+  // Takes a token from the client's RST_STREAM budget: the listener's reset_burst tokens,
+  // refilled at reset_rate per second. Returns false when the budget is spent.
   bool takeResetToken();
+  // Counts a received DATA frame. Returns false when the client has sent more empty DATA
+  // frames in a row than the listener's max_empty_frames.
+  bool countDataFrame(const nghttp2_frame* frame);
+  // Writes GOAWAY ENHANCE_YOUR_CALM straight to the socket, without waiting, and counts it.
+  // nghttp2 reports a flood of unread control frames without queueing a GOAWAY of its own.
+  void sendFloodGoaway();
 
   void read();
   void onRead(error_code ec, size_t received);
@@ -280,7 +286,8 @@ private:
   bool draining_ = false;
   bool closed_ = false;
   MonotonicTime idle_since_{};
-  double reset_tokens_ = 0; // set from the listener's reset_burst in start()
+  double reset_tokens_ = 0;   // set from the listener's reset_burst in start()
+  uint32_t empty_frames_ = 0; // DATA frames in a row with no payload and no END_STREAM
   MonotonicTime reset_refilled_at_{};
 };
 
@@ -349,6 +356,37 @@ bool Http2Session::start(std::string_view received) {
   return true;
 }
 
+void Http2Session::sendFloodGoaway() {
+  listener_->stats->http2_flood_goaways->Increment();
+  spdlog::info("listener {}: HTTP/2 client {} queued too many control frames unread; sent "
+               "GOAWAY ENHANCE_YOUR_CALM",
+               listener_->config->name, peer_ip_);
+  if (writing_) {
+    return; // the socket is busy with earlier frames: closing is all that is left
+  }
+
+  // RFC 9113 section 6.8: a 9-byte frame header and an 8-byte payload.
+  auto last_stream = static_cast<uint32_t>(nghttp2_session_get_last_proc_stream_id(session_));
+  std::array<uint8_t, 17> frame{0, 0, 8, NGHTTP2_GOAWAY, 0, 0, 0, 0, 0};
+  for (int i = 0; i < 4; ++i) {
+    frame[9 + i] = static_cast<uint8_t>(last_stream >> (24 - 8 * i));
+    frame[13 + i] = static_cast<uint8_t>(uint32_t{NGHTTP2_ENHANCE_YOUR_CALM} >> (24 - 8 * i));
+  }
+
+  // A flooding client may not read at all, so the write must not wait for room.
+  error_code ignored;
+  socket_.non_blocking(true, ignored);
+  socket_.write_some(asio::buffer(frame), ignored);
+}
+
+bool Http2Session::countDataFrame(const nghttp2_frame* frame) {
+  // Padding is no payload either.
+  bool empty =
+      frame->hd.length <= frame->data.padlen && (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) == 0;
+  empty_frames_ = empty ? empty_frames_ + 1 : 0;
+  return empty_frames_ <= listener_->config->http2.max_empty_frames;
+}
+
 bool Http2Session::takeResetToken() {
   const config::Http2Limits& limits = listener_->config->http2;
   MonotonicTime now = std::chrono::steady_clock::now();
@@ -398,7 +436,12 @@ void Http2Session::onRead(error_code ec, size_t received) {
     spdlog::debug("listener {}: HTTP/2 connection from {} failed: {}", listener_->config->name,
                   peer_ip_, nghttp2_strerror(static_cast<int>(used)));
     listener_->stats->http2_connection_errors->Increment();
-    if (used == NGHTTP2_ERR_FLOODED || used == NGHTTP2_ERR_BAD_CLIENT_MAGIC) {
+    if (used == NGHTTP2_ERR_FLOODED) {
+      sendFloodGoaway();
+      close();
+      return;
+    }
+    if (used == NGHTTP2_ERR_BAD_CLIENT_MAGIC) {
       close();
       return;
     }
@@ -547,6 +590,10 @@ int Http2Session::onFrameReceived(nghttp2_session*, const nghttp2_frame* frame, 
     // Rapid reset: each reset stream costs deferd a stream's setup and an upstream request,
     // and the client nothing. nghttp2 1.52 has a limit of its own, but it ends the connection
     // with INTERNAL_ERROR, while this one sends the error code meant for it.
+    nghttp2_session_terminate_session(self->session_, NGHTTP2_ENHANCE_YOUR_CALM);
+    return 0;
+  }
+  if (frame->hd.type == NGHTTP2_DATA && !self->countDataFrame(frame)) {
     nghttp2_session_terminate_session(self->session_, NGHTTP2_ENHANCE_YOUR_CALM);
     return 0;
   }

@@ -3,7 +3,7 @@ serving every other connection.
 
 Cases: rapid reset (CVE-2023-44487: open a stream and reset it at once, many times), and
 oversized or too many request headers. Then a SETTINGS flood whose acknowledgements the client
-never reads, more concurrent streams than SETTINGS_MAX_CONCURRENT_STREAMS, and a drain that
+never reads, a flood of empty DATA frames, more concurrent streams than SETTINGS_MAX_CONCURRENT_STREAMS, and a drain that
 lets open streams finish after GOAWAY.
 """
 
@@ -24,6 +24,7 @@ from harness import Reply
 RAPID_RESETS = 2000  # more than deferd's burst of 200 resets
 ENHANCE_YOUR_CALM = 11
 REFUSED_STREAM = 7
+EMPTY_FRAMES = 100  # more than the listener's default max_empty_frames of 16
 
 
 class Http2FloodTest(harness.DeferdTestCase):
@@ -100,6 +101,8 @@ class Http2FloodTest(harness.DeferdTestCase):
         # The client sends SETTINGS frames and never reads, so their ACKs pile up in deferd.
         before = self.deferd.metrics().value("deferd_http2_connection_errors_total",
                                              listener="inbound")
+        goaways_before = self.deferd.metrics().value("deferd_http2_flood_goaways_total",
+                                                     listener="inbound")
         config = h2.config.H2Configuration(client_side=True)
         conn = h2.connection.H2Connection(config=config)
         conn.initiate_connection()
@@ -123,6 +126,28 @@ class Http2FloodTest(harness.DeferdTestCase):
                                                listener="inbound") >= before + 1
 
         harness.wait_until(counted, 5, f"a counted connection error (socket closed: {closed})")
+        # The GOAWAY is written without waiting, so this client, which reads nothing, may never
+        # see it; the counter shows it was sent.
+        self.assertEqual(self.deferd.metrics().value("deferd_http2_flood_goaways_total",
+                                                     listener="inbound"), goaways_before + 1)
+        self.assertServing()
+
+    def test_empty_data_flood_ends_in_enhance_your_calm(self):
+        before = self.deferd.metrics().value("deferd_http2_flood_goaways_total",
+                                             listener="inbound")
+        with h2peer.H2Client(self.port) as client:
+            stream_id = client.request("POST", "/upload", end_stream=False)
+            try:
+                for _ in range(EMPTY_FRAMES):
+                    client.conn.send_data(stream_id, b"")
+                client.flush()
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            goaway = client.wait_closed(timeout=10)
+        self.assertIsNotNone(goaway, f"no GOAWAY after {EMPTY_FRAMES} empty DATA frames")
+        self.assertEqual(goaway[0], ENHANCE_YOUR_CALM)
+        after = self.deferd.metrics().value("deferd_http2_flood_goaways_total", listener="inbound")
+        self.assertEqual(after, before + 1)
         self.assertServing()
 
     def test_continuation_flood_closes_connection(self):

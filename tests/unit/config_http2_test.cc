@@ -57,6 +57,7 @@ TEST(ConfigHttp2Test, DefaultsWithoutBlock) {
   EXPECT_EQ(limits.reset_rate, 33u);
   EXPECT_EQ(limits.max_control_frames, 1000u);
   EXPECT_EQ(limits.max_continuations, 8u);
+  EXPECT_EQ(limits.max_empty_frames, 16u);
 }
 
 TEST(ConfigHttp2Test, LoadsEveryKey) {
@@ -65,7 +66,8 @@ TEST(ConfigHttp2Test, LoadsEveryKey) {
                                                              "      reset_burst: 10\n"
                                                              "      reset_rate: 2\n"
                                                              "      max_control_frames: 50\n"
-                                                             "      max_continuations: 3\n"));
+                                                             "      max_continuations: 3\n"
+                                                             "      max_empty_frames: 2\n"));
   ASSERT_EQ(config->listeners.size(), 1u);
   const Http2Limits& limits = config->listeners[0].http2;
   EXPECT_EQ(limits.max_concurrent_streams, 4u);
@@ -74,6 +76,7 @@ TEST(ConfigHttp2Test, LoadsEveryKey) {
   EXPECT_EQ(limits.reset_rate, 2u);
   EXPECT_EQ(limits.max_control_frames, 50u);
   EXPECT_EQ(limits.max_continuations, 3u);
+  EXPECT_EQ(limits.max_empty_frames, 2u);
 
   std::string yaml = toYaml(*config);
   EXPECT_NE(yaml.find("max_concurrent_streams: 4"), std::string::npos) << yaml;
@@ -81,6 +84,7 @@ TEST(ConfigHttp2Test, LoadsEveryKey) {
   ASSERT_EQ(again->listeners.size(), 1u);
   EXPECT_EQ(again->listeners[0].http2.initial_window_size, 65535u);
   EXPECT_EQ(again->listeners[0].http2.max_continuations, 3u);
+  EXPECT_EQ(again->listeners[0].http2.max_empty_frames, 2u);
   EXPECT_EQ(toYaml(*again), yaml);
 }
 
