@@ -192,7 +192,7 @@ class IdleTimeoutTest(harness.DeferdTestCase):
         kept.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
         self.assertIn(b"200", kept.recv(4096))
 
-        # Idle connections are closed without a word; a stalled request gets 408 first.
+        # Idle connections are closed silently, and a stalled request gets 408 first.
         expected = [("silent", silent[0], b""), ("silent", silent[1], b""),
                     ("partial preface", preface, b""),
                     ("partial request", partial, b"HTTP/1.1 408"), ("kept alive", kept, b"")]

@@ -145,7 +145,7 @@ class UpstreamFailuresTest(harness.DeferdTestCase):
         self.assertStillServing()
 
     def test_status_outside_range(self):
-        # RFC 9110 defines status codes 100 to 599; a 999 is a bad response for either client.
+        # RFC 9110 defines status codes 100 to 599, so a 999 is a bad response for either client.
         before = self.counters("scripted", "bad-upstream-response", "bad-response")
         self.assertLocalReply(harness.http_get(self.port, "/bad-status"), 502,
                               "bad-upstream-response")
