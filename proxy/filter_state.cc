@@ -1,7 +1,9 @@
 #include "proxy/filter_state.h"
 
+#include <algorithm>
 #include <chrono>
 #include <set>
+#include <vector>
 
 namespace deferd {
 
@@ -203,6 +205,29 @@ FilterState::fallbackCapacity(const config::Cluster& cluster) {
   return entry.shared;
 }
 
+void FilterState::mirrorSignals(MonotonicTime now) {
+  // Every policy that calls a cluster has a table of its signals; an endpoint defers while
+  // any of them says so.
+  std::map<std::string, std::vector<const filters::backpressure::SignalTable*>> tables;
+  for (const auto& [key, entry] : backpressure_) {
+    if (entry.shared->signals) {
+      tables[entry.shared->cluster].push_back(entry.shared->signals.get());
+    }
+  }
+  for (const auto& [cluster, cluster_tables] : tables) {
+    endpoints_.forEach(cluster, [&](filters::SharedEndpoint& endpoint) {
+      bool deferring =
+          std::any_of(cluster_tables.begin(), cluster_tables.end(),
+                      [&](const auto* table) { return table->isDeferring(endpoint.id, now); });
+      endpoint.deferring.store(deferring, std::memory_order_relaxed);
+    });
+  }
+  for (auto& [key, entry] : backpressure_) {
+    filters::backpressure::recheckAllDeferring(*entry.shared,
+                                               endpoints_.count(entry.shared->cluster), now);
+  }
+}
+
 void FilterState::tick(Metrics& metrics) {
   if (table_) {
     table_->removeExpired();
@@ -239,6 +264,7 @@ void FilterState::tick(Metrics& metrics) {
     }
     exportDecisions(entry);
   }
+  mirrorSignals(now);
   for (const auto& [stats, cluster] : totals) {
     stats->limit->Set(cluster.limit);
     stats->in_flight->Set(cluster.in_flight);

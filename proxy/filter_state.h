@@ -92,6 +92,11 @@ private:
 
   void exportDecisions(BackpressureEntry& entry);
 
+  // Sets each endpoint's deferring flag from the signal tables, so an endpoint that the
+  // balancers avoid, and that therefore sends no reports, stops deferring when its signal
+  // goes stale.
+  void mirrorSignals(MonotonicTime now);
+
   filters::EndpointRegistry endpoints_;
   std::shared_ptr<filters::priority::InheritanceTable> table_;
   std::optional<config::InheritanceConfig> table_options_;

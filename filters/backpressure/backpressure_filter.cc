@@ -306,26 +306,33 @@ void BackpressureFilter::readSignal(HeaderMap& headers) {
   SignalTable& signals = *shared_.signals;
   signals.update(endpoint->id, *parsed.report, now);
 
-  // The balancers read the SharedEndpoint, so mirror a change of state into it.
-  // TODO: only a report updates the mirror, so an endpoint that the balancers avoid, and that
-  // therefore sends no report, keeps its deferring flag after its signal went stale.
+  // The balancers read the SharedEndpoint, so mirror a change of state into it. An endpoint
+  // that the balancers avoid sends no reports; the process's once-a-second tick clears its
+  // flag when its signal goes stale.
   bool deferring = signals.isDeferring(endpoint->id, now);
   endpoint->deferring.store(deferring, std::memory_order_relaxed);
 
   // Checked on every report, not only when this endpoint changes, because another endpoint's
   // signal may have gone stale (and so stopped deferring) since the last change.
   size_t known = config_.endpoints ? config_.endpoints->count(shared_.cluster) : 0;
-  auto allDeferring = [&] { return known > 0 && signals.deferringCount(now) >= known; };
-  if (shared_.all_deferring.load(std::memory_order_acquire) == allDeferring()) {
+  recheckAllDeferring(shared_, known, now);
+}
+
+void recheckAllDeferring(BackpressureShared& shared, size_t known, MonotonicTime now) {
+  if (!shared.signals) {
     return;
   }
-  // Two reports may see a change at once; the lock keeps the last scale applied in step with
+  auto allDeferring = [&] { return known > 0 && shared.signals->deferringCount(now) >= known; };
+  if (shared.all_deferring.load(std::memory_order_acquire) == allDeferring()) {
+    return;
+  }
+  // Two callers may see a change at once; the lock keeps the last scale applied in step with
   // the flag.
-  std::lock_guard lock(shared_.all_deferring_mutex);
+  std::lock_guard lock(shared.all_deferring_mutex);
   const bool all_deferring = allDeferring();
-  if (shared_.all_deferring.load(std::memory_order_acquire) != all_deferring) {
-    shared_.all_deferring.store(all_deferring, std::memory_order_release);
-    shared_.controller->setAllEndpointsDeferring(all_deferring);
+  if (shared.all_deferring.load(std::memory_order_acquire) != all_deferring) {
+    shared.all_deferring.store(all_deferring, std::memory_order_release);
+    shared.controller->setAllEndpointsDeferring(all_deferring);
   }
 }
 

@@ -100,6 +100,11 @@ struct BackpressureShared {
   prometheus::Counter* boosts = nullptr;
 };
 
+// Scales the controller's limit when every one of the cluster's `known` endpoints defers, and
+// restores it when one no longer does. Called on each load report and once a second, since a
+// signal that goes stale stops deferring without a report.
+void recheckAllDeferring(BackpressureShared& shared, size_t known, MonotonicTime now);
+
 // Builds the controller and the signal table of a pair from its policy.
 std::shared_ptr<BackpressureShared>
 makeBackpressureShared(std::string policy, std::string cluster,

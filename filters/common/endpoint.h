@@ -81,6 +81,15 @@ public:
     return any;
   }
 
+  // Calls `visit` with each endpoint the cluster has had, under the registry's lock.
+  template <typename Visit> void forEach(const std::string& cluster, Visit visit) {
+    std::lock_guard lock(mutex_);
+    for (auto it = endpoints_.lower_bound({cluster, std::string()});
+         it != endpoints_.end() && it->first.first == cluster; ++it) {
+      visit(*it->second);
+    }
+  }
+
   // The number of endpoints the cluster has had, which is one past its highest id.
   size_t count(const std::string& cluster) {
     std::lock_guard lock(mutex_);

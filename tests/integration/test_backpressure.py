@@ -366,6 +366,17 @@ class LoadSignalTest(harness.DeferdTestCase):
 
         harness.wait_until(resumed, 8.0, "the callee to stop deferring", interval=0.1)
 
+        # The balancer sends calls to it again, although it sent no report while avoided: the
+        # once-a-second tick clears its flag when its signal is no longer deferring.
+        def reached_again():
+            before = len(busy_app.requests)
+            for _ in range(4):
+                self.assertStatus(harness.http_get(out_port), 200)
+            return len(busy_app.requests) > before
+
+        harness.wait_until(reached_again, 5.0, "calls to reach the former deferring callee",
+                           interval=0.2)
+
     def test_limit_halves_while_every_endpoint_defers(self):
         busy_port, _ = self.callee(delay=0.3)
 
