@@ -35,6 +35,9 @@ constexpr size_t kWriteBatchBytes = 64 * 1024;
 // Response bytes a stream keeps for its client before it stops reading the upstream.
 constexpr size_t kSendBufferLimit = 128 * 1024;
 constexpr std::string_view kProtocolName = "HTTP/2";
+// Time between the drain's two GOAWAY frames, at least a round trip on any sane network. The
+// worker's tick sends the second, so it goes out up to a tick later.
+constexpr std::chrono::milliseconds kDrainNoticeLead{1000};
 // Request fields reserved per stream, so a typical request (plus the x-forwarded-for and
 // x-request-id that deferd adds) fills one allocation.
 constexpr size_t kExpectedFields = 16;
@@ -213,6 +216,8 @@ public:
   // --- Session ---
   void onTick(MonotonicTime now) override;
   void onDrain() override;
+  // Submits the drain's GOAWAY with the last stream received.
+  void sendFinalGoaway();
   void abort() override { close(); }
 
   // --- Used by streams ---
@@ -284,6 +289,8 @@ private:
   bool flush_scheduled_ = false;
   bool in_nghttp2_ = false; // inside mem_recv or mem_send: nghttp2 must not be re-entered
   bool draining_ = false;
+  bool final_goaway_sent_ = false;  // the drain's GOAWAY with the last stream id
+  MonotonicTime drain_notice_at_{}; // when the drain's first GOAWAY was submitted
   bool closed_ = false;
   MonotonicTime idle_since_{};
   double reset_tokens_ = 0;   // set from the listener's reset_burst in start()
@@ -477,7 +484,7 @@ void Http2Session::flush() {
 
   if (write_buffer_.empty()) {
     bool finished = !nghttp2_session_want_read(session_) && !nghttp2_session_want_write(session_);
-    if (finished || (draining_ && streams_.empty())) {
+    if (finished || (final_goaway_sent_ && streams_.empty())) {
       close();
     }
     return;
@@ -510,6 +517,12 @@ void Http2Session::onTick(MonotonicTime now) {
   if (closed_) {
     return;
   }
+  if (draining_ && !final_goaway_sent_ && now - drain_notice_at_ >= kDrainNoticeLead) {
+    sendFinalGoaway();
+    if (closed_) {
+      return;
+    }
+  }
   if (streams_.empty() && now - idle_since_ >= listener_->config->limits.idle_timeout) {
     nghttp2_session_terminate_session(session_, NGHTTP2_NO_ERROR);
     flush();
@@ -536,7 +549,17 @@ void Http2Session::onDrain() {
     return;
   }
   draining_ = true;
-  // Streams up to the last one received finish; the client retries later ones elsewhere.
+  // RFC 9113 section 6.8: a GOAWAY with the highest stream id first tells the client to open
+  // no more streams, without failing one already on its way. The tick sends the final GOAWAY,
+  // with the last stream received, once the first had time to arrive; streams up to that one
+  // finish, and the client retries later ones elsewhere.
+  nghttp2_submit_shutdown_notice(session_);
+  drain_notice_at_ = std::chrono::steady_clock::now();
+  flush();
+}
+
+void Http2Session::sendFinalGoaway() {
+  final_goaway_sent_ = true;
   nghttp2_submit_goaway(session_, NGHTTP2_FLAG_NONE,
                         nghttp2_session_get_last_proc_stream_id(session_), NGHTTP2_NO_ERROR,
                         nullptr, 0);

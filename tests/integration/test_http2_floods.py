@@ -7,6 +7,7 @@ never reads, a flood of empty DATA frames, more concurrent streams than SETTINGS
 lets open streams finish after GOAWAY.
 """
 
+import re
 import signal
 import socket
 import subprocess
@@ -195,7 +196,8 @@ class Http2FloodTest(harness.DeferdTestCase):
 
 class Http2DrainTest(harness.DeferdTestCase):
     def test_drain_lets_open_streams_finish(self):
-        upstream = harness.RawUpstream(handler=lambda r: Reply(200, [], b"done", delay=1.0))
+        # The response takes longer than the two GOAWAY frames of the drain (1 to 2 s apart).
+        upstream = harness.RawUpstream(handler=lambda r: Reply(200, [], b"done", delay=3.0))
         self.addCleanup(upstream.close)
         port = harness.free_port()
         deferd = harness.Deferd(
@@ -214,8 +216,16 @@ class Http2DrainTest(harness.DeferdTestCase):
         output, _ = nghttp.communicate(timeout=10)
         output = output.decode()
         self.assertEqual(nghttp.returncode, 0, output)
-        self.assertIn("recv GOAWAY frame", output)
-        self.assertIn("error_code=NO_ERROR", output)
+        # First a GOAWAY that only stops new streams, then the one with the last stream id.
+        goaways = re.findall(r"recv GOAWAY frame.*?\(last_stream_id=(\d+), error_code=(\w+)",
+                             output, re.S)
+        self.assertEqual(len(goaways), 2, output)
+        self.assertEqual(goaways[0], ("2147483647", "NO_ERROR"), output)
+        # nghttp's request is its first stream after the idle ones it opens for priorities.
+        last_stream, error = goaways[1]
+        self.assertEqual(error, "NO_ERROR", output)
+        self.assertLess(int(last_stream), 2147483647, output)
+        self.assertGreater(int(last_stream), 0, output)
         self.assertIn("done", output)
         self.assertIn(":status: 200", output)
         self.assertEqual(deferd.proc.wait(timeout=10), 0)
