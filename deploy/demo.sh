@@ -165,10 +165,11 @@ curl -s --max-time 5 "http://127.0.0.1:$admin_port/metrics" |
   grep -E '^deferd_(requests_total|local_replies_total|upstream_connections_created_total|upstream_failures_total|request_duration_seconds_count|priority_requests_total|backpressure_(limit|decisions_total))' |
   awk '$NF != 0 { print "  " $0 }' | sort || echo "  (no deferd_ samples found)"
 
-# The effective config names the access log file; "-" means deferd's standard output.
+# The effective config names the access log file; "-" means deferd's standard output. awk
+# reads to the end, so curl never writes into a closed pipe (curl exit 23 under pipefail).
 access_log=$(curl -s --max-time 5 "http://127.0.0.1:$admin_port/config" |
-  awk '/^access_log:/ { inside = 1; next } inside && /^[^ ]/ { exit }
-       inside && $1 == "path:" { gsub(/"/, "", $2); print $2; exit }')
+  awk '/^access_log:/ { inside = 1; next } inside && /^[^ ]/ { inside = 0 }
+       inside && !found && $1 == "path:" { gsub(/"/, "", $2); print $2; found = 1 }')
 if [[ -z "$access_log" || "$access_log" == "-" ]]; then
   access_log=$workdir/deferd.stdout
 fi
