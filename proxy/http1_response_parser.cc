@@ -4,6 +4,8 @@
 #include <array>
 #include <charconv>
 
+#include "proxy/http_translation.h"
+
 namespace deferd {
 
 namespace {
@@ -155,9 +157,8 @@ Http1ResponseParser::Step Http1ResponseParser::parseHead(std::string_view input)
   unsigned status = 0;
   auto [status_end, status_ec] =
       std::from_chars(status_line.data() + 9, status_line.data() + 12, status);
-  // RFC 9110 section 15 defines 100 to 599 only; a proxy cannot classify anything else.
-  if (status_ec != std::errc() || status_end != status_line.data() + 12 || status < 100 ||
-      status > 599 || (status_line.size() > 12 && status_line[12] != ' ')) {
+  if (status_ec != std::errc() || status_end != status_line.data() + 12 || !isValidStatus(status) ||
+      (status_line.size() > 12 && status_line[12] != ' ')) {
     return fail("invalid status code");
   }
 

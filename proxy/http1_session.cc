@@ -39,6 +39,7 @@
 #include "proxy/filter_chain.h"
 #include "proxy/http1_headers.h"
 #include "proxy/http2_upstream.h"
+#include "proxy/http_translation.h"
 #include "proxy/worker.h"
 
 namespace deferd {
@@ -817,8 +818,7 @@ private:
       onUpstreamError(http::make_error_code(http::error::bad_status));
       return;
     }
-    if (response.result_int() > 599) {
-      // RFC 9110 section 15 defines 100 to 599 only; a proxy cannot classify anything else.
+    if (!isValidStatus(response.result_int())) {
       onUpstreamError(http::make_error_code(http::error::bad_status));
       return;
     }
@@ -1023,8 +1023,8 @@ private:
     if (expect_continue_) {
       expect_continue_ = false;
       // The body is read once "100 Continue" is written. Until then the upstream stream may
-      // already ask for body bytes; marking the read as pending keeps it from starting a
-      // second read into the same buffer.
+      // already request body bytes, so the read counts as pending, which keeps that request
+      // from starting a second read into the same buffer.
       h2_body_reading_ = true;
       static constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
       asio::async_write(socket_, asio::buffer(kContinue.data(), kContinue.size()),

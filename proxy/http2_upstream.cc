@@ -15,6 +15,7 @@
 #include <map>
 
 #include "proxy/http2_memory.h"
+#include "proxy/http_translation.h"
 #include "proxy/net.h"
 
 namespace deferd {
@@ -458,8 +459,7 @@ int Http2UpstreamConnection::onFrameReceived(nghttp2_session*, const nghttp2_fra
   }
   bool end_stream = (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
   if (frame->hd.type == NGHTTP2_HEADERS && !exchange->headers_done) {
-    if (exchange->status > 599) {
-      // RFC 9110 section 15 defines 100 to 599 only; a proxy cannot classify anything else.
+    if (!isValidStatus(exchange->status)) {
       nghttp2_submit_rst_stream(self->session_, NGHTTP2_FLAG_NONE, frame->hd.stream_id,
                                 NGHTTP2_PROTOCOL_ERROR);
       if (Http2UpstreamHandler* handler = std::exchange(exchange->handler, nullptr)) {

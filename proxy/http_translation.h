@@ -73,6 +73,10 @@ void appendHttp1RequestHead(std::string& out, const Http2RequestHead& head, Body
 // is one decimal number. Returns an empty string when the head is valid.
 std::string_view http2RequestError(const Http2RequestHead& head);
 
+// Whether `status` is one of the response status codes that RFC 9110 section 15 defines, 100
+// to 599. A proxy cannot classify any other, so an upstream response with one is invalid.
+constexpr bool isValidStatus(unsigned status) { return status >= 100 && status <= 599; }
+
 // The value of the content-length field, if there is one. Call after http2RequestError().
 std::optional<uint64_t> contentLength(const HeaderList& fields);
 

@@ -10,6 +10,8 @@
 #include <prometheus/metric_type.h>
 #include <prometheus/text_serializer.h>
 
+#include "proxy/http_translation.h"
+
 namespace deferd {
 
 namespace {
@@ -96,7 +98,7 @@ std::string_view protocolName(Protocol protocol) {
 // Requests with a status outside 100..599 (0 when no response was sent) are counted in neither
 // the status classes nor the histogram, so the histogram's count equals the sum of the classes.
 void RouteStats::recordRequest(Protocol protocol, unsigned status, double seconds) {
-  if (status < 100 || status > 599) {
+  if (!isValidStatus(status)) {
     return;
   }
 
