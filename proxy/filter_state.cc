@@ -206,8 +206,8 @@ FilterState::fallbackCapacity(const config::Cluster& cluster) {
 }
 
 void FilterState::mirrorSignals(MonotonicTime now) {
-  // Every policy that calls a cluster has a table of its signals; an endpoint defers while
-  // any of them says so.
+  // Every policy that calls a cluster has a table of its signals, and an endpoint defers
+  // while any of those tables marks it deferring.
   std::map<std::string, std::vector<const filters::backpressure::SignalTable*>> tables;
   for (const auto& [key, entry] : backpressure_) {
     if (entry.shared->signals) {

@@ -549,10 +549,10 @@ void Http2Session::onDrain() {
     return;
   }
   draining_ = true;
-  // RFC 9113 section 6.8: a GOAWAY with the highest stream id first tells the client to open
-  // no more streams, without failing one already on its way. The tick sends the final GOAWAY,
-  // with the last stream received, once the first had time to arrive; streams up to that one
-  // finish, and the client retries later ones elsewhere.
+  // RFC 9113 section 6.8: a first GOAWAY with the highest stream id stops new streams without
+  // failing one already on its way. The tick sends the final GOAWAY, with the last stream
+  // received, once the first had time to arrive. Streams up to that one finish, and the
+  // client retries later ones elsewhere.
   nghttp2_submit_shutdown_notice(session_);
   drain_notice_at_ = std::chrono::steady_clock::now();
   flush();

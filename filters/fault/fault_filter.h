@@ -49,8 +49,8 @@ std::optional<FaultRequest> parseFaultHeader(std::string_view value);
 // (12), 429, 502, 503 and 504 UNAVAILABLE (14), anything else UNKNOWN (2).
 uint32_t grpcStatusForHttp(uint16_t status);
 
-// What the filter did to one request. A request that is delayed and then aborted counts once
-// for each. The names are also the access log's `decision` values.
+// An action of the filter on one request. A request that is delayed and then aborted counts
+// once for each. The names are also the access log's `decision` values.
 enum class FaultDecision : uint8_t {
   kDelay,         // fault-delay
   kAbort,         // fault-abort

@@ -1,7 +1,7 @@
 """The admin listener bound beyond loopback: changes need a configured bearer token.
 
 deferd binds its admin listener to 0.0.0.0 here, which is not a loopback address, so POST
-requests need `admin.token_file`; without one every change is refused with 401 and counted,
+requests need `admin.token_file`. Without one, every change is rejected with 401 and counted,
 while reads (/metrics, /config) still work. To keep that address off every real interface,
 the tests run inside a network namespace of their own that has only `lo`: the outer test
 starts this file again under `unshare --net` and reads the inner run's result.

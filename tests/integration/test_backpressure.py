@@ -280,6 +280,34 @@ class ShadowTest(harness.DeferdTestCase):
         harness.wait_until(counted, 5.0, "shadow shed decisions")
 
 
+class DirectLoad:
+    """Six clients that call `port` back to back, bypassing the caller, for at most 8 s."""
+
+    CLIENTS = 6
+    SECONDS = 8.0
+
+    def __init__(self, port):
+        self.port = port
+        self.stopped = threading.Event()
+        self.threads = [threading.Thread(target=self.run, daemon=True)
+                        for _ in range(self.CLIENTS)]
+        for thread in self.threads:
+            thread.start()
+
+    def run(self):
+        deadline = time.monotonic() + self.SECONDS
+        while not self.stopped.is_set() and time.monotonic() < deadline:
+            try:
+                harness.http_get(self.port, timeout=10.0)
+            except AssertionError:
+                pass
+
+    def stop(self):
+        self.stopped.set()
+        for thread in self.threads:
+            thread.join(12.0)
+
+
 class LoadSignalTest(harness.DeferdTestCase):
     """caller outbound -> two callee sidecars -> their apps; one callee is overloaded.
 
@@ -321,19 +349,7 @@ class LoadSignalTest(harness.DeferdTestCase):
         self.addCleanup(caller.stop)
 
         # Load the busy callee directly, past its two slots, for a bounded time.
-        stop = threading.Event()
-
-        def load():
-            deadline = time.monotonic() + 8.0
-            while not stop.is_set() and time.monotonic() < deadline:
-                try:
-                    harness.http_get(busy_port, timeout=10.0)
-                except AssertionError:
-                    pass
-
-        loaders = [threading.Thread(target=load, daemon=True) for _ in range(6)]
-        for thread in loaders:
-            thread.start()
+        load = DirectLoad(busy_port)
 
         # Calls through the caller carry the busy callee's signal back; keep calling until the
         # caller marks it deferring.
@@ -355,9 +371,7 @@ class LoadSignalTest(harness.DeferdTestCase):
         self.assertLessEqual(len(busy_app.requests) - busy_before, 6 * 2)  # only the loaders'
 
         # Load falls: the endpoint resumes after hold_below, or is forgotten after ttl.
-        stop.set()
-        for thread in loaders:
-            thread.join(12.0)
+        load.stop()
 
         def resumed():
             harness.http_get(out_port)
@@ -400,19 +414,7 @@ class LoadSignalTest(harness.DeferdTestCase):
         harness.wait_until(lambda: limit() == 40, 3.0, "the caller's limit to be published")
 
         # Load the callee directly, past its two slots, for a bounded time.
-        stop = threading.Event()
-
-        def load():
-            deadline = time.monotonic() + 8.0
-            while not stop.is_set() and time.monotonic() < deadline:
-                try:
-                    harness.http_get(busy_port, timeout=10.0)
-                except AssertionError:
-                    pass
-
-        loaders = [threading.Thread(target=load, daemon=True) for _ in range(6)]
-        for thread in loaders:
-            thread.start()
+        load = DirectLoad(busy_port)
 
         # The only endpoint defers, so all of them do: the caller halves its limit.
         def halved():
@@ -421,9 +423,7 @@ class LoadSignalTest(harness.DeferdTestCase):
 
         harness.wait_until(halved, 6.0, "the caller's limit to halve", interval=0.05)
 
-        stop.set()
-        for thread in loaders:
-            thread.join(12.0)
+        load.stop()
 
         # Each call's own request is in flight when its report is made, so the callee reports
         # 0.5 at least; resume_below is 0.6 for that.

@@ -14,8 +14,8 @@ import harness
 import h2peer
 from harness import Reply
 
-# The upstream closes the connection after this message, so it says so: a pooled connection
-# that closes unannounced can fail the next request sent on it.
+# The upstream closes the connection after this message, so the head carries Connection:
+# close. A pooled connection that closes unannounced can fail the next request sent on it.
 CHUNKED_WITH_TRAILERS = (
     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
     b"5\r\nhello\r\n0\r\nX-Checksum: abc\r\nHost: evil.example\r\n\r\n"

@@ -342,7 +342,7 @@ class Http2UpstreamTest(harness.DeferdTestCase):
 
     def test_http1_upload_with_expect_continue(self):
         # An upload that waits for "100 Continue" on an upstream connection already open, so
-        # the upstream stream asks for body bytes before the client sends them.
+        # the upstream stream requests body bytes before the client sends them.
         self.assertStatus(harness.http_get(self.port, "/index.txt"), 200, "warm-up")
         path = os.path.join(harness.make_dir("expect"), "upload.bin")
         body = os.urandom(3 * 1024 * 1024)
@@ -362,7 +362,7 @@ class Http2UpstreamTest(harness.DeferdTestCase):
 
     def test_http1_keep_alive_after_bodyless_end(self):
         # Responses whose last frame has no DATA bytes must still end the exchange, so the
-        # next request on the connection is answered.
+        # next request on the connection gets its response.
         for path, status, body in [("/scripted/no-content", 204, b""),
                                    ("/scripted/split-end", 200, b"hello")]:
             with self.subTest(path=path), harness.RawClient(self.port, timeout=5) as client:
