@@ -67,6 +67,8 @@ std::string_view shadowDecisionName(filters::backpressure::ShadowDecision decisi
     return "queued";
   case ShadowDecision::kShed:
     return "shed";
+  case ShadowDecision::kWaitTooLong:
+    return "wait_too_long";
   case ShadowDecision::kExpired:
     break;
   }

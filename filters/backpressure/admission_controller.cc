@@ -17,13 +17,15 @@ bool deadlineTooClose(const AdmissionRequest& request, MonotonicTime now,
 } // namespace
 
 AdmissionSlot::AdmissionSlot(AdmissionSlot&& other) noexcept
-    : controller_(std::exchange(other.controller_, nullptr)), forced_(other.forced_) {}
+    : controller_(std::exchange(other.controller_, nullptr)), forced_(other.forced_),
+      shadow_waiter_(other.shadow_waiter_) {}
 
 AdmissionSlot& AdmissionSlot::operator=(AdmissionSlot&& other) noexcept {
   if (this != &other) {
     reset();
     controller_ = std::exchange(other.controller_, nullptr);
     forced_ = other.forced_;
+    shadow_waiter_ = other.shadow_waiter_;
   }
   return *this;
 }
@@ -32,13 +34,13 @@ AdmissionSlot::~AdmissionSlot() { reset(); }
 
 void AdmissionSlot::complete(const LimitSample& sample) {
   if (AdmissionController* controller = std::exchange(controller_, nullptr)) {
-    controller->releaseSlot(&sample);
+    controller->releaseSlot(&sample, shadow_waiter_);
   }
 }
 
 void AdmissionSlot::reset() {
   if (AdmissionController* controller = std::exchange(controller_, nullptr)) {
-    controller->releaseSlot(nullptr);
+    controller->releaseSlot(nullptr, shadow_waiter_);
   }
 }
 
@@ -123,14 +125,16 @@ AdmitResult AdmissionController::admit(AdmissionRequest request) {
 void AdmissionController::updateEstimatorLocked(MonotonicTime now) {
   std::array<uint64_t, kUrgencyLevels> accepted{};
   for (int level = 0; level < kUrgencyLevels; ++level) {
-    accepted[level] = decisions(Decision::kAdmitted, level) + decisions(Decision::kQueued, level);
+    accepted[level] = decisions(Decision::kAdmitted, level) + decisions(Decision::kQueued, level) +
+                      shadowDecisions(ShadowDecision::kAdmitted, level) +
+                      shadowDecisions(ShadowDecision::kQueued, level);
   }
   estimator_.update(now, completions_.load(std::memory_order_relaxed), accepted);
 }
 
 std::optional<AdmitStatus>
 AdmissionController::predictRefusalLocked(const AdmissionRequest& request, int urgency,
-                                          MonotonicTime now) {
+                                          size_t ahead, MonotonicTime now) {
   if (!options_.queue.predict_wait) {
     return std::nullopt;
   }
@@ -138,7 +142,6 @@ AdmissionController::predictRefusalLocked(const AdmissionRequest& request, int u
 
   // With no waiter ahead, the next released slot is the newcomer's unless more urgent work
   // arrives first, so it is always given the chance to wait.
-  const size_t ahead = queue_.countAhead(urgency, now);
   if (ahead == 0) {
     return std::nullopt;
   }
@@ -158,7 +161,8 @@ AdmissionController::predictRefusalLocked(const AdmissionRequest& request, int u
 AdmitResult AdmissionController::enqueueLocked(AdmissionRequest request, int urgency,
                                                MonotonicTime now, Notifications& out) {
   AdmitResult result;
-  if (std::optional<AdmitStatus> refusal = predictRefusalLocked(request, urgency, now)) {
+  const size_t ahead = queue_.countAhead(urgency, now);
+  if (std::optional<AdmitStatus> refusal = predictRefusalLocked(request, urgency, ahead, now)) {
     count(*refusal == AdmitStatus::kExpired ? Decision::kExpired : Decision::kWaitTooLong, urgency);
     result.status = *refusal;
     return result;
@@ -213,21 +217,28 @@ AdmitResult AdmissionController::admitShadow(const AdmissionRequest& request) {
     limiter_.forceAcquire();
   }
 
-  // TODO: the shadow path does not predict waits, so it counts no wait-too-long decisions
-  // and its "queued" includes requests that enforcement would reject on arrival.
   ShadowDecision decision = ShadowDecision::kQueued;
   if (deadlineTooClose(request, now, options_.queue.deadline_margin)) {
     decision = ShadowDecision::kExpired;
   } else if (acquired) {
     decision = ShadowDecision::kAdmitted;
+  } else if (std::optional<AdmitStatus> refusal = predictShadowRefusal(request, urgency, now)) {
+    decision =
+        *refusal == AdmitStatus::kExpired ? ShadowDecision::kExpired : ShadowDecision::kWaitTooLong;
   } else if (static_cast<size_t>(virtual_waiters) >= options_.queue.max_length) {
     decision = ShadowDecision::kShed;
   }
   shadow_decisions_[static_cast<size_t>(decision)][urgency].fetch_add(1, std::memory_order_relaxed);
 
+  int shadow_waiter = -1;
+  if (decision == ShadowDecision::kQueued) {
+    shadow_waiter = urgency;
+    shadow_waiters_[urgency].fetch_add(1, std::memory_order_relaxed);
+  }
+
   AdmitResult result;
   result.status = AdmitStatus::kAdmitted;
-  result.slot = AdmissionSlot(this, !acquired);
+  result.slot = AdmissionSlot(this, !acquired, shadow_waiter);
   return result;
 }
 
@@ -302,9 +313,24 @@ uint64_t AdmissionController::shadowDecisions(ShadowDecision decision) const {
   return total;
 }
 
-void AdmissionController::releaseSlot(const LimitSample* sample) {
+std::optional<AdmitStatus>
+AdmissionController::predictShadowRefusal(const AdmissionRequest& request, int urgency,
+                                          MonotonicTime now) {
+  size_t ahead = 0;
+  for (int level = 0; level <= urgency; ++level) {
+    ahead += static_cast<size_t>(
+        std::max<int64_t>(shadow_waiters_[level].load(std::memory_order_relaxed), 0));
+  }
+  std::lock_guard lock(mutex_);
+  return predictRefusalLocked(request, urgency, ahead, now);
+}
+
+void AdmissionController::releaseSlot(const LimitSample* sample, int shadow_waiter) {
   const MonotonicTime now = clock_();
   completions_.fetch_add(1, std::memory_order_relaxed);
+  if (shadow_waiter >= 0) {
+    shadow_waiters_[shadow_waiter].fetch_sub(1, std::memory_order_relaxed);
+  }
   if (sample != nullptr) {
     limiter_.recordSample(*sample, now);
   }
@@ -349,7 +375,7 @@ bool AdmissionController::cancelWait(const std::shared_ptr<WaitTicket>& ticket) 
     int expected = granted;
     if (ticket->state.compare_exchange_strong(expected, WaitTicket::kCancelled)) {
       count(Decision::kCancelled, ticket->urgency);
-      releaseSlot(nullptr);
+      releaseSlot(nullptr, -1);
       return true;
     }
   }

@@ -48,7 +48,11 @@
 //
 // Shadow mode: admitShadow() computes the decision that admit() would make and counts it under
 // shadowDecisions(), but always admits. The slot is still taken (over the limit if needed) and
-// released with a sample, so the limiter keeps learning, and the queue is never touched.
+// released with a sample, so the limiter keeps learning, and the queue is never touched. The
+// requests that admit() would have queued stand in for the queue: the ones at least as urgent
+// as a newcomer are the waiters ahead of it in the wait prediction. They count until they
+// complete rather than until a slot would have freed, so the shadow prediction errs long by
+// about one service time, and it ignores aging.
 //
 // Lifetime: the controller must outlive every slot and handle it gave out.
 
@@ -99,8 +103,8 @@ enum class Decision {
 inline constexpr size_t kDecisionKinds = 10;
 
 // The decisions the shadow path counts: what admit() would have done.
-enum class ShadowDecision { kAdmitted, kQueued, kShed, kExpired };
-inline constexpr size_t kShadowDecisionKinds = 4;
+enum class ShadowDecision { kAdmitted, kQueued, kShed, kExpired, kWaitTooLong };
+inline constexpr size_t kShadowDecisionKinds = 5;
 
 struct AdmissionOptions {
   LimiterOptions limiter;
@@ -140,11 +144,13 @@ public:
 private:
   friend class AdmissionController;
   friend class QueuedRequest;
-  AdmissionSlot(AdmissionController* controller, bool forced)
-      : controller_(controller), forced_(forced) {}
+  AdmissionSlot(AdmissionController* controller, bool forced, int shadow_waiter = -1)
+      : controller_(controller), forced_(forced), shadow_waiter_(shadow_waiter) {}
 
   AdmissionController* controller_ = nullptr;
   bool forced_ = false;
+  // The urgency of a shadow request that admit() would have queued, or -1.
+  int shadow_waiter_ = -1;
 };
 
 // Shared by a queued request's handle and the queue entry.
@@ -240,7 +246,7 @@ private:
   };
   using Notifications = std::vector<Notification>;
 
-  void releaseSlot(const LimitSample* sample);
+  void releaseSlot(const LimitSample* sample, int shadow_waiter);
   bool cancelWait(const std::shared_ptr<WaitTicket>& ticket);
 
   // Each expects mutex_ to be held. grantLocked hands one slot (already counted in flight)
@@ -252,8 +258,12 @@ private:
                             Notifications& out);
   // Folds the completion and arrival totals into the wait estimator.
   void updateEstimatorLocked(MonotonicTime now);
-  // Returns the refusal for a newcomer whose predicted wait is too long, if any.
+  // Returns the refusal for a newcomer with `ahead` waiters served before it whose predicted
+  // wait is too long, if any.
   std::optional<AdmitStatus> predictRefusalLocked(const AdmissionRequest& request, int urgency,
+                                                  size_t ahead, MonotonicTime now);
+  // The same for a shadow request, with the shadow waiters at least as urgent ahead of it.
+  std::optional<AdmitStatus> predictShadowRefusal(const AdmissionRequest& request, int urgency,
                                                   MonotonicTime now);
   // Ends a wait without a slot (shed, timed out or expired).
   void endWaitLocked(Waiter waiter, Decision decision, WaitOutcome outcome, Notifications& out);
@@ -277,6 +287,8 @@ private:
   std::atomic<uint64_t> completions_{0};
   // Guarded by mutex_.
   WaitEstimator estimator_;
+  // Shadow requests in flight that admit() would have queued, by urgency.
+  std::array<std::atomic<int64_t>, kUrgencyLevels> shadow_waiters_{};
 
   std::array<std::array<std::atomic<uint64_t>, kUrgencyLevels>, kDecisionKinds> decisions_{};
   std::array<std::array<std::atomic<uint64_t>, kUrgencyLevels>, kShadowDecisionKinds>

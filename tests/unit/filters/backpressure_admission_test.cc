@@ -260,10 +260,15 @@ protected:
 
   // Fills the limit and completes `count` requests, one per `interval`, each slot taken at
   // once by a new arrival of `urgency`. poll() runs at every step, as the proxy's tick does.
+  // With `shadow`, the arrivals take the shadow path.
   void runSteady(AdmissionController& controller, int count, std::chrono::milliseconds interval,
-                 int urgency) {
+                 int urgency, bool shadow = false) {
+    auto arrive = [&] {
+      return shadow ? controller.admitShadow(request(urgency, -1))
+                    : controller.admit(request(urgency, -1));
+    };
     while (controller.limiter().inFlight() < controller.limiter().limit()) {
-      AdmitResult held = controller.admit(request(urgency, -1));
+      AdmitResult held = arrive();
       ASSERT_EQ(held.status, AdmitStatus::kAdmitted);
       slots_.push_back(std::move(held.slot));
     }
@@ -272,7 +277,7 @@ protected:
       controller.poll();
       slots_.front().complete(LimitSample{.latency = interval, .dropped = false});
       slots_.erase(slots_.begin());
-      AdmitResult next = controller.admit(request(urgency, -1));
+      AdmitResult next = arrive();
       ASSERT_EQ(next.status, AdmitStatus::kAdmitted) << "request " << i;
       slots_.push_back(std::move(next.slot));
     }
@@ -302,6 +307,39 @@ TEST_F(PredictionTest, RejectsOnArrivalPastMaxWait) {
   EXPECT_EQ(controller.decisions(Decision::kWaitTooLong, 3), 1u);
   EXPECT_EQ(controller.decisions(Decision::kDisplaced), 0u);
   EXPECT_EQ(controller.queueLength(), 4u);
+  EXPECT_TRUE(log_.outcomes.empty());
+}
+
+TEST_F(PredictionTest, ShadowCountsWaitTooLongAsEnforcementWould) {
+  AdmissionController& controller = makeController(predictingOptions());
+  runSteady(controller, 40, 25ms, 3, true);
+
+  // The same arrivals as in RejectsOnArrivalPastMaxWait: four would wait, the fifth would be
+  // rejected on arrival. All of them go through.
+  std::vector<AdmitResult> over_limit;
+  for (int i = 0; i < 5; ++i) {
+    over_limit.push_back(controller.admitShadow(request(3, i)));
+    EXPECT_EQ(over_limit.back().status, AdmitStatus::kAdmitted) << "request " << i;
+  }
+  EXPECT_EQ(controller.shadowDecisions(ShadowDecision::kQueued, 3), 4u);
+  EXPECT_EQ(controller.shadowDecisions(ShadowDecision::kWaitTooLong, 3), 1u);
+
+  // Nothing more urgent waits, so urgency 0 would wait whatever stands at urgency 3.
+  over_limit.push_back(controller.admitShadow(request(0, 5)));
+  EXPECT_EQ(controller.shadowDecisions(ShadowDecision::kQueued, 0), 1u);
+
+  // Once the would-be waiters complete, nobody stands ahead of a newcomer.
+  for (AdmitResult& result : over_limit) {
+    result.slot.complete(LimitSample{.latency = 25ms, .dropped = false});
+  }
+  AdmitResult later = controller.admitShadow(request(3, 6));
+  EXPECT_EQ(later.status, AdmitStatus::kAdmitted);
+  EXPECT_EQ(controller.shadowDecisions(ShadowDecision::kQueued, 3), 5u);
+  EXPECT_EQ(controller.shadowDecisions(ShadowDecision::kWaitTooLong), 1u);
+  for (size_t kind = 0; kind < kDecisionKinds; ++kind) {
+    EXPECT_EQ(controller.decisions(static_cast<Decision>(kind)), 0u) << "decision " << kind;
+  }
+  EXPECT_EQ(controller.queueLength(), 0u);
   EXPECT_TRUE(log_.outcomes.empty());
 }
 
