@@ -324,11 +324,11 @@ TEST_F(PredictionTest, ShadowCountsWaitTooLongAsEnforcementWould) {
   EXPECT_EQ(controller.shadowDecisions(ShadowDecision::kQueued, 3), 4u);
   EXPECT_EQ(controller.shadowDecisions(ShadowDecision::kWaitTooLong, 3), 1u);
 
-  // Nothing more urgent waits, so urgency 0 would wait whatever stands at urgency 3.
+  // No urgency-0 request would wait, so an urgency-0 newcomer has none ahead and would wait.
   over_limit.push_back(controller.admitShadow(request(0, 5)));
   EXPECT_EQ(controller.shadowDecisions(ShadowDecision::kQueued, 0), 1u);
 
-  // Once the would-be waiters complete, nobody stands ahead of a newcomer.
+  // Once the would-be waiters complete, none is ahead of a newcomer.
   for (AdmitResult& result : over_limit) {
     result.slot.complete(LimitSample{.latency = 25ms, .dropped = false});
   }
