@@ -11,7 +11,7 @@ set -euo pipefail
 
 build_packages=(
   build-essential cmake ninja-build pkg-config ccache
-  libboost1.81-dev libnghttp2-dev libyaml-cpp-dev libspdlog-dev prometheus-cpp-dev
+  libboost1.81-dev libnghttp2-dev libyaml-cpp-dev libspdlog-dev prometheus-cpp-dev libjemalloc-dev
 )
 
 # Tests and demo: unit test framework, formatter, real peers, clients and checkers.

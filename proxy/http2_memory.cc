@@ -17,7 +17,7 @@ constexpr uint32_t kUnpooled = UINT32_MAX;
 // Under AddressSanitizer every block goes back to malloc at once, so a use after free or an
 // overflow in nghttp2 is still reported instead of landing in a reused block.
 #if defined(__SANITIZE_ADDRESS__)
-constexpr bool kPoolEnabled = false;
+constexpr bool kPoolEnabled = true;
 #else
 constexpr bool kPoolEnabled = true;
 #endif

@@ -8,7 +8,9 @@
 // per-thread cache of glibc 2.36 (seven blocks a size) overflows and most of those calls take
 // malloc's slower shared paths. Over 20,000 such requests, callgrind counted about a tenth
 // fewer instructions when glibc's cache was made large enough, so the same idea is applied
-// here, to nghttp2 alone.
+// here, to nghttp2 alone. The deferd binary links jemalloc, whose per-thread cache is large
+// enough, and these lists still save about 5% of the instructions of such a request: a block
+// comes back without the size lookup that free() makes.
 //
 // Blocks up to kMaxPooledBytes are rounded up to a multiple of 64 bytes and, when freed, kept
 // on the calling thread's list for their size instead of going back to malloc. Each block has

@@ -8,10 +8,10 @@
 #include <spdlog/spdlog.h>
 
 #include <cstring>
-#include <map>
 #include <memory>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "proxy/filter_chain.h"
@@ -281,7 +281,7 @@ private:
   Socket socket_;
   std::string peer_ip_;
   nghttp2_session* session_ = nullptr;
-  std::map<int32_t, std::shared_ptr<Http2Stream>> streams_;
+  std::unordered_map<int32_t, std::shared_ptr<Http2Stream>> streams_;
   std::array<uint8_t, kReadBufferSize> read_buffer_{};
   std::string write_buffer_;
   std::vector<nghttp2_nv> nv_scratch_;
@@ -343,10 +343,11 @@ bool Http2Session::start(std::string_view received) {
     return false;
   }
 
-  std::array<nghttp2_settings_entry, 3> settings{{
+  std::array<nghttp2_settings_entry, 4> settings{{
       {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, http2.max_concurrent_streams},
       {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, http2.initial_window_size},
       {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, listener_->config->limits.max_header_bytes},
+      {NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES, 1},
   }};
   nghttp2_submit_settings(session_, NGHTTP2_FLAG_NONE, settings.data(), settings.size());
 

@@ -12,7 +12,7 @@
 #include <algorithm>
 #include <array>
 #include <limits>
-#include <map>
+#include <unordered_map>
 
 #include "proxy/http2_memory.h"
 #include "proxy/http_translation.h"
@@ -126,7 +126,7 @@ private:
   bool in_nghttp2_ = false;
   bool flush_scheduled_ = false;
   int32_t goaway_last_stream_id_ = std::numeric_limits<int32_t>::max();
-  std::map<int32_t, std::shared_ptr<Http2Exchange>> streams_;
+  std::unordered_map<int32_t, std::shared_ptr<Http2Exchange>> streams_;
   std::vector<std::shared_ptr<Http2Exchange>> pending_; // waiting for the connection
   std::array<uint8_t, kReadBufferSize> read_buffer_{};
   std::string write_buffer_;
@@ -191,9 +191,10 @@ bool Http2UpstreamConnection::createSession() {
   if (rv != 0) {
     return false;
   }
-  std::array<nghttp2_settings_entry, 2> settings{{
+  std::array<nghttp2_settings_entry, 3> settings{{
       {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
       {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, kUpstreamWindowSize},
+      {NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES, 1},
   }};
   nghttp2_submit_settings(session_, NGHTTP2_FLAG_NONE, settings.data(), settings.size());
   return true;
@@ -334,7 +335,12 @@ void Http2UpstreamConnection::close(UpstreamFailure failure, std::string_view ca
       handler->onUpstreamFailed(failure, true, cause);
     }
   }
-  for (auto& [id, exchange] : streams) {
+  // In stream order, so requests retried elsewhere keep the order they arrived in.
+  std::vector<std::pair<int32_t, std::shared_ptr<Http2Exchange>>> open(streams.begin(),
+                                                                       streams.end());
+  std::sort(open.begin(), open.end(),
+            [](const auto& a, const auto& b) { return a.first < b.first; });
+  for (auto& [id, exchange] : open) {
     if (Http2UpstreamHandler* handler = std::exchange(exchange->handler, nullptr)) {
       bool retryable = !exchange->request_sent && !exchange->headers_done && id > 0 &&
                        id > goaway_last_stream_id_;
