@@ -42,29 +42,52 @@ std::string_view trim(std::string_view value) {
   return value;
 }
 
-// Parses one "name: value" line (without its CRLF) into `out`. Returns false when invalid,
-// which includes obsolete line folding and white space before the colon.
-bool parseFieldLine(std::string_view line, HeaderList& out) {
+// Per byte of a field value: whether RFC 9110 section 5.5 allows it (visible characters,
+// space, tab and obs-text), and whether it is a CR or LF that ends a line too early.
+enum class ValueByte : char { kAllowed, kInvalid, kLineEnd };
+
+constexpr std::array<ValueByte, 256> kValueBytes = [] {
+  std::array<ValueByte, 256> table{};
+  for (int c = 0; c < ' '; ++c) {
+    table[c] = ValueByte::kInvalid;
+  }
+  table['\t'] = ValueByte::kAllowed;
+  table['\r'] = ValueByte::kLineEnd;
+  table['\n'] = ValueByte::kLineEnd;
+  table[0x7f] = ValueByte::kInvalid;
+  return table;
+}();
+
+enum class FieldError { kNone, kInvalid, kLineEnd };
+
+// Parses one "name: value" line (without its CRLF) into `out`. Obsolete line folding and white
+// space before the colon make the field invalid; a CR or LF inside the line is a line end that
+// the head's CRLF split did not see.
+FieldError parseFieldLine(std::string_view line, HeaderList& out) {
   size_t colon = line.find(':');
   if (colon == 0 || colon == std::string_view::npos) {
-    return false;
+    return line.find_first_of("\r\n") == std::string_view::npos ? FieldError::kInvalid
+                                                                : FieldError::kLineEnd;
   }
+
   std::string name(colon, '\0');
   for (size_t i = 0; i < colon; ++i) {
     char lower = kTokenLower[static_cast<unsigned char>(line[i])];
     if (lower == 0) {
-      return false;
+      return line[i] == '\r' || line[i] == '\n' ? FieldError::kLineEnd : FieldError::kInvalid;
     }
     name[i] = lower;
   }
+
   std::string_view value = trim(line.substr(colon + 1));
   for (char c : value) {
-    if ((c < ' ' && c != '\t') || c == 0x7f) {
-      return false;
+    ValueByte kind = kValueBytes[static_cast<unsigned char>(c)];
+    if (kind != ValueByte::kAllowed) {
+      return kind == ValueByte::kLineEnd ? FieldError::kLineEnd : FieldError::kInvalid;
     }
   }
   out.push_back(HeaderField{std::move(name), std::string(value)});
-  return true;
+  return FieldError::kNone;
 }
 
 bool containsToken(std::string_view list, std::string_view token) {
@@ -167,11 +190,11 @@ Http1ResponseParser::Step Http1ResponseParser::parseHead(std::string_view input)
   std::string_view rest = head.substr(line_end + 2);
   while (!rest.empty()) {
     size_t next = rest.find("\r\n");
-    std::string_view line = rest.substr(0, next);
-    if (line.find('\n') != std::string_view::npos || line.find('\r') != std::string_view::npos) {
+    FieldError error = parseFieldLine(rest.substr(0, next), fields);
+    if (error == FieldError::kLineEnd) {
       return fail("bare CR or LF in the response head");
     }
-    if (!parseFieldLine(line, fields)) {
+    if (error == FieldError::kInvalid) {
       return fail("invalid header field");
     }
     rest.remove_prefix(next + 2);
@@ -193,19 +216,19 @@ Http1ResponseParser::Step Http1ResponseParser::parseHead(std::string_view input)
   std::string_view transfer_encoding;
   size_t encodings = 0;
   for (const HeaderField& field : headers_) {
-    if (field.name == "connection") {
+    if (field.is("connection")) {
       if (containsToken(field.value, "close")) {
         keep_alive_ = false;
       } else if (containsToken(field.value, "keep-alive") && minor == '0') {
         keep_alive_ = true;
       }
-    } else if (field.name == "content-length") {
+    } else if (field.is("content-length")) {
       if (lengths > 0 && field.value != length_value) {
         return fail("differing content-length values");
       }
       lengths++;
       length_value = field.value;
-    } else if (field.name == "transfer-encoding") {
+    } else if (field.is("transfer-encoding")) {
       encodings++;
       transfer_encoding = field.value;
     }
@@ -296,7 +319,7 @@ Http1ResponseParser::Step Http1ResponseParser::parseTrailers(std::string_view in
     state_ = State::kDone;
     return Step{Event::kDone, end + 1, {}};
   }
-  if (!parseFieldLine(line, trailers_)) {
+  if (parseFieldLine(line, trailers_) != FieldError::kNone) {
     return fail("invalid trailer field");
   }
   return Step{Event::kNeedMore, end + 1, {}};

@@ -1109,7 +1109,7 @@ private:
     bool has_length = false;
     for (const HeaderField& field : fields) {
       head.insert(field.name, field.value);
-      has_length = has_length || field.name == "content-length";
+      has_length = has_length || field.is("content-length");
     }
     bool head_request = request_->get().method() == http::verb::head;
     bool bodiless_status = status == 204 || status == 304;

@@ -809,7 +809,7 @@ void Http2Stream::onRequestHeaders(bool end_stream) {
   if (std::optional<std::string_view> forwarded = headers.get("x-forwarded-for")) {
     std::string value;
     for (const HeaderField& field : head_.fields) {
-      if (field.name == "x-forwarded-for") {
+      if (field.is("x-forwarded-for")) {
         value.append(value.empty() ? "" : ", ").append(field.value);
       }
     }
@@ -1041,7 +1041,7 @@ void Http2Stream::onUpstreamComplete(HeaderList trailers) {
   }
   removeConnectionSpecific(trailers);
   for (const HeaderField& field : trailers) {
-    if (field.name == "grpc-status") {
+    if (field.is("grpc-status")) {
       grpc_status_ = field.value;
     }
   }
@@ -1345,14 +1345,14 @@ bool Http2Stream::submitResponse(unsigned status, HeaderList fields, bool has_bo
     // RFC 9110 section 8.6 forbids a Content-Length on a 204, and HTTP/2 clients reset a
     // stream that has one.
     std::erase_if(response_fields_,
-                  [](const HeaderField& field) { return field.name == "content-length"; });
+                  [](const HeaderField& field) { return field.is("content-length"); });
   }
   if (chain_) {
     HeaderListMap headers(response_fields_);
     chain_->runResponseHeaders(static_cast<int>(status_), headers);
   }
   for (const HeaderField& field : response_fields_) {
-    if (field.name == "grpc-status") {
+    if (field.is("grpc-status")) {
       grpc_status_ = field.value;
     }
   }
@@ -1383,7 +1383,7 @@ void Http2Stream::onResponseComplete() {
   response_trailers_ = parser_->trailers();
   removeConnectionSpecific(response_trailers_);
   for (const HeaderField& field : response_trailers_) {
-    if (field.name == "grpc-status") {
+    if (field.is("grpc-status")) {
       grpc_status_ = field.value;
     }
   }

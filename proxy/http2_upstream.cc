@@ -232,14 +232,14 @@ void Http2UpstreamConnection::submit(const std::shared_ptr<Http2Exchange>& excha
   nv.push_back(makeNv(":path", head.path));
 
   for (const HeaderField& field : head.fields) {
-    if (isConnectionSpecific(field.name) && field.name != "te") {
+    if (isConnectionSpecific(field.name) && !field.is("te")) {
       continue;
     }
-    if (field.name == "host") {
+    if (field.is("host")) {
       continue; // :authority carries it
     }
     nv.push_back(makeNv(field.name, field.value));
-    if (field.name == "x-request-id") {
+    if (field.is("x-request-id")) {
       // Unique per request, so indexing it in HPACK's dynamic table would only evict entries
       // that later requests could reuse.
       nv.back().flags = NGHTTP2_NV_FLAG_NO_INDEX;

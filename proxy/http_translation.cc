@@ -104,7 +104,7 @@ std::string_view http2RequestError(const Http2RequestHead& head) {
   }
   size_t lengths = 0;
   for (const HeaderField& field : head.fields) {
-    if (field.name != "content-length") {
+    if (!field.is("content-length")) {
       continue;
     }
     lengths++;
@@ -124,7 +124,7 @@ std::string_view http2RequestError(const Http2RequestHead& head) {
 
 std::optional<uint64_t> contentLength(const HeaderList& fields) {
   for (const HeaderField& field : fields) {
-    if (field.name == "content-length") {
+    if (field.is("content-length")) {
       uint64_t value = 0;
       std::from_chars(field.value.data(), field.value.data() + field.value.size(), value);
       return value;
@@ -153,13 +153,13 @@ void appendHttp1RequestHead(std::string& out, const Http2RequestHead& head, Body
 
   std::string cookie;
   for (const HeaderField& field : head.fields) {
-    if (isConnectionSpecific(field.name) || (has_authority && field.name == "host")) {
+    if (isConnectionSpecific(field.name) || (has_authority && field.is("host"))) {
       continue;
     }
-    if (field.name == "content-length" && framing != BodyFraming::kContentLength) {
+    if (field.is("content-length") && framing != BodyFraming::kContentLength) {
       continue;
     }
-    if (field.name == "cookie") {
+    if (field.is("cookie")) {
       if (!cookie.empty()) {
         cookie.append("; ");
       }
@@ -183,7 +183,7 @@ void removeConnectionSpecific(HeaderList& fields) {
   // list of names is allocated. Connection fields keep their names until then, so each one's
   // tokens are read.
   for (const HeaderField& connection : fields) {
-    if (connection.name != "connection") {
+    if (!connection.is("connection")) {
       continue;
     }
     std::string_view rest = connection.value;
@@ -191,7 +191,7 @@ void removeConnectionSpecific(HeaderList& fields) {
       size_t comma = rest.find(',');
       std::string_view token = trim(rest.substr(0, comma));
       for (HeaderField& field : fields) {
-        if (!token.empty() && field.name != "connection" && equalsIgnoreCase(field.name, token)) {
+        if (!token.empty() && !field.is("connection") && equalsIgnoreCase(field.name, token)) {
           field.name.clear();
         }
       }
@@ -206,7 +206,7 @@ void removeConnectionSpecific(HeaderList& fields) {
 void appendLastChunk(std::string& out, const HeaderList& trailers) {
   out.append("0\r\n");
   for (const HeaderField& field : trailers) {
-    if (isConnectionSpecific(field.name) || field.name == "content-length") {
+    if (isConnectionSpecific(field.name) || field.is("content-length")) {
       continue;
     }
     appendField(out, field.name, field.value);

@@ -23,6 +23,10 @@ namespace deferd {
 struct HeaderField {
   std::string name; // lower-case
   std::string value;
+
+  // Compares the name as a string_view: lengths first, then the bytes. libstdc++ 12 compares
+  // a std::string with a C string through strlen and compare() instead.
+  bool is(std::string_view lower_name) const { return std::string_view(name) == lower_name; }
 };
 
 using HeaderList = std::vector<HeaderField>;

@@ -228,6 +228,33 @@ TEST(Http1ResponseParserTest, RejectsAmbiguousFraming) {
   }
 }
 
+TEST(Http1ResponseParserTest, RejectsControlBytesAndBareLineEnds) {
+  using namespace std::string_view_literals;
+  const std::pair<std::string_view, std::string_view> cases[] = {
+      {"HTTP/1.1 200 OK\r\nX-A: 1\r2\r\n\r\n"sv, "bare CR or LF in the response head"},
+      {"HTTP/1.1 200 OK\r\nX-A: 1\nX-B: 2\r\n\r\n"sv, "bare CR or LF in the response head"},
+      {"HTTP/1.1 200 OK\r\nX\nA: 1\r\n\r\n"sv, "bare CR or LF in the response head"},
+      {"HTTP/1.1 200 OK\r\nno colon\nhere\r\n\r\n"sv, "bare CR or LF in the response head"},
+      {"HTTP/1.1 200 OK\r\nX-A: 1\x01\r\n\r\n"sv, "invalid header field"},
+      {"HTTP/1.1 200 OK\r\nX-A: 1\x7f\r\n\r\n"sv, "invalid header field"},
+      {"HTTP/1.1 200 OK\r\nX-A: \0 \r\n\r\n"sv, "invalid header field"},
+  };
+  for (const auto& [input, message] : cases) {
+    Http1ResponseParser parser(false);
+    EXPECT_EQ(feed(parser, std::string(input)).last, Http1ResponseParser::Event::kError) << input;
+    EXPECT_EQ(parser.error(), message) << input;
+  }
+}
+
+TEST(Http1ResponseParserTest, AcceptsObsTextAndTabsInValues) {
+  Http1ResponseParser parser(false);
+  Parsed parsed =
+      feed(parser, "HTTP/1.1 200 OK\r\nX-A: caf\xc3\xa9\tau lait \r\nContent-Length: 0\r\n\r\n");
+  EXPECT_EQ(parsed.last, Http1ResponseParser::Event::kDone);
+  ASSERT_EQ(parser.headers().size(), 2u);
+  EXPECT_EQ(parser.headers()[0].value, "caf\xc3\xa9\tau lait");
+}
+
 TEST(Http1ResponseParserTest, RejectsOversizedHead) {
   Http1ResponseParser parser(false);
   std::string head =
