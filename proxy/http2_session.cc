@@ -14,6 +14,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "proxy/coarse_clock.h"
 #include "proxy/filter_chain.h"
 #include "proxy/grpc.h"
 #include "proxy/http1_response_parser.h"
@@ -256,9 +257,23 @@ private:
                            void* user_data);
   static int onFrameSent(nghttp2_session*, const nghttp2_frame* frame, void* user_data);
 
+  // nghttp2 calls back for one stream several times in a row (a header block's fields, then
+  // its frame), so the last stream found is kept for the next lookup.
   Http2Stream* stream(int32_t id) {
+    if (id == last_found_id_) {
+      return last_found_;
+    }
     auto found = streams_.find(id);
-    return found == streams_.end() ? nullptr : found->second.get();
+    if (found == streams_.end()) {
+      return nullptr;
+    }
+    last_found_id_ = id;
+    last_found_ = found->second.get();
+    return last_found_;
+  }
+  void forgetLastFound() {
+    last_found_id_ = 0;
+    last_found_ = nullptr;
   }
 
   // Takes a token from the client's RST_STREAM budget: the listener's reset_burst tokens,
@@ -282,6 +297,9 @@ private:
   std::string peer_ip_;
   nghttp2_session* session_ = nullptr;
   std::unordered_map<int32_t, std::shared_ptr<Http2Stream>> streams_;
+  // The last stream stream() found; id 0 names no stream.
+  int32_t last_found_id_ = 0;
+  Http2Stream* last_found_ = nullptr;
   std::array<uint8_t, kReadBufferSize> read_buffer_{};
   std::string write_buffer_;
   std::vector<nghttp2_nv> nv_scratch_;
@@ -310,7 +328,7 @@ bool Http2Session::start(std::string_view received) {
   }
   // Protocol detection counted the connection in connections_active and connections_total.
   worker_.addSession(*this);
-  idle_since_ = std::chrono::steady_clock::now();
+  idle_since_ = coarseNow();
 
   nghttp2_session_callbacks* callbacks = nullptr;
   nghttp2_session_callbacks_new(&callbacks);
@@ -433,7 +451,7 @@ void Http2Session::onRead(error_code ec, size_t received) {
     close();
     return;
   }
-  idle_since_ = std::chrono::steady_clock::now();
+  idle_since_ = coarseNow();
 
   in_nghttp2_ = true;
   ssize_t used = nghttp2_session_mem_recv(session_, read_buffer_.data(), received);
@@ -574,6 +592,7 @@ void Http2Session::close() {
   closed_ = true;
   auto streams = std::move(streams_);
   streams_.clear();
+  forgetLastFound();
   for (auto& [id, stream] : streams) {
     stream->onClosed(NGHTTP2_CANCEL);
   }
@@ -658,6 +677,7 @@ int Http2Session::onStreamClose(nghttp2_session*, int32_t stream_id, uint32_t er
   }
   std::shared_ptr<Http2Stream> stream = std::move(found->second);
   self->streams_.erase(found);
+  self->forgetLastFound();
   stream->onClosed(error_code);
   return 0;
 }
@@ -952,8 +972,7 @@ void Http2Stream::onUpstreamAcquired(AcquireResult result) {
   upstream_ = std::move(result.connection);
   state_ = State::kProxying;
   upstream_sent_at_ = std::chrono::steady_clock::now();
-  deadline_ =
-      std::chrono::steady_clock::now() + session_->listener().config->limits.stream_idle_timeout;
+  deadline_ = coarseNow() + session_->listener().config->limits.stream_idle_timeout;
 
   // The framing is fixed now, so a body that arrives later keeps it.
   HeaderListMap headers(head_.fields);
@@ -1029,8 +1048,7 @@ void Http2Stream::onUpstreamData(const uint8_t* data, size_t size) {
   response_body_.append(reinterpret_cast<const char*>(data), size);
   response_bytes_ += size;
   h2_unconsumed_ += size;
-  deadline_ =
-      std::chrono::steady_clock::now() + session_->listener().config->limits.stream_idle_timeout;
+  deadline_ = coarseNow() + session_->listener().config->limits.stream_idle_timeout;
   resumeResponseData();
   flushSession();
 }
@@ -1308,8 +1326,7 @@ void Http2Stream::processUpstreamBytes() {
       response_bytes_ += step.data.size();
       buffer.consume(step.consumed);
       data_added = true;
-      deadline_ = std::chrono::steady_clock::now() +
-                  session_->listener().config->limits.stream_idle_timeout;
+      deadline_ = coarseNow() + session_->listener().config->limits.stream_idle_timeout;
       if (response_body_.size() >= kSendBufferLimit) {
         // The rest of the buffer, or the end of the message that the parser reports on its
         // next call, waits until the client has taken some of the body.
@@ -1373,8 +1390,7 @@ bool Http2Stream::submitResponse(unsigned status, HeaderList fields, bool has_bo
     return false;
   }
   response_submitted_ = true;
-  deadline_ =
-      std::chrono::steady_clock::now() + session_->listener().config->limits.stream_idle_timeout;
+  deadline_ = coarseNow() + session_->listener().config->limits.stream_idle_timeout;
   return true;
 }
 

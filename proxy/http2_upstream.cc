@@ -108,9 +108,23 @@ private:
   bool createSession();
   void submit(const std::shared_ptr<Http2Exchange>& exchange, const Http2RequestHead& head);
   void read();
+  // nghttp2 calls back for one stream several times in a row (a header block's fields, then
+  // its frame), so the last exchange found is kept for the next lookup.
   Http2Exchange* exchange(int32_t stream_id) {
+    if (stream_id == last_found_id_) {
+      return last_found_;
+    }
     auto found = streams_.find(stream_id);
-    return found == streams_.end() ? nullptr : found->second.get();
+    if (found == streams_.end()) {
+      return nullptr;
+    }
+    last_found_id_ = stream_id;
+    last_found_ = found->second.get();
+    return last_found_;
+  }
+  void forgetLastFound() {
+    last_found_id_ = 0;
+    last_found_ = nullptr;
   }
 
   Socket socket_;
@@ -127,6 +141,9 @@ private:
   bool flush_scheduled_ = false;
   int32_t goaway_last_stream_id_ = std::numeric_limits<int32_t>::max();
   std::unordered_map<int32_t, std::shared_ptr<Http2Exchange>> streams_;
+  // The last exchange exchange() found; id 0 names no stream.
+  int32_t last_found_id_ = 0;
+  Http2Exchange* last_found_ = nullptr;
   std::vector<std::shared_ptr<Http2Exchange>> pending_; // waiting for the connection
   std::array<uint8_t, kReadBufferSize> read_buffer_{};
   std::string write_buffer_;
@@ -328,6 +345,7 @@ void Http2UpstreamConnection::close(UpstreamFailure failure, std::string_view ca
   // Every request still open fails. Those never sent (or refused) may go elsewhere.
   auto streams = std::move(streams_);
   streams_.clear();
+  forgetLastFound();
   auto pending = std::move(pending_);
   pending_.clear();
   for (auto& exchange : pending) {
@@ -515,6 +533,7 @@ int Http2UpstreamConnection::onStreamClose(nghttp2_session*, int32_t stream_id, 
   }
   std::shared_ptr<Http2Exchange> exchange = std::move(found->second);
   self->streams_.erase(found);
+  self->forgetLastFound();
   if (Http2UpstreamHandler* handler = std::exchange(exchange->handler, nullptr)) {
     // Closed without END_STREAM from the upstream: a reset (or GOAWAY above its last stream).
     bool refused = error_code == NGHTTP2_REFUSED_STREAM || stream_id > self->goaway_last_stream_id_;
