@@ -43,11 +43,16 @@ constexpr std::chrono::milliseconds kDrainNoticeLead{1000};
 // x-request-id that deferd adds) fills one allocation.
 constexpr size_t kExpectedFields = 16;
 
-nghttp2_nv makeNv(std::string_view name, std::string_view value) {
+nghttp2_nv makeNv(std::string_view name, std::string_view value,
+                  uint8_t flags = NGHTTP2_NV_FLAG_NONE) {
   return nghttp2_nv{reinterpret_cast<uint8_t*>(const_cast<char*>(name.data())),
                     reinterpret_cast<uint8_t*>(const_cast<char*>(value.data())), name.size(),
-                    value.size(), NGHTTP2_NV_FLAG_NONE};
+                    value.size(), flags};
 }
+
+// For fields that outlive their HEADERS frame: nghttp2 encodes them from the caller's memory
+// when it sends the frame, instead of copying them when the frame is submitted.
+constexpr uint8_t kNvNoCopy = NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE;
 
 } // namespace
 
@@ -1374,11 +1379,14 @@ bool Http2Stream::submitResponse(unsigned status, HeaderList fields, bool has_bo
     }
   }
 
+  // The stream keeps status_text_ and response_fields_ unchanged until nghttp2 has sent the
+  // HEADERS frame or closed the stream, which drops the frame unsent. A local reply, the one
+  // other writer, never follows a submitted response.
   status_text_ = std::to_string(status_);
   std::vector<nghttp2_nv>& nv = session_->nvScratch();
-  nv.push_back(makeNv(":status", status_text_));
+  nv.push_back(makeNv(":status", status_text_, kNvNoCopy));
   for (const HeaderField& field : response_fields_) {
-    nv.push_back(makeNv(field.name, field.value));
+    nv.push_back(makeNv(field.name, field.value, kNvNoCopy));
   }
   nghttp2_data_provider provider{};
   provider.source.ptr = this;
@@ -1559,11 +1567,14 @@ void Http2Stream::sendLocalReply(LocalReplyReason reason) {
     chain_->runResponseHeaders(static_cast<int>(status_), headers);
   }
 
+  // The stream keeps status_text_ and response_fields_ unchanged until nghttp2 has sent the
+  // HEADERS frame or closed the stream, which drops the frame unsent. A local reply, the one
+  // other writer, never follows a submitted response.
   status_text_ = std::to_string(status_);
   std::vector<nghttp2_nv>& nv = session_->nvScratch();
-  nv.push_back(makeNv(":status", status_text_));
+  nv.push_back(makeNv(":status", status_text_, kNvNoCopy));
   for (const HeaderField& field : response_fields_) {
-    nv.push_back(makeNv(field.name, field.value));
+    nv.push_back(makeNv(field.name, field.value, kNvNoCopy));
   }
   nghttp2_data_provider provider{};
   provider.source.ptr = this;
