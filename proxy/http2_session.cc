@@ -237,6 +237,9 @@ public:
   // Writes whatever nghttp2 has to send. Called from inside an nghttp2 callback it does
   // nothing, and the caller of nghttp2 flushes afterwards.
   void flush();
+  // Submits RST_STREAM for the stream once its queued frames, its response HEADERS among them,
+  // are serialized.
+  void resetAfterHeaders(int32_t id, uint32_t error_code);
 
   // Flushes once the handlers that are ready now have run, so the responses of several
   // upstream reads leave in one write instead of one write each.
@@ -244,7 +247,7 @@ public:
 
   // Returns an empty name-value array to build a header list in. It is shared by the
   // connection's streams and reused, so it is valid until the next call only. nghttp2's submit
-  // functions copy what they are given.
+  // functions copy the array, and the names and values unless flagged not to.
   std::vector<nghttp2_nv>& nvScratch() {
     nv_scratch_.clear();
     return nv_scratch_;
@@ -293,6 +296,9 @@ private:
 
   void read();
   void onRead(error_code ec, size_t received);
+  // Appends nghttp2's outgoing frames to the write buffer until it is full or nghttp2 has
+  // nothing more (then `drained` is set). Returns false after closing the session on an error.
+  bool serialize(bool& drained);
   void close();
 
   Worker& worker_;
@@ -308,6 +314,8 @@ private:
   std::array<uint8_t, kReadBufferSize> read_buffer_{};
   std::string write_buffer_;
   std::vector<nghttp2_nv> nv_scratch_;
+  // Stream ids and error codes of resets that wait for their stream's HEADERS to go out.
+  std::vector<std::pair<int32_t, uint32_t>> resets_after_headers_;
   bool writing_ = false;
   bool flush_scheduled_ = false;
   bool in_nghttp2_ = false; // inside mem_recv or mem_send: nghttp2 must not be re-entered
@@ -489,20 +497,20 @@ void Http2Session::flush() {
     return;
   }
   in_nghttp2_ = true;
-  while (write_buffer_.size() < kWriteBatchBytes) {
-    const uint8_t* data = nullptr;
-    ssize_t length = nghttp2_session_mem_send(session_, &data);
-    if (length < 0) {
-      spdlog::debug("listener {}: HTTP/2 send to {} failed: {}", listener_->config->name, peer_ip_,
-                    nghttp2_strerror(static_cast<int>(length)));
-      in_nghttp2_ = false;
-      close();
+  bool drained = false;
+  if (!serialize(drained)) {
+    return;
+  }
+  if (drained && !resets_after_headers_.empty()) {
+    // Every queued HEADERS frame is in the buffer now, so the resets waiting for them go out.
+    for (auto [id, error_code] : std::exchange(resets_after_headers_, {})) {
+      if (stream(id)) {
+        nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, id, error_code);
+      }
+    }
+    if (!serialize(drained)) {
       return;
     }
-    if (length == 0) {
-      break;
-    }
-    write_buffer_.append(reinterpret_cast<const char*>(data), static_cast<size_t>(length));
   }
   in_nghttp2_ = false;
 
@@ -524,6 +532,36 @@ void Http2Session::flush() {
                       }
                       self->flush();
                     });
+}
+
+bool Http2Session::serialize(bool& drained) {
+  drained = false;
+  while (write_buffer_.size() < kWriteBatchBytes) {
+    const uint8_t* data = nullptr;
+    ssize_t length = nghttp2_session_mem_send(session_, &data);
+    if (length < 0) {
+      spdlog::debug("listener {}: HTTP/2 send to {} failed: {}", listener_->config->name, peer_ip_,
+                    nghttp2_strerror(static_cast<int>(length)));
+      in_nghttp2_ = false;
+      close();
+      return false;
+    }
+    if (length == 0) {
+      drained = true;
+      break;
+    }
+    write_buffer_.append(reinterpret_cast<const char*>(data), static_cast<size_t>(length));
+  }
+  return true;
+}
+
+void Http2Session::resetAfterHeaders(int32_t id, uint32_t error_code) {
+  resets_after_headers_.emplace_back(id, error_code);
+  if (in_nghttp2_ || writing_) {
+    scheduleFlush(); // a write in flight flushes again when it completes
+    return;
+  }
+  flush();
 }
 
 void Http2Session::scheduleFlush() {
@@ -1504,17 +1542,18 @@ void Http2Stream::resetStream(uint32_t error_code, std::string_view reason) {
   }
   state_ = State::kResetting;
   releaseUpstream(false);
+  if (detached_) {
+    return;
+  }
   if (response_submitted_ && session_) {
-    // nghttp2 drops a stream's queued frames once RST_STREAM is submitted. Flushed first, the
-    // response HEADERS that may still wait for a posted flush reach the client, which then
-    // sees that the response had started.
-    // TODO: while a write is in flight flush() does nothing, so those HEADERS are still lost.
+    // nghttp2 drops a stream's queued HEADERS once RST_STREAM is submitted. The session
+    // submits the reset after the HEADERS are serialized, so the client sees that the response
+    // had started.
     auto self = shared_from_this(); // the flush may close this stream and drop the map's pointer
-    session_->flush();
+    session_->resetAfterHeaders(id_, error_code);
+    return;
   }
-  if (!detached_) {
-    nghttp2_submit_rst_stream(nghttp2(), NGHTTP2_FLAG_NONE, id_, error_code);
-  }
+  nghttp2_submit_rst_stream(nghttp2(), NGHTTP2_FLAG_NONE, id_, error_code);
 }
 
 void Http2Stream::sendLocalReply(LocalReplyReason reason) {

@@ -9,6 +9,8 @@ import os
 import subprocess
 import time
 
+import h2.settings
+
 import harness
 import h2peer
 from harness import Reply
@@ -18,6 +20,11 @@ TRAILER_RESPONSE = (
     b"Transfer-Encoding: chunked\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\r\n"
     b"5\r\nhello\r\n6\r\n world\r\n0\r\nx-checksum: 1234\r\n\r\n"
 )
+
+
+# Larger than loopback's socket buffers on both ends, so a client that does not read leaves
+# deferd's write in flight.
+BIG_BODY_BYTES = 16 << 20
 
 
 class Http2Test(harness.DeferdTestCase):
@@ -48,6 +55,8 @@ class Http2Test(harness.DeferdTestCase):
             return Reply(action="raw", raw=TRAILER_RESPONSE)
         if request.target.startswith("/slow"):
             return Reply(200, [], b"late", delay=1.5)
+        if request.target.startswith("/big"):
+            return Reply(200, [], b"x" * BIG_BODY_BYTES)
         if request.target.startswith("/partial"):
             return Reply(200, [], b"x" * 100, action="partial", partial_bytes=10)
         if request.target.startswith("/hop"):
@@ -167,6 +176,25 @@ class Http2Test(harness.DeferdTestCase):
         self.assertEqual(stream.status, 200, stream)
         self.assertEqual(stream.reset_code, 2, stream)  # INTERNAL_ERROR
         self.assertFalse(stream.ended)
+
+    def test_reset_during_a_blocked_write_keeps_started_headers(self):
+        # A client that does not read: stream 1's large body fills the socket buffers and keeps
+        # deferd's write in flight while stream 3's response starts and its upstream is cut.
+        window = 2**31 - 1
+        with h2peer.H2Client(self.port, keep_body=False,
+                             settings={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window}
+                             ) as client:
+            client.conn.increment_flow_control_window(window - 65535)
+            client.flush()
+            big = client.request("GET", "/big")
+            time.sleep(0.5)
+            cut = client.request("GET", "/partial")
+            time.sleep(0.5)
+            stream = client.wait(cut, timeout=30)
+            client.wait(big, timeout=30)
+        self.assertEqual(stream.status, 200, stream)
+        self.assertEqual(stream.reset_code, 2, stream)  # INTERNAL_ERROR
+        self.assertEqual(client.streams[big].body_length, BIG_BODY_BYTES)
 
     def test_content_length_mismatch_reset(self):
         with h2peer.H2Client(self.port, validate=False) as client:
