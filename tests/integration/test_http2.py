@@ -177,7 +177,7 @@ class Http2Test(harness.DeferdTestCase):
         self.assertEqual(stream.reset_code, 2, stream)  # INTERNAL_ERROR
         self.assertFalse(stream.ended)
 
-    def test_reset_during_a_blocked_write_keeps_started_headers(self):
+    def test_reset_behind_blocked_write_keeps_headers(self):
         # A client that does not read: stream 1's large body fills the socket buffers and keeps
         # deferd's write in flight while stream 3's response starts and its upstream is cut.
         window = 2**31 - 1
