@@ -6,12 +6,16 @@
 // M (minutes), S (seconds), m (milliseconds), u (microseconds) or n (nanoseconds). A
 // configured deadline header instead carries a config-style duration such as 250ms or 2s.
 // Both give the time the caller is still willing to wait, counted from when deferd read them.
+// Eight digits of hours reach 11,000 years, more than a 64-bit count of nanoseconds holds, so a
+// longer timeout is read as kMaxHeaderTimeout: as good as none, and safe to add to a time.
 
 #include <chrono>
 #include <optional>
 #include <string_view>
 
 namespace deferd::filters {
+
+inline constexpr std::chrono::nanoseconds kMaxHeaderTimeout = std::chrono::hours(24 * 365 * 100);
 
 inline std::optional<std::chrono::nanoseconds> parseGrpcTimeout(std::string_view value) {
   if (value.size() < 2 || value.size() > 9) {
@@ -24,23 +28,35 @@ inline std::optional<std::chrono::nanoseconds> parseGrpcTimeout(std::string_view
     }
     amount = amount * 10 + (c - '0');
   }
+
   using namespace std::chrono;
+  int64_t unit_ns = 0;
   switch (value.back()) {
   case 'H':
-    return duration_cast<nanoseconds>(hours(amount));
+    unit_ns = duration_cast<nanoseconds>(hours(1)).count();
+    break;
   case 'M':
-    return duration_cast<nanoseconds>(minutes(amount));
+    unit_ns = duration_cast<nanoseconds>(minutes(1)).count();
+    break;
   case 'S':
-    return duration_cast<nanoseconds>(seconds(amount));
+    unit_ns = duration_cast<nanoseconds>(seconds(1)).count();
+    break;
   case 'm':
-    return duration_cast<nanoseconds>(milliseconds(amount));
+    unit_ns = duration_cast<nanoseconds>(milliseconds(1)).count();
+    break;
   case 'u':
-    return duration_cast<nanoseconds>(microseconds(amount));
+    unit_ns = duration_cast<nanoseconds>(microseconds(1)).count();
+    break;
   case 'n':
-    return nanoseconds(amount);
+    unit_ns = 1;
+    break;
   default:
     return std::nullopt;
   }
+  if (amount > kMaxHeaderTimeout.count() / unit_ns) {
+    return kMaxHeaderTimeout;
+  }
+  return nanoseconds(amount * unit_ns);
 }
 
 // Parses a duration with unit ms, s, m or h and an optional fraction, such as 250ms or 1.5s.
@@ -81,7 +97,11 @@ inline std::optional<std::chrono::nanoseconds> parseDeadlineDuration(std::string
   } else {
     return std::nullopt;
   }
-  return std::chrono::nanoseconds(static_cast<int64_t>(amount * seconds_per_unit * 1e9));
+  double nanoseconds = amount * seconds_per_unit * 1e9;
+  if (nanoseconds >= static_cast<double>(kMaxHeaderTimeout.count())) {
+    return kMaxHeaderTimeout;
+  }
+  return std::chrono::nanoseconds(static_cast<int64_t>(nanoseconds));
 }
 
 } // namespace deferd::filters

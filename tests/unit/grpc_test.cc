@@ -16,6 +16,17 @@ TEST(GrpcTimeoutTest, ParsesEveryUnit) {
   EXPECT_EQ(parseGrpcTimeout("99999999n"), nanoseconds(99999999));
 }
 
+TEST(GrpcTimeoutTest, ClampsBeyondRepresentable) {
+  // 2562048 hours is the first whole number of hours past a 64-bit count of nanoseconds.
+  EXPECT_EQ(parseGrpcTimeout("2562048H"), filters::kMaxHeaderTimeout);
+  EXPECT_EQ(parseGrpcTimeout("99999999H"), filters::kMaxHeaderTimeout);
+  EXPECT_EQ(parseGrpcTimeout("99999999M"), filters::kMaxHeaderTimeout);
+  EXPECT_EQ(parseGrpcTimeout("876000H"), std::chrono::hours(876000));
+  EXPECT_EQ(parseGrpcTimeout("876001H"), filters::kMaxHeaderTimeout);
+  EXPECT_EQ(formatGrpcTimeout(filters::kMaxHeaderTimeout), "52560000M"); // 8 digits at most
+  EXPECT_EQ(filters::parseDeadlineDuration("999999999999h"), filters::kMaxHeaderTimeout);
+}
+
 TEST(GrpcTimeoutTest, RejectsInvalidValues) {
   EXPECT_FALSE(parseGrpcTimeout(""));
   EXPECT_FALSE(parseGrpcTimeout("S"));
