@@ -113,6 +113,8 @@ struct ListenerLimits {
 struct Http2Limits {
   uint32_t max_concurrent_streams = 100;     // SETTINGS_MAX_CONCURRENT_STREAMS
   uint32_t initial_window_size = 256 * 1024; // SETTINGS_INITIAL_WINDOW_SIZE, bytes per stream
+  // Receive window of the whole connection, shared by its streams (RFC 9113 section 6.9.2).
+  uint32_t connection_window_size = 1024 * 1024;
   // RST_STREAM frames a client may send in a burst, and refilled per second, before the
   // connection ends with GOAWAY ENHANCE_YOUR_CALM (nghttp2 1.52's own limit is 1000 and 33).
   uint32_t reset_burst = 200;

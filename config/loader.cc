@@ -65,9 +65,14 @@ const Keys kLogKeys = {"level"};
 const Keys kAccessLogKeys = {"path"};
 const Keys kListenerKeys = {"name",   "address", "direction",     "trust",         "routes",
                             "limits", "http2",   "trusted_cidrs", "priority_floor"};
-const Keys kHttp2Keys = {
-    "max_concurrent_streams", "initial_window_size", "reset_burst",     "reset_rate",
-    "max_control_frames",     "max_continuations",   "max_empty_frames"};
+const Keys kHttp2Keys = {"max_concurrent_streams",
+                         "initial_window_size",
+                         "connection_window_size",
+                         "reset_burst",
+                         "reset_rate",
+                         "max_control_frames",
+                         "max_continuations",
+                         "max_empty_frames"};
 const Keys kLimitsKeys = {"max_connections", "max_header_bytes", "max_header_count",
                           "header_timeout",  "idle_timeout",     "stream_idle_timeout"};
 const Keys kRouteKeys = {"match",   "cluster",         "policy",          "priority",
@@ -607,6 +612,9 @@ void Loader::parseHttp2Limits(const Field& field, Http2Limits* limits) {
   }
   if (const Field* value = section->find("initial_window_size")) {
     setIfValid(readUnsigned(*value, 65535, kMaxWindow), &limits->initial_window_size);
+  }
+  if (const Field* value = section->find("connection_window_size")) {
+    setIfValid(readUnsigned(*value, 65535, kMaxWindow), &limits->connection_window_size);
   }
   if (const Field* value = section->find("reset_burst")) {
     setIfValid(readUnsigned(*value, 1, kMax), &limits->reset_burst);

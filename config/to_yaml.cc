@@ -151,6 +151,7 @@ void emitListener(YAML::Emitter& out, const Listener& listener) {
   out << YAML::Key << "http2" << YAML::Value << YAML::BeginMap;
   emitPair(out, "max_concurrent_streams", http2.max_concurrent_streams);
   emitPair(out, "initial_window_size", http2.initial_window_size);
+  emitPair(out, "connection_window_size", http2.connection_window_size);
   emitPair(out, "reset_burst", http2.reset_burst);
   emitPair(out, "reset_rate", http2.reset_rate);
   emitPair(out, "max_control_frames", http2.max_control_frames);

@@ -80,6 +80,9 @@ public:
   void onClosed(uint32_t error_code);
   // The frame with the response's END_STREAM went out.
   void onResponseSent();
+  // nghttp2 dropped one of this stream's header blocks unsent (larger than the sending limit).
+  // A response head that never left becomes a 502; trailers end the stream with a reset.
+  void onHeadersNotSent(bool response_head);
   ssize_t readResponseBody(uint8_t* out, size_t length, uint32_t* flags);
   void onTick(MonotonicTime now);
 
@@ -264,6 +267,8 @@ private:
   static int onStreamClose(nghttp2_session*, int32_t stream_id, uint32_t error_code,
                            void* user_data);
   static int onFrameSent(nghttp2_session*, const nghttp2_frame* frame, void* user_data);
+  static int onFrameNotSent(nghttp2_session*, const nghttp2_frame* frame, int error,
+                            void* user_data);
 
   // nghttp2 calls back for one stream several times in a row (a header block's fields, then
   // its frame), so the last stream found is kept for the next lookup.
@@ -351,6 +356,7 @@ bool Http2Session::start(std::string_view received) {
   nghttp2_session_callbacks_set_on_data_chunk_recv_callback(callbacks, &onDataChunk);
   nghttp2_session_callbacks_set_on_stream_close_callback(callbacks, &onStreamClose);
   nghttp2_session_callbacks_set_on_frame_send_callback(callbacks, &onFrameSent);
+  nghttp2_session_callbacks_set_on_frame_not_send_callback(callbacks, &onFrameNotSent);
 
   nghttp2_option* option = nullptr;
   nghttp2_option_new(&option);
@@ -363,6 +369,7 @@ bool Http2Session::start(std::string_view received) {
   nghttp2_option_set_stream_reset_rate_limit(option, uint64_t{http2.reset_burst} * 2,
                                              http2.reset_rate);
   nghttp2_option_set_max_continuations(option, http2.max_continuations);
+  nghttp2_option_set_max_send_header_block_length(option, kMaxSendHeaderBlock);
 
   int rv = nghttp2_session_server_new3(&session_, callbacks, this, option, http2Allocator());
   nghttp2_option_del(option);
@@ -381,6 +388,10 @@ bool Http2Session::start(std::string_view received) {
       {NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES, 1},
   }};
   nghttp2_submit_settings(session_, NGHTTP2_FLAG_NONE, settings.data(), settings.size());
+  // SETTINGS cannot change the connection's window, which starts at 65535 bytes for every
+  // stream to share; a WINDOW_UPDATE on stream 0 raises it.
+  nghttp2_session_set_local_window_size(session_, NGHTTP2_FLAG_NONE, 0,
+                                        static_cast<int32_t>(http2.connection_window_size));
 
   in_nghttp2_ = true;
   ssize_t used = nghttp2_session_mem_recv(
@@ -722,6 +733,21 @@ int Http2Session::onStreamClose(nghttp2_session*, int32_t stream_id, uint32_t er
   self->streams_.erase(found);
   self->forgetLastFound();
   stream->onClosed(error_code);
+  return 0;
+}
+
+int Http2Session::onFrameNotSent(nghttp2_session*, const nghttp2_frame* frame, int error,
+                                 void* user_data) {
+  auto* self = static_cast<Http2Session*>(user_data);
+  if (frame->hd.type != NGHTTP2_HEADERS) {
+    return 0;
+  }
+  if (Http2Stream* stream = self->stream(frame->hd.stream_id)) {
+    spdlog::warn("listener {}: HTTP/2 stream {} to {}: nghttp2 could not send a header block: {}",
+                 self->listener_->config->name, frame->hd.stream_id, self->peer_ip_,
+                 nghttp2_strerror(error));
+    stream->onHeadersNotSent(frame->headers.cat == NGHTTP2_HCAT_RESPONSE);
+  }
   return 0;
 }
 
@@ -1554,6 +1580,17 @@ void Http2Stream::resetStream(uint32_t error_code, std::string_view reason) {
     return;
   }
   nghttp2_submit_rst_stream(nghttp2(), NGHTTP2_FLAG_NONE, id_, error_code);
+}
+
+void Http2Stream::onHeadersNotSent(bool response_head) {
+  if (!response_head || state_ == State::kReplied) {
+    resetStream(NGHTTP2_INTERNAL_ERROR,
+                localReplySpec(LocalReplyReason::kBadUpstreamResponse).reason);
+    return;
+  }
+  // The response was never seen by the client, so a local reply can still take its place.
+  response_submitted_ = false;
+  sendLocalReply(LocalReplyReason::kBadUpstreamResponse);
 }
 
 void Http2Stream::sendLocalReply(LocalReplyReason reason) {

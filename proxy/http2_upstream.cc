@@ -32,6 +32,9 @@ constexpr size_t kWriteBatchBytes = 64 * 1024;
 // recommends a limit of at least 100).
 constexpr uint32_t kAssumedMaxConcurrentStreams = 100;
 constexpr uint32_t kUpstreamWindowSize = 256 * 1024;
+// The receive window of a whole upstream connection, shared by its streams: response bytes
+// taken from the upstream and not yet passed downstream, at most.
+constexpr int32_t kUpstreamConnectionWindowSize = 4 * 1024 * 1024;
 // Response fields reserved per request, enough for a typical response in one allocation.
 constexpr size_t kExpectedResponseFields = 8;
 
@@ -202,6 +205,7 @@ bool Http2UpstreamConnection::createSession() {
   nghttp2_option* option = nullptr;
   nghttp2_option_new(&option);
   nghttp2_option_set_no_auto_window_update(option, 1);
+  nghttp2_option_set_max_send_header_block_length(option, kMaxSendHeaderBlock);
   int rv = nghttp2_session_client_new3(&session_, callbacks, this, option, http2Allocator());
   nghttp2_option_del(option);
   nghttp2_session_callbacks_del(callbacks);
@@ -214,6 +218,10 @@ bool Http2UpstreamConnection::createSession() {
       {NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES, 1},
   }};
   nghttp2_submit_settings(session_, NGHTTP2_FLAG_NONE, settings.data(), settings.size());
+  // The connection's window starts at 65535 bytes whatever SETTINGS say; this raises it with a
+  // WINDOW_UPDATE on stream 0.
+  nghttp2_session_set_local_window_size(session_, NGHTTP2_FLAG_NONE, 0,
+                                        kUpstreamConnectionWindowSize);
   return true;
 }
 

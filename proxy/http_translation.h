@@ -81,6 +81,11 @@ std::string_view http2RequestError(const Http2RequestHead& head);
 // to 599. A proxy cannot classify any other, so an upstream response with one is invalid.
 constexpr bool isValidStatus(unsigned status) { return status >= 100 && status <= 599; }
 
+// The largest header block deferd sends on an HTTP/2 connection, measured as nghttp2 measures
+// it: names and values plus 32 bytes per field. nghttp2's default, 64 KiB, is below what
+// deferd accepts, such as a 64 KiB HTTP/1.1 response head of many short fields.
+inline constexpr size_t kMaxSendHeaderBlock = 1024 * 1024;
+
 // The value of the content-length field, if there is one. Call after http2RequestError().
 std::optional<uint64_t> contentLength(const HeaderList& fields);
 

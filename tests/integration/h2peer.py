@@ -231,7 +231,9 @@ class H2Upstream:
     whose HEADERS carry END_STREAM, and "/split-end" sends "hello" with a content-length and
     then END_STREAM on an empty DATA frame, as many servers do.
     A request whose path contains "/after-trailers" gets its response once its trailers arrive,
-    and every request's trailers are recorded in `request_trailers`.
+    and every request's trailers are recorded in `request_trailers`. A path ending in
+    "/window" is answered with the connection's send window, the bytes the client lets this
+    server send on the connection, in decimal.
 
     deferd must retry a request refused that way on a new connection, since the server did
     not process it.
@@ -305,6 +307,12 @@ class H2Upstream:
                             h2conn.send_data(event.stream_id, b"hello")
                             conn.sendall(h2conn.data_to_send())
                             h2conn.send_data(event.stream_id, b"", end_stream=True)
+                            conn.sendall(h2conn.data_to_send())
+                            continue
+                        if path.endswith("/window"):
+                            window = str(h2conn.outbound_flow_control_window).encode()
+                            h2conn.send_headers(event.stream_id, [(":status", "200")])
+                            h2conn.send_data(event.stream_id, window, end_stream=True)
                             conn.sendall(h2conn.data_to_send())
                             continue
                         if "/after-trailers" in path:

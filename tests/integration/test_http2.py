@@ -55,6 +55,11 @@ class Http2Test(harness.DeferdTestCase):
             return Reply(action="raw", raw=TRAILER_RESPONSE)
         if request.target.startswith("/slow"):
             return Reply(200, [], b"late", delay=1.5)
+        if request.target.startswith("/many-fields"):
+            # About 59 KB as HTTP/1.1, but 74 KB as HTTP/2 counts it (32 bytes more per field),
+            # above nghttp2's default sending limit of 64 KiB.
+            fields = [(f"x-field-{i:03d}", "v" * 100) for i in range(540)]
+            return Reply(200, fields, b"many")
         if request.target.startswith("/big"):
             return Reply(200, [], b"x" * BIG_BODY_BYTES)
         if request.target.startswith("/partial"):
@@ -176,6 +181,26 @@ class Http2Test(harness.DeferdTestCase):
         self.assertEqual(stream.status, 200, stream)
         self.assertEqual(stream.reset_code, 2, stream)  # INTERNAL_ERROR
         self.assertFalse(stream.ended)
+
+    def test_large_response_head_reaches_http2_client(self):
+        result = subprocess.run(
+            [self.curl, "-s", "--http2-prior-knowledge", "-D", "-", "--max-time", "10",
+             f"http://{harness.LOOPBACK}:{self.port}/many-fields"],
+            capture_output=True, timeout=15,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        head, _, body = result.stdout.partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/2 200"), head[:100])
+        self.assertEqual(head.count(b"\r\nx-field-"), 540)
+        self.assertEqual(body, b"many")
+
+    def test_connection_window_raised(self):
+        # RFC 9113 starts a connection's window at 65535 bytes for all its streams together;
+        # the listener's connection_window_size (1 MiB by default) replaces it.
+        with h2peer.H2Client(self.port) as client:
+            stream = client.get("/hello")
+            self.assertEqual(stream.status, 200, stream)
+            self.assertEqual(client.conn.outbound_flow_control_window, 1024 * 1024)
 
     def test_reset_behind_blocked_write_keeps_headers(self):
         # A client that does not read: stream 1's large body fills the socket buffers and keeps
@@ -336,6 +361,14 @@ class Http2UpstreamTest(harness.DeferdTestCase):
         )
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertEqual(result.stdout, self.BODY)
+
+    def test_upstream_connection_window_raised(self):
+        # RFC 9113 starts a connection's window at 65535 bytes for all its streams together.
+        with h2peer.H2Client(self.port) as client:
+            stream = client.get("/scripted/window")
+        self.assertEqual(stream.status, 200, stream)
+        # Earlier tests' responses on the same connection may not have been acknowledged yet.
+        self.assertGreater(int(stream.body), 4 * 1024 * 1024 - 65535)
 
     def test_nghttp_sees_upstream_trailer(self):
         result = subprocess.run(

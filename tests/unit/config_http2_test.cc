@@ -53,6 +53,7 @@ TEST(ConfigHttp2Test, DefaultsWithoutBlock) {
   const Http2Limits& limits = config->listeners[0].http2;
   EXPECT_EQ(limits.max_concurrent_streams, 100u);
   EXPECT_EQ(limits.initial_window_size, 256u * 1024);
+  EXPECT_EQ(limits.connection_window_size, 1024u * 1024);
   EXPECT_EQ(limits.reset_burst, 200u);
   EXPECT_EQ(limits.reset_rate, 33u);
   EXPECT_EQ(limits.max_control_frames, 1000u);
@@ -63,6 +64,7 @@ TEST(ConfigHttp2Test, DefaultsWithoutBlock) {
 TEST(ConfigHttp2Test, LoadsEveryKey) {
   std::shared_ptr<const Config> config = loadValid(withHttp2("      max_concurrent_streams: 4\n"
                                                              "      initial_window_size: 65535\n"
+                                                             "      connection_window_size: 70000\n"
                                                              "      reset_burst: 10\n"
                                                              "      reset_rate: 2\n"
                                                              "      max_control_frames: 50\n"
@@ -72,6 +74,7 @@ TEST(ConfigHttp2Test, LoadsEveryKey) {
   const Http2Limits& limits = config->listeners[0].http2;
   EXPECT_EQ(limits.max_concurrent_streams, 4u);
   EXPECT_EQ(limits.initial_window_size, 65535u);
+  EXPECT_EQ(limits.connection_window_size, 70000u);
   EXPECT_EQ(limits.reset_burst, 10u);
   EXPECT_EQ(limits.reset_rate, 2u);
   EXPECT_EQ(limits.max_control_frames, 50u);
@@ -83,6 +86,7 @@ TEST(ConfigHttp2Test, LoadsEveryKey) {
   std::shared_ptr<const Config> again = loadValid(yaml);
   ASSERT_EQ(again->listeners.size(), 1u);
   EXPECT_EQ(again->listeners[0].http2.initial_window_size, 65535u);
+  EXPECT_EQ(again->listeners[0].http2.connection_window_size, 70000u);
   EXPECT_EQ(again->listeners[0].http2.max_continuations, 3u);
   EXPECT_EQ(again->listeners[0].http2.max_empty_frames, 2u);
   EXPECT_EQ(toYaml(*again), yaml);
@@ -102,6 +106,10 @@ TEST(ConfigHttp2Test, RejectsWindowOutOfRange) {
   Lines large = errors(withHttp2("      initial_window_size: 2147483648\n"));
   ASSERT_EQ(large.size(), 1u) << ::testing::PrintToString(large);
   EXPECT_EQ(large[0].rfind("test.yaml:8:28: ", 0), 0u) << large[0];
+
+  Lines connection = errors(withHttp2("      connection_window_size: 65534\n"));
+  ASSERT_EQ(connection.size(), 1u) << ::testing::PrintToString(connection);
+  EXPECT_EQ(connection[0].rfind("test.yaml:8:31: ", 0), 0u) << connection[0];
 }
 
 TEST(ConfigHttp2Test, RejectsUnknownKey) {
