@@ -45,6 +45,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 
 #include "filters/filter.h"
 
@@ -131,6 +132,9 @@ private:
   // A busy window slower than tolerance * long: keeps the long-term latency, or moves it to
   // the window's latency when the episode shows a slower upstream rather than a queue.
   void holdLongLatency(double short_ns, int in_flight);
+  // After slow start, for a busy window: the limit of a step back after a deep cut, or
+  // nothing when the gradient rule applies (see docs/backpressure.md).
+  std::optional<double> recover(double limit, bool queueing, bool drops);
 
   const GradientOptions options_;
   double long_latency_ns_ = 0.0;
@@ -141,6 +145,13 @@ private:
   bool slow_start_ = true;
   // Queueing windows in a row seen during slow start.
   int slow_start_queueing_ = 0;
+  // The baseline before the last slowdown replaced it, zero when none.
+  double prior_long_ns_ = 0.0;
+  // Recovery: the limit held when the current cut began (zero when none), whether the limit
+  // is climbing back to it, and whether the last busy window was within the tolerance.
+  double recovery_limit_ = 0.0;
+  bool recovering_ = false;
+  bool calm_ = false;
 };
 
 class AimdAlgorithm : public LimitAlgorithm {
