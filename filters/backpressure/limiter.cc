@@ -168,7 +168,7 @@ void GradientAlgorithm::updateLongLatency(double short_ns, bool busy, int in_fli
   // The baseline taken from a slowdown (holdLongLatency) may have been a stall: a paused
   // upstream or a throttled proxy, long enough for the limit to cut the in-flight count. A
   // window nearer the old baseline than the new one, on a log scale, shows the stall is over,
-  // and the old baseline holds again.
+  // and the old baseline is restored.
   if (prior_long_ns_ > 0.0) {
     if (short_ns * short_ns < prior_long_ns_ * long_latency_ns_) {
       long_latency_ns_ = std::min(long_latency_ns_, prior_long_ns_);

@@ -32,7 +32,13 @@
 //             them would let the limit climb after its own queue. When cutting the in-flight
 //             count does not lower such a window's latency, the upstream became slower per
 //             request and that latency becomes the baseline, without a probe at a low limit.
+//             The baseline it replaced is kept, and is restored once a window is nearer to
+//             it than to the new one: that slowdown was a stall (a pause, a CPU quota).
 //             Slow start grows the limit by half per window until two queueing windows in a row.
+//             Recovery does the same after a cut below 80 % of the limit held before it, once
+//             a window is back within the tolerance, up to that limit or the first queueing
+//             window: a stall cuts the limit for its whole length, and the headroom alone
+//             would take seconds to grow it back.
 //   aimd      +increase per window while the limit is in use, *backoff per window with drops.
 //   fixed     initial_limit, always.
 //

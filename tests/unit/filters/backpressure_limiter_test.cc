@@ -206,7 +206,8 @@ TEST_F(StallTest, GradientRecoversFastAfterProxyStall) {
 
   // Then the latency is the upstream's own again. Growing back by the headroom alone (2.6 %
   // per window) would take about 6 s. Slow start back to the limit held before the cut takes
-  // it from 2 to 9 in 4 windows, and one more window of latency lag: 8 windows is the bound.
+  // it from 2 to 9 in 4 windows (2, 3, 4.5, 6.75, 9). The bound of 8 windows leaves 3 for a
+  // first window that still holds stall samples and one of latency lag in a real proxy.
   for (int i = 0; i < 8; ++i) {
     runWindow(benchLatency(kWorkers, limiter.limit()), limiter.limit());
   }
@@ -228,8 +229,8 @@ TEST_F(StallTest, GradientBaselineSurvivesLongStall) {
     runWindow(benchLatency(kWorkers, limiter.limit()) + 100ms, limiter.limit());
   }
 
-  // When the latency falls back to a fifth, that baseline was a stall and the one before
-  // it still holds. A baseline kept at the stall's latency would let the limit climb to
+  // When the latency drops back to the upstream's own, that baseline was a stall and the one
+  // before it applies again. A baseline kept at the stall's latency would let the limit climb to
   // three times the workers and hold it there, a queue of 20 inside the upstream.
   runOverloaded(20);
   const int peak = runOverloaded(300);
