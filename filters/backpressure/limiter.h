@@ -32,8 +32,9 @@
 //             them would let the limit climb after its own queue. When cutting the in-flight
 //             count does not lower such a window's latency, the upstream became slower per
 //             request and that latency becomes the baseline, without a probe at a low limit.
-//             The baseline it replaced is kept, and is restored once a window is nearer to
-//             it than to the new one: that slowdown was a stall (a pause, a CPU quota).
+//             The baseline it replaced is kept. If the new one is at least twice as slow, the
+//             old one is restored once a window is nearer to it than to the new one: that
+//             slowdown was a stall (a pause, a CPU quota).
 //             Slow start grows the limit by half per window until two queueing windows in a row.
 //             Recovery does the same after a cut below 80 % of the limit held before it, once
 //             a window is back within the tolerance, up to that limit or the first queueing
