@@ -27,6 +27,13 @@ constexpr double kSlowStartGrowth = 1.5;
 constexpr double kSlowdownInFlightRatio = 0.7;
 constexpr double kSlowdownLatencyRatio = 0.9;
 
+// A baseline taken from a slowdown at least this many times the one before may have been a
+// stall. Noise at the equilibrium moves the baseline by less.
+constexpr double kStallBaselineRatio = 2.0;
+// Recovery after a cut: a limit below this share of the limit held before the cut grows back
+// by kSlowStartGrowth per calm window, up to that limit.
+constexpr double kRecoveryDepth = 0.8;
+
 // The lowest tolerance kept by sanitize(): 1 % of headroom.
 constexpr double kMinTolerance = 1.01;
 
@@ -92,6 +99,12 @@ double GradientAlgorithm::update(double limit, const SampleWindow& window) {
   // Slow start: until two queueing windows in a row (or a drop), the limit grows by half per
   // window, so a small initial limit reaches the upstream's concurrency in a few windows. A
   // queueing window holds the limit, since one alone may be noise; the second ends slow start.
+  if (!slow_start_) {
+    if (const auto recovered = recover(limit, queueing, window.drops > 0)) {
+      return *recovered;
+    }
+  }
+
   if (slow_start_ && window.drops == 0) {
     if (!queueing) {
       slow_start_queueing_ = 0;
@@ -116,10 +129,60 @@ double GradientAlgorithm::update(double limit, const SampleWindow& window) {
   return limit * (1.0 - options_.smoothing) + proposed * options_.smoothing;
 }
 
+std::optional<double> GradientAlgorithm::recover(double limit, bool queueing, bool drops) {
+  // A queueing window that follows a calm one starts a cut, and the limit it had is the one
+  // to come back to. A queueing window during the climb back means that limit is too high
+  // now, so the rest of the way is the headroom's.
+  if (queueing) {
+    if (recovering_) {
+      recovery_limit_ = 0.0;
+      recovering_ = false;
+    } else if (recovery_limit_ <= 0.0 && calm_) {
+      recovery_limit_ = limit;
+    }
+    calm_ = false;
+    return std::nullopt;
+  }
+
+  // A calm window after a deep cut: the latency is back within the tolerance at a limit well
+  // under the one held before, so what cut it was a stall rather than the upstream's
+  // capacity. Like slow start up to TCP's ssthresh, the limit grows by half per window back
+  // to that limit. A shallow cut is left to the headroom, which is what keeps the equilibrium.
+  calm_ = true;
+  if (recovery_limit_ <= 0.0) {
+    return std::nullopt;
+  }
+  if (!drops && limit < recovery_limit_ &&
+      (recovering_ || limit < recovery_limit_ * kRecoveryDepth)) {
+    recovering_ = true;
+    return std::min(limit * kSlowStartGrowth, recovery_limit_);
+  }
+  recovery_limit_ = 0.0;
+  recovering_ = false;
+  return std::nullopt;
+}
+
 void GradientAlgorithm::updateLongLatency(double short_ns, bool busy, int in_flight) {
   if (long_latency_ns_ <= 0.0) {
     long_latency_ns_ = short_ns;
     return;
+  }
+
+  // A baseline taken from a slowdown (holdLongLatency) at least twice the one before may have
+  // been a stall: a paused upstream or a throttled proxy, long enough for the limit to cut the
+  // in-flight count. A window nearer the old baseline than the new one, on a log scale, shows
+  // the stall is over, and the old baseline is restored.
+  if (prior_long_ns_ > 0.0) {
+    if (long_latency_ns_ >= prior_long_ns_ * kStallBaselineRatio &&
+        short_ns * short_ns < prior_long_ns_ * long_latency_ns_) {
+      long_latency_ns_ = prior_long_ns_;
+      prior_long_ns_ = 0.0;
+      episode_in_flight_ = 0;
+      return;
+    }
+    if (long_latency_ns_ <= prior_long_ns_) {
+      prior_long_ns_ = 0.0;
+    }
   }
 
   if (busy && short_ns > options_.tolerance * long_latency_ns_) {
@@ -137,6 +200,8 @@ void GradientAlgorithm::updateLongLatency(double short_ns, bool busy, int in_fli
   } else {
     // Not busy (no queue of this cluster's making) or clearly faster: the upstream's own
     // latency, which the baseline follows.
+    // TODO: with window means scattered by more than about 25 %, only the fast tail reaches
+    // this branch, so the baseline sinks and the limit collapses to min_limit.
     episode_in_flight_ = 0;
     long_latency_ns_ += (short_ns - long_latency_ns_) / options_.long_window;
   }
@@ -164,6 +229,8 @@ void GradientAlgorithm::holdLongLatency(double short_ns, int in_flight) {
   // itself became slower: that latency is the new baseline.
   if (in_flight <= episode_in_flight_ * kSlowdownInFlightRatio &&
       short_ns >= episode_latency_ns_ * kSlowdownLatencyRatio) {
+    prior_long_ns_ =
+        prior_long_ns_ > 0.0 ? std::min(prior_long_ns_, long_latency_ns_) : long_latency_ns_;
     long_latency_ns_ = short_ns;
     episode_in_flight_ = 0;
   }

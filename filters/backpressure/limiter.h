@@ -32,7 +32,14 @@
 //             them would let the limit climb after its own queue. When cutting the in-flight
 //             count does not lower such a window's latency, the upstream became slower per
 //             request and that latency becomes the baseline, without a probe at a low limit.
+//             The baseline it replaced is kept. If the new one is at least twice as slow, the
+//             old one is restored once a window is nearer to it than to the new one: that
+//             slowdown was a stall (a pause, a CPU quota).
 //             Slow start grows the limit by half per window until two queueing windows in a row.
+//             Recovery does the same after a cut below 80 % of the limit held before it, once
+//             a window is back within the tolerance, up to that limit or the first queueing
+//             window: a stall cuts the limit for its whole length, and the headroom alone
+//             would take seconds to grow it back.
 //   aimd      +increase per window while the limit is in use, *backoff per window with drops.
 //   fixed     initial_limit, always.
 //
@@ -45,6 +52,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 
 #include "filters/filter.h"
 
@@ -131,6 +139,9 @@ private:
   // A busy window slower than tolerance * long: keeps the long-term latency, or moves it to
   // the window's latency when the episode shows a slower upstream rather than a queue.
   void holdLongLatency(double short_ns, int in_flight);
+  // After slow start, for a busy window: the limit of a step back after a deep cut, or
+  // nothing when the gradient rule applies (see docs/backpressure.md).
+  std::optional<double> recover(double limit, bool queueing, bool drops);
 
   const GradientOptions options_;
   double long_latency_ns_ = 0.0;
@@ -141,6 +152,13 @@ private:
   bool slow_start_ = true;
   // Queueing windows in a row seen during slow start.
   int slow_start_queueing_ = 0;
+  // The baseline before the last slowdown replaced it, zero when none.
+  double prior_long_ns_ = 0.0;
+  // Recovery: the limit held when the current cut began (zero when none), whether the limit
+  // is climbing back to it, and whether the last busy window was within the tolerance.
+  double recovery_limit_ = 0.0;
+  bool recovering_ = false;
+  bool calm_ = false;
 };
 
 class AimdAlgorithm : public LimitAlgorithm {

@@ -157,6 +157,105 @@ TEST_F(LimiterTest, GradientSettlesUnderLastingQueueing) {
   EXPECT_LE(peak, kWorkers * 5 / 4);
 }
 
+// The window mean at `workers` workers of 20 ms each, the overload benchmark's backend.
+std::chrono::nanoseconds benchLatency(int workers, int in_flight) {
+  return queueingLatency(workers, in_flight) * 2;
+}
+
+// A limiter on the overload benchmark's setup: 8 workers of 20 ms, offered more than they can
+// take, after 10 s at its equilibrium.
+class StallTest : public LimiterTest {
+protected:
+  static constexpr int kWorkers = 8;
+
+  ConcurrencyLimiter& settle() {
+    LimiterOptions options;
+    options.algorithm = LimitAlgorithmKind::kGradient;
+    options.initial_limit = 2;
+    options.min_limit = 1;
+    options.max_limit = 256;
+    options.min_window_samples = kSamplesPerWindow;
+    ConcurrencyLimiter& limiter = makeLimiter(options);
+    runOverloaded(100);
+    return limiter;
+  }
+
+  // Runs `windows` windows at the upstream's own latency, and returns the highest limit.
+  int runOverloaded(int windows) {
+    int peak = 0;
+    for (int i = 0; i < windows; ++i) {
+      runWindow(benchLatency(kWorkers, limiter_->limit()), limiter_->limit());
+      peak = std::max(peak, limiter_->limit());
+    }
+    return peak;
+  }
+};
+
+TEST_F(StallTest, GradientRecoversFastAfterProxyStall) {
+  ConcurrencyLimiter& limiter = settle();
+  const int before = limiter.limit();
+  ASSERT_GE(before, kWorkers);
+
+  // For 2 s the proxy gets a fifth of a CPU (a cgroup quota): responses wait in its socket
+  // buffers, and each window's mean grows by 25 ms as the backlog builds. The upstream is not
+  // slower, but the limit falls by about 7 % per window for the whole stall.
+  for (int i = 0; i < 20; ++i) {
+    runWindow(benchLatency(kWorkers, limiter.limit()) + 25ms * (i + 1), limiter.limit());
+  }
+  ASSERT_LE(limiter.limit(), before / 2);
+
+  // Then the latency is the upstream's own again. Growing back by the headroom alone (2.6 %
+  // per window) would take about 6 s. Slow start back to the limit held before the cut takes
+  // it from 2 to 9 in 4 windows (2, 3, 4.5, 6.75, 9). The bound of 8 windows leaves 3 for a
+  // first window that still holds stall samples and one of latency lag in a real proxy.
+  for (int i = 0; i < 8; ++i) {
+    runWindow(benchLatency(kWorkers, limiter.limit()), limiter.limit());
+  }
+  EXPECT_GE(limiter.limit(), before - 1);
+  // And it settles where it was, without overshoot.
+  const int peak = runOverloaded(300);
+  EXPECT_LE(peak, before + 2);
+  EXPECT_GE(limiter.limit(), kWorkers);
+}
+
+TEST_F(StallTest, GradientBaselineSurvivesLongStall) {
+  ConcurrencyLimiter& limiter = settle();
+  const int before = limiter.limit();
+
+  // For 2 s every response takes 100 ms longer, whatever the in-flight count (the upstream
+  // is paused, or the proxy is throttled at a steady backlog). Cutting the limit by 30 % does
+  // not lower the latency, so the limiter takes 100 ms more as the upstream's new speed.
+  for (int i = 0; i < 20; ++i) {
+    runWindow(benchLatency(kWorkers, limiter.limit()) + 100ms, limiter.limit());
+  }
+
+  // When the latency drops back to the upstream's own, that baseline was a stall and the one
+  // before it applies again. A baseline kept at the stall's latency would let the limit climb to
+  // three times the workers and hold it there, a queue of 20 inside the upstream.
+  runOverloaded(20);
+  const int peak = runOverloaded(300);
+  EXPECT_LE(peak, before + 2);
+  EXPECT_GE(limiter.limit(), kWorkers);
+}
+
+TEST_F(StallTest, GradientRecoveryStopsWhenCapacityFell) {
+  ConcurrencyLimiter& limiter = settle();
+  ASSERT_GE(limiter.limit(), kWorkers);
+
+  // Half the workers for good: the cut is deep, like a stall's, but the first step back
+  // finds queueing again, which ends the recovery. The limit stays near 1.15 times 4.
+  for (int i = 0; i < 30; ++i) {
+    runWindow(benchLatency(kWorkers / 2, limiter.limit()), limiter.limit());
+  }
+  int peak = 0;
+  for (int i = 0; i < 300; ++i) {
+    runWindow(benchLatency(kWorkers / 2, limiter.limit()), limiter.limit());
+    peak = std::max(peak, limiter.limit());
+  }
+  EXPECT_LE(peak, kWorkers / 2 + 1);
+  EXPECT_GE(limiter.limit(), kWorkers / 2);
+}
+
 TEST_F(LimiterTest, GradientSlowStartReachesCapacityFast) {
   LimiterOptions options;
   options.algorithm = LimitAlgorithmKind::kGradient;
