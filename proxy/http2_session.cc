@@ -1148,6 +1148,7 @@ void Http2Stream::onUpstreamFailed(UpstreamFailure failure, bool retryable,
     // no body byte is lost: send it once more, on another connection.
     spdlog::debug("cluster {}: upstream {} did not process an HTTP/2 request ({}); retrying",
                   cluster_name_, endpoint_label_, cause);
+    recordUpstreamFailure(failure); // every failed attempt counts, the retried one too
     retried_ = true;
     h2_upstream_.reset();
     releaseEndpoint();

@@ -59,6 +59,9 @@ struct Http2Exchange {
   HeaderList trailers;
   bool headers_done = false;
   bool complete = false;
+  // nghttp2 found the response malformed (a field or pseudo-header RFC 9113 forbids, or a
+  // content-length the DATA did not match) and resets the stream.
+  bool malformed = false;
 };
 
 class Http2UpstreamConnection : public std::enable_shared_from_this<Http2UpstreamConnection> {
@@ -103,6 +106,8 @@ private:
   static int onFrameReceived(nghttp2_session*, const nghttp2_frame* frame, void* user_data);
   static int onDataChunk(nghttp2_session*, uint8_t, int32_t stream_id, const uint8_t* data,
                          size_t length, void* user_data);
+  static int onInvalidFrame(nghttp2_session*, const nghttp2_frame* frame, int error,
+                            void* user_data);
   static int onStreamClose(nghttp2_session*, int32_t stream_id, uint32_t error_code,
                            void* user_data);
   static ssize_t readBody(nghttp2_session*, int32_t stream_id, uint8_t* buf, size_t length,
@@ -202,6 +207,7 @@ bool Http2UpstreamConnection::createSession() {
   nghttp2_session_callbacks_set_on_frame_recv_callback(callbacks, &onFrameReceived);
   nghttp2_session_callbacks_set_on_data_chunk_recv_callback(callbacks, &onDataChunk);
   nghttp2_session_callbacks_set_on_stream_close_callback(callbacks, &onStreamClose);
+  nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(callbacks, &onInvalidFrame);
   nghttp2_option* option = nullptr;
   nghttp2_option_new(&option);
   nghttp2_option_set_no_auto_window_update(option, 1);
@@ -532,6 +538,17 @@ int Http2UpstreamConnection::onDataChunk(nghttp2_session*, uint8_t, int32_t stre
   return 0;
 }
 
+int Http2UpstreamConnection::onInvalidFrame(nghttp2_session*, const nghttp2_frame* frame, int error,
+                                            void* user_data) {
+  auto* self = static_cast<Http2UpstreamConnection*>(user_data);
+  if (Http2Exchange* exchange = self->exchange(frame->hd.stream_id)) {
+    exchange->malformed = true;
+    spdlog::debug("upstream {}: malformed HTTP/2 response on stream {}: {}", self->label_,
+                  frame->hd.stream_id, nghttp2_strerror(error));
+  }
+  return 0;
+}
+
 int Http2UpstreamConnection::onStreamClose(nghttp2_session*, int32_t stream_id, uint32_t error_code,
                                            void* user_data) {
   auto* self = static_cast<Http2UpstreamConnection*>(user_data);
@@ -543,11 +560,16 @@ int Http2UpstreamConnection::onStreamClose(nghttp2_session*, int32_t stream_id, 
   self->streams_.erase(found);
   self->forgetLastFound();
   if (Http2UpstreamHandler* handler = std::exchange(exchange->handler, nullptr)) {
-    // Closed without END_STREAM from the upstream: a reset (or GOAWAY above its last stream).
-    bool refused = error_code == NGHTTP2_REFUSED_STREAM || stream_id > self->goaway_last_stream_id_;
-    bool retryable = refused && !exchange->headers_done;
-    handler->onUpstreamFailed(UpstreamFailure::kReset, retryable,
-                              nghttp2_http2_strerror(error_code));
+    if (exchange->malformed) {
+      handler->onUpstreamFailed(UpstreamFailure::kBadResponse, false, "malformed HTTP/2 response");
+    } else {
+      // Closed without END_STREAM from the upstream: a reset (or GOAWAY above its last stream).
+      bool refused =
+          error_code == NGHTTP2_REFUSED_STREAM || stream_id > self->goaway_last_stream_id_;
+      bool retryable = refused && !exchange->headers_done;
+      handler->onUpstreamFailed(UpstreamFailure::kReset, retryable,
+                                nghttp2_http2_strerror(error_code));
+    }
   }
   if (self->load() == 0) {
     self->idle_since_ = std::chrono::steady_clock::now();

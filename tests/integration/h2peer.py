@@ -233,7 +233,8 @@ class H2Upstream:
     A request whose path contains "/after-trailers" gets its response once its trailers arrive,
     and every request's trailers are recorded in `request_trailers`. A path ending in
     "/window" is answered with the connection's send window, the bytes the client lets this
-    server send on the connection, in decimal.
+    server send on the connection, in decimal. A path ending in "/malformed" gets a response
+    with a connection-specific field, which RFC 9113 section 8.2.2 forbids.
 
     deferd must retry a request refused that way on a new connection, since the server did
     not process it.
@@ -269,7 +270,9 @@ class H2Upstream:
             threading.Thread(target=self._serve, args=(conn, refuse), daemon=True).start()
 
     def _serve(self, conn, refuse):
-        config = h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
+        config = h2.config.H2Configuration(client_side=False, header_encoding="utf-8",
+                                           validate_outbound_headers=False,
+                                           normalize_outbound_headers=False)
         h2conn = h2.connection.H2Connection(config=config)
         h2conn.initiate_connection()
         conn.settimeout(IO_TIMEOUT)
@@ -307,6 +310,12 @@ class H2Upstream:
                             h2conn.send_data(event.stream_id, b"hello")
                             conn.sendall(h2conn.data_to_send())
                             h2conn.send_data(event.stream_id, b"", end_stream=True)
+                            conn.sendall(h2conn.data_to_send())
+                            continue
+                        if path.endswith("/malformed"):
+                            h2conn.send_headers(event.stream_id,
+                                                [(":status", "200"), ("connection", "close")],
+                                                end_stream=True)
                             conn.sendall(h2conn.data_to_send())
                             continue
                         if path.endswith("/window"):

@@ -469,12 +469,26 @@ class Http2UpstreamTest(harness.DeferdTestCase):
         harness.wait_until(lambda: active() == 0, 5, "the idle h2c upstream connection to close")
 
     def test_goaway_before_processing_is_retried(self):
+        before = self.deferd.metrics().value(
+            "deferd_upstream_failures_total", cluster="goaway", reason="reset") or 0
         with h2peer.H2Client(self.port) as client:
             stream = client.get("/goaway/first")
         self.assertEqual(stream.status, 200, f"{stream}\n{self.deferd.log()}")
         self.assertEqual(bytes(stream.body), b"served")
         self.assertEqual(self.goaway.connections, 2)
         self.assertEqual(self.goaway.requests, 1)
+        # The refused attempt counts, though the retry succeeded.
+        after = self.deferd.metrics().value(
+            "deferd_upstream_failures_total", cluster="goaway", reason="reset")
+        self.assertEqual(after, before + 1)
+
+    def test_malformed_response_is_bad_response(self):
+        with h2peer.H2Client(self.port) as client:
+            stream = client.get("/scripted/malformed")
+        self.assertEqual(stream.status, 502, stream)
+        self.assertEqual(stream.header("deferd-reason"), "bad-upstream-response", stream)
+        self.assertEqual(self.deferd.metrics().value(
+            "deferd_upstream_failures_total", cluster="scripted", reason="bad-response"), 1)
 
 
 if __name__ == "__main__":
