@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <set>
 #include <vector>
 
 namespace deferd {
@@ -82,25 +81,22 @@ void FilterState::endBuild() {
   std::erase_if(backpressure_, stale);
   std::erase_if(capacities_, stale);
 
-  std::set<filters::breaker::BreakerStats*> watched;
-  std::set<filters::breaker::BreakerStats*> removed;
+  // Each (policy, cluster) pair has series of its own, so the gauges of a dropped breaker
+  // belong to no other breaker and go to 0.
   for (const auto& [key, entry] : breakers_) {
-    (entry.generation == generation_ ? watched : removed).insert(entry.stats);
-  }
-  std::erase_if(breakers_, stale);
-  for (filters::breaker::BreakerStats* stats : removed) {
-    if (stats == nullptr || watched.contains(stats)) {
+    if (entry.generation == generation_ || entry.stats == nullptr) {
       continue;
     }
-    for (prometheus::Gauge* gauge : stats->state) {
+    for (prometheus::Gauge* gauge : entry.stats->state) {
       if (gauge != nullptr) {
         gauge->Set(0);
       }
     }
-    if (stats->ejected_endpoints != nullptr) {
-      stats->ejected_endpoints->Set(0);
+    if (entry.stats->ejected_endpoints != nullptr) {
+      entry.stats->ejected_endpoints->Set(0);
     }
   }
+  std::erase_if(breakers_, stale);
 }
 
 std::shared_ptr<filters::backpressure::BackpressureShared>
@@ -173,7 +169,7 @@ FilterState::ClusterBreaker FilterState::clusterBreaker(const std::string& polic
   entry.generation = generation_;
   if (!entry.shared.breaker || !(entry.options == options) || entry.shadow != shadow) {
     entry.shared.breaker = CircuitBreaker::create(breakerOptions(options, shadow), now, {},
-                                                  transitionListener(cluster.name, stats));
+                                                  transitionListener(policy, cluster.name, stats));
     entry.shared.outlier.reset();
   }
   if (!options.outlier) {
@@ -278,7 +274,6 @@ void FilterState::tick(Metrics& metrics) {
 
   // Reading the state applies the time-driven transitions (cooldown over, probe timed out),
   // so an idle breaker's gauge moves on too.
-  // TODO: two policies that route to one cluster share its gauges, so the last entry wins.
   for (auto& [key, entry] : breakers_) {
     if (entry.stats == nullptr) {
       continue;
@@ -287,10 +282,10 @@ void FilterState::tick(Metrics& metrics) {
     for (size_t i = 0; i < entry.stats->state.size(); ++i) {
       entry.stats->state[i]->Set(i == state ? 1 : 0);
     }
-    if (entry.shared.outlier) {
-      entry.stats->ejected_endpoints->Set(
-          static_cast<double>(entry.shared.outlier->ejectedCount(now)));
-    }
+    // The gauge belongs to this pair alone, so a policy without an outlier section reports 0.
+    double ejected =
+        entry.shared.outlier ? static_cast<double>(entry.shared.outlier->ejectedCount(now)) : 0.0;
+    entry.stats->ejected_endpoints->Set(ejected);
   }
 }
 

@@ -35,8 +35,8 @@ class FilterState {
 public:
   void beginBuild() { ++generation_; }
 
-  // Forgets the state the new snapshot did not ask for. The breaker gauges of a cluster that
-  // no breaker watches any more are set to 0, so an alert on an open breaker ends with it.
+  // Forgets the state the new snapshot did not ask for. The gauges of a (policy, cluster)
+  // breaker that the new snapshot dropped are set to 0, so an alert on that breaker ends.
   void endBuild();
 
   // Returns the process-wide inheritance table, created for these options.

@@ -1,6 +1,7 @@
 #include "proxy/http1_headers.h"
 
 #include <boost/beast/core/string.hpp>
+#include <boost/beast/http/status.hpp>
 
 #include <algorithm>
 #include <string>
@@ -236,6 +237,14 @@ void appendRequestHead(std::string& out, const http::request_header<>& head) {
   appendFields(out, head);
 }
 
+std::string_view reasonPhrase(unsigned status) {
+  http::status code = http::int_to_status(status);
+  if (code == http::status::unknown) {
+    return {};
+  }
+  return http::obsolete_reason(code);
+}
+
 void appendResponseHead(std::string& out, const http::response_header<>& head) {
   unsigned status = head.result_int();
   char code[4] = {static_cast<char>('0' + status / 100 % 10),
@@ -243,7 +252,14 @@ void appendResponseHead(std::string& out, const http::response_header<>& head) {
                   ' '};
   out.append("HTTP/1.1 ");
   out.append(code, sizeof(code));
-  out.append(head.reason());
+
+  // Without a phrase of its own, Beast's reason() returns its table's, and "<unknown-status>"
+  // for a code the table does not name.
+  std::string_view reason = head.reason();
+  if (reason == http::obsolete_reason(head.result())) {
+    reason = reasonPhrase(status);
+  }
+  out.append(reason);
   out.append("\r\n");
   appendFields(out, head);
 }

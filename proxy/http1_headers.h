@@ -67,8 +67,16 @@ std::string_view framingError(const RequestFields& fields, unsigned version);
 // about a tenth of deferd's instructions per request on the keep-alive benchmark.
 void appendRequestHead(std::string& out, const boost::beast::http::request_header<>& head);
 
+// Returns the reason phrase for `status` from Beast's status table, or an empty string for a
+// code that the table does not name. RFC 9112, section 4, allows an empty reason phrase, and
+// a client should ignore its content. The table of Boost 1.81 also names 444, 499 and 599,
+// which nginx uses but IANA does not register.
+std::string_view reasonPhrase(unsigned status);
+
 // Appends an HTTP/1.1 status line and header block to `out`, ending with the empty line. The
-// status line always names HTTP/1.1, the version deferd speaks.
+// status line always names HTTP/1.1, the version deferd speaks. The reason phrase is the one
+// set on `head` (an HTTP/1.1 upstream's own), else reasonPhrase(), so a code without a name
+// gets an empty one (`HTTP/1.1 299 \r\n`).
 void appendResponseHead(std::string& out, const boost::beast::http::response_header<>& head);
 
 // Writes the chunk-size line of a chunk of `size` bytes ("1f4\r\n") into `out`, which must

@@ -1380,47 +1380,49 @@ private:
       keep_alive_ = false;
     }
 
-    auto reply = std::make_shared<http::response<http::string_body>>();
-    reply->version(11);
-    reply->result(status);
-    reply->set(http::field::content_type, info_.grpc_status ? "application/grpc" : "text/plain");
-    reply->set(kReasonHeader, spec.reason);
+    http::response<http::string_body> reply;
+    reply.version(11);
+    reply.result(status);
+    reply.set(http::field::content_type, info_.grpc_status ? "application/grpc" : "text/plain");
+    reply.set(kReasonHeader, spec.reason);
     if (info_.grpc_status) {
-      reply->set("grpc-status", std::to_string(*info_.grpc_status));
-      reply->set("grpc-message", spec.reason);
+      reply.set("grpc-status", std::to_string(*info_.grpc_status));
+      reply.set("grpc-message", spec.reason);
     }
     if (status == 503) {
       int64_t seconds = info_.retry_after ? info_.retry_after->count() : kRetryAfterSeconds;
-      reply->set(http::field::retry_after, std::to_string(seconds));
+      reply.set(http::field::retry_after, std::to_string(seconds));
     }
     if (!request_id_.empty()) {
-      reply->set("x-request-id", request_id_);
+      reply.set("x-request-id", request_id_);
     }
-    if (request_ && request_->is_header_done() && request_->get().method() == http::verb::head) {
-      reply->content_length(spec.reason.size() + 1);
+    bool head_request =
+        request_ && request_->is_header_done() && request_->get().method() == http::verb::head;
+    if (head_request) {
+      reply.content_length(spec.reason.size() + 1);
     } else if (info_.grpc_status) {
-      reply->content_length(0); // a trailers-only gRPC response has no message
+      reply.content_length(0); // a trailers-only gRPC response has no message
     } else {
-      reply->body() = std::string(spec.reason) + "\n";
-      reply->prepare_payload();
-      response_bytes_ = reply->body().size();
+      reply.body() = std::string(spec.reason) + "\n";
+      reply.prepare_payload();
+      response_bytes_ = reply.body().size();
     }
-    reply->keep_alive(keep_alive_);
+    reply.keep_alive(keep_alive_);
     if (chain_) {
-      BeastHeaderMap headers(*reply);
+      BeastHeaderMap headers(reply);
       chain_->runResponseHeaders(static_cast<int>(status), headers);
     }
 
-    if (request_ && request_->is_header_done() && request_->get().method() == http::verb::head) {
-      auto serializer = std::make_shared<http::response_serializer<http::string_body>>(*reply);
-      http::async_write_header(socket_, *serializer,
-                               [self = shared_from_this(), reply, serializer](
-                                   error_code ec, size_t) { self->onLocalReplyWritten(ec); });
-      return;
+    // The head is written by appendResponseHead, as for forwarded responses, so a status
+    // without a reason phrase gets an empty one rather than Beast's "<unknown-status>".
+    auto out = std::make_shared<std::string>();
+    appendResponseHead(*out, reply);
+    if (!head_request) {
+      out->append(reply.body());
     }
-    http::async_write(socket_, *reply, [self = shared_from_this(), reply](error_code ec, size_t) {
-      self->onLocalReplyWritten(ec);
-    });
+    asio::async_write(
+        socket_, asio::buffer(*out),
+        [self = shared_from_this(), out](error_code ec, size_t) { self->onLocalReplyWritten(ec); });
   }
 
   void onLocalReplyWritten(error_code ec) {

@@ -272,8 +272,8 @@ Metrics::Metrics()
                                   .Register(*registry_);
   breaker_state_ = &prometheus::BuildGauge()
                         .Name("deferd_breaker_state")
-                        .Help("1 for the current state of a cluster's breaker (closed, open or "
-                              "half_open), 0 for the others.")
+                        .Help("1 for the current state of a policy's breaker on a cluster "
+                              "(closed, open or half_open), 0 for the others.")
                         .Register(*registry_);
   breaker_transitions_ = &prometheus::BuildCounter()
                               .Name("deferd_breaker_transitions_total")
@@ -281,8 +281,8 @@ Metrics::Metrics()
                               .Register(*registry_);
   breaker_calls_ = &prometheus::BuildCounter()
                         .Name("deferd_breaker_calls_total")
-                        .Help("Calls through a cluster's breaker by outcome: success, failure, "
-                              "slow, or rejected by an open breaker.")
+                        .Help("Calls through a policy's breaker on a cluster by outcome: success, "
+                              "failure, slow, or rejected by an open breaker.")
                         .Register(*registry_);
   breaker_shadow_rejections_ = &prometheus::BuildCounter()
                                     .Name("deferd_breaker_shadow_rejections_total")
@@ -301,7 +301,8 @@ Metrics::Metrics()
                                       .Register(*registry_);
   outlier_ejected_ = &prometheus::BuildGauge()
                           .Name("deferd_outlier_ejected_endpoints")
-                          .Help("Endpoints of the cluster that outlier ejection keeps out.")
+                          .Help("Endpoints of the cluster that a policy's outlier ejection keeps "
+                                "out.")
                           .Register(*registry_);
   bp_limit_ = &prometheus::BuildGauge()
                    .Name("deferd_backpressure_limit")
@@ -508,10 +509,11 @@ prometheus::Counter* Metrics::backpressureDecision(const std::string& policy,
                               {"mode", shadow ? "shadow" : "enforce"}});
 }
 
-filters::breaker::BreakerStats* Metrics::breaker(const std::string& cluster) {
+filters::breaker::BreakerStats* Metrics::breaker(const std::string& policy,
+                                                 const std::string& cluster) {
   using namespace filters::breaker;
   std::lock_guard lock(mutex_);
-  auto& slot = breakers_[cluster];
+  auto& slot = breakers_[{policy, cluster}];
   if (slot != nullptr) {
     return slot.get();
   }
@@ -519,38 +521,44 @@ filters::breaker::BreakerStats* Metrics::breaker(const std::string& cluster) {
   auto stats = std::make_unique<BreakerStats>();
   for (size_t state = 0; state < kBreakerStates; ++state) {
     std::string state_name(toString(static_cast<BreakerState>(state)));
-    stats->state[state] = &breaker_state_->Add({{"cluster", cluster}, {"state", state_name}});
+    stats->state[state] =
+        &breaker_state_->Add({{"policy", policy}, {"cluster", cluster}, {"state", state_name}});
     stats->state[state]->Set(state == 0 ? 1 : 0);
     for (size_t cause = 0; cause < kTransitionCauses; ++cause) {
       stats->transitions[state][cause] = &breaker_transitions_->Add(
-          {{"cluster", cluster},
+          {{"policy", policy},
+           {"cluster", cluster},
            {"to", state_name},
            {"cause", std::string(toString(static_cast<TransitionCause>(cause)))}});
     }
   }
   for (size_t count = 0; count < stats->calls.size(); ++count) {
     stats->calls[count] = &breaker_calls_->Add(
-        {{"cluster", cluster},
+        {{"policy", policy},
+         {"cluster", cluster},
          {"outcome", std::string(callCountName(static_cast<CallCount>(count)))}});
   }
-  stats->shadow_rejections = &breaker_shadow_rejections_->Add({{"cluster", cluster}});
+  stats->shadow_rejections =
+      &breaker_shadow_rejections_->Add({{"policy", policy}, {"cluster", cluster}});
   for (size_t reason = 0; reason < kFallbackRejections; ++reason) {
     stats->fallback_rejections[reason] = &breaker_fallback_rejections_->Add(
-        {{"cluster", cluster},
+        {{"policy", policy},
+         {"cluster", cluster},
          {"reason", std::string(toString(static_cast<FallbackRejection>(reason)))}});
   }
-  stats->fallback_loop =
-      &breaker_fallback_rejections_->Add({{"cluster", cluster}, {"reason", "fallback_loop"}});
-  stats->ejected_endpoints = &outlier_ejected_->Add({{"cluster", cluster}});
+  stats->fallback_loop = &breaker_fallback_rejections_->Add(
+      {{"policy", policy}, {"cluster", cluster}, {"reason", "fallback_loop"}});
+  stats->ejected_endpoints = &outlier_ejected_->Add({{"policy", policy}, {"cluster", cluster}});
 
   slot = std::move(stats);
   return slot.get();
 }
 
-prometheus::Counter* Metrics::breakerFallback(const std::string& cluster,
+prometheus::Counter* Metrics::breakerFallback(const std::string& policy, const std::string& cluster,
                                               const std::string& fallback) {
   std::lock_guard lock(mutex_);
-  return &breaker_fallback_requests_->Add({{"cluster", cluster}, {"fallback", fallback}});
+  return &breaker_fallback_requests_->Add(
+      {{"policy", policy}, {"cluster", cluster}, {"fallback", fallback}});
 }
 
 void Metrics::recordInheritanceTable(size_t entries, uint64_t evictions) {

@@ -11,7 +11,8 @@
 // objects they point at live as long as the Metrics object, across reloads, so a counter keeps
 // counting when its listener or cluster survives a reload.
 //
-// Label values are bounded by the config: listener, cluster and reason names, status classes.
+// Label values are bounded by the config: listener, cluster, policy and reason names, status
+// classes.
 
 #include <array>
 #include <atomic>
@@ -135,9 +136,12 @@ public:
 
   // The fault filter's counters of one policy, created on first use and kept across reloads.
   filters::fault::FaultStats* fault(const std::string& policy);
-  filters::breaker::BreakerStats* breaker(const std::string& cluster);
-  // deferd_breaker_fallback_requests_total{cluster,fallback}
-  prometheus::Counter* breakerFallback(const std::string& cluster, const std::string& fallback);
+  // The metrics of one policy's breaker on one cluster. Each policy has its own breaker per
+  // cluster, so two policies that route to one cluster export two sets of series.
+  filters::breaker::BreakerStats* breaker(const std::string& policy, const std::string& cluster);
+  // deferd_breaker_fallback_requests_total{policy,cluster,fallback}
+  prometheus::Counter* breakerFallback(const std::string& policy, const std::string& cluster,
+                                       const std::string& fallback);
 
   BackpressureStats* backpressure(const std::string& cluster);
   // deferd_backpressure_decisions_total for one policy, decision, urgency and mode.
@@ -215,7 +219,9 @@ private:
   std::map<std::pair<std::string, std::string>, std::unique_ptr<RouteStats>> routes_;
   std::map<std::string, std::unique_ptr<filters::priority::PriorityStats>> priority_;
   std::map<std::string, std::unique_ptr<filters::fault::FaultStats>> fault_;
-  std::map<std::string, std::unique_ptr<filters::breaker::BreakerStats>> breakers_;
+  // Keyed by (policy, cluster).
+  std::map<std::pair<std::string, std::string>, std::unique_ptr<filters::breaker::BreakerStats>>
+      breakers_;
   std::map<std::string, std::unique_ptr<BackpressureStats>> backpressure_;
 };
 

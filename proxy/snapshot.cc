@@ -121,7 +121,7 @@ filters::breaker::BreakerTarget breakerTarget(const config::Config& config,
   filters::breaker::BreakerTarget target;
   target.cluster = cluster.name;
   target.cluster_index = cluster_index;
-  target.stats = metrics.breaker(cluster.name);
+  target.stats = metrics.breaker(policy.name, cluster.name);
   FilterState::ClusterBreaker shared =
       state.clusterBreaker(policy.name, cluster, *policy.breaker,
                            policy.mode == config::PolicyMode::kShadow, target.stats);
@@ -147,7 +147,8 @@ void addBreakerFilter(const config::Config& config, const config::Route& route,
   if (fallback && *fallback != runtime.cluster_index) {
     filter.fallback = breakerTarget(config, *policy, *fallback, metrics, state);
     filter.capacity = state.fallbackCapacity(config.clusters[*fallback]);
-    filter.fallback_requests = metrics.breakerFallback(route.cluster, *breaker.fallback);
+    filter.fallback_requests =
+        metrics.breakerFallback(policy->name, route.cluster, *breaker.fallback);
   }
   filter.on_loop = breaker.on_loop == config::LoopAction::kReject
                        ? filters::breaker::LoopPolicy::kReject

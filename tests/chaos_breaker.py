@@ -201,8 +201,12 @@ def run(duration, max_requests, threads, seed):
         stuck = sum(worker.is_alive() for worker in workers)
 
         metrics = deferd.metrics()
-        transitions = metrics.value("deferd_breaker_transitions_total", cluster="primary")
-        fallbacks = metrics.value("deferd_breaker_fallback_requests_total", cluster="primary")
+        transitions = metrics.value(
+            "deferd_breaker_transitions_total", policy="guard", cluster="primary"
+        )
+        fallbacks = metrics.value(
+            "deferd_breaker_fallback_requests_total", policy="guard", cluster="primary"
+        )
         alive = deferd.alive()
     finally:
         if deferd is not None:

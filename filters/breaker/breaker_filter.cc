@@ -115,10 +115,12 @@ FallbackCapacityOptions capacityOptions(const config::Capacity& capacity) {
   return options;
 }
 
-CircuitBreaker::Listener transitionListener(std::string cluster, BreakerStats* stats) {
-  return [cluster = std::move(cluster), stats](const BreakerTransition& transition) {
-    spdlog::info("breaker of cluster {}: {} -> {}, cause {}{}", cluster, toString(transition.from),
-                 toString(transition.to), toString(transition.cause),
+CircuitBreaker::Listener transitionListener(std::string policy, std::string cluster,
+                                            BreakerStats* stats) {
+  return [policy = std::move(policy), cluster = std::move(cluster),
+          stats](const BreakerTransition& transition) {
+    spdlog::info("breaker of policy {} on cluster {}: {} -> {}, cause {}{}", policy, cluster,
+                 toString(transition.from), toString(transition.to), toString(transition.cause),
                  transition.shadow ? " (shadow mode: requests still pass)" : "");
     if (stats == nullptr) {
       return;

@@ -57,22 +57,23 @@ enum class CallCount : uint8_t { kSuccess, kFailure, kSlow, kRejected, kCount };
 
 std::string_view callCountName(CallCount count);
 
-// The metrics of one cluster's breaker. Every pointer is set by the metrics registry.
+// The metrics of one policy's breaker on one cluster. Every pointer is set by the metrics
+// registry, and every series carries the `policy` and `cluster` labels.
 struct BreakerStats {
-  // deferd_breaker_state{cluster,state}, by BreakerState.
+  // deferd_breaker_state{state}, by BreakerState.
   std::array<prometheus::Gauge*, kBreakerStates> state{};
-  // deferd_breaker_transitions_total{cluster,to,cause}, by [to][cause].
+  // deferd_breaker_transitions_total{to,cause}, by [to][cause].
   std::array<std::array<prometheus::Counter*, kTransitionCauses>, kBreakerStates> transitions{};
-  // deferd_breaker_calls_total{cluster,outcome}, by CallCount.
+  // deferd_breaker_calls_total{outcome}, by CallCount.
   std::array<prometheus::Counter*, static_cast<size_t>(CallCount::kCount)> calls{};
-  // deferd_breaker_shadow_rejections_total{cluster}: requests let through that an enforcing
-  // breaker would have rejected (shadow mode, or outside the rollout).
+  // deferd_breaker_shadow_rejections_total: requests let through that an enforcing breaker
+  // would have rejected (shadow mode, or outside the rollout).
   prometheus::Counter* shadow_rejections = nullptr;
-  // deferd_breaker_fallback_rejections_total{cluster,reason}, by FallbackRejection, and the
-  // loop guard's rejections.
+  // deferd_breaker_fallback_rejections_total{reason}, by FallbackRejection, and the loop
+  // guard's rejections.
   std::array<prometheus::Counter*, kFallbackRejections> fallback_rejections{};
   prometheus::Counter* fallback_loop = nullptr;
-  // deferd_outlier_ejected_endpoints{cluster}
+  // deferd_outlier_ejected_endpoints: the endpoints that this policy's detector ejected.
   prometheus::Gauge* ejected_endpoints = nullptr;
 };
 
@@ -82,7 +83,8 @@ OutlierOptions outlierOptions(const config::OutlierPolicy& policy);
 FallbackCapacityOptions capacityOptions(const config::Capacity& capacity);
 
 // Logs each transition once, at info level, and counts it.
-CircuitBreaker::Listener transitionListener(std::string cluster, BreakerStats* stats);
+CircuitBreaker::Listener transitionListener(std::string policy, std::string cluster,
+                                            BreakerStats* stats);
 
 // One cluster as the filter sends to it.
 struct BreakerTarget {
@@ -97,8 +99,9 @@ struct BreakerTarget {
 struct BreakerRouteConfig {
   BreakerTarget primary;
   std::optional<BreakerTarget> fallback;
-  std::shared_ptr<FallbackCapacity> capacity;       // set with a fallback
-  prometheus::Counter* fallback_requests = nullptr; // {cluster, fallback}, set with a fallback
+  std::shared_ptr<FallbackCapacity> capacity; // set with a fallback
+  // deferd_breaker_fallback_requests_total{policy,cluster,fallback}, set with a fallback.
+  prometheus::Counter* fallback_requests = nullptr;
   LoopPolicy on_loop = LoopPolicy::kReject;
   std::string service;  // node.service, appended to deferd-fallback-path
   double rollout = 1.0; // share of requests enforced, 0..1

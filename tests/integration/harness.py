@@ -925,6 +925,7 @@ class RawClient:
         self.sock = socket.create_connection((LOOPBACK, port), timeout=timeout)
         self.buf = bytearray()
         self.eof = False
+        self.status_line = None  # of the last head read, without its CRLF
 
     def close(self):
         self.sock.close()
@@ -976,6 +977,7 @@ class RawClient:
         head = bytes(self.buf[:end]).decode("latin-1")
         del self.buf[:end]
         lines = head.split("\r\n")
+        self.status_line = lines[0]
         status_parts = lines[0].split(" ", 2)
         if len(status_parts) < 2 or not status_parts[0].startswith("HTTP/"):
             raise AssertionError(f"bad status line {lines[0]!r}")

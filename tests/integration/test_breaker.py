@@ -20,6 +20,8 @@ from harness import Reply
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CHAOS_SCRIPT = os.path.join(os.path.dirname(HERE), "chaos_breaker.py")
+# The policy of start_deferd's route; the breaker metrics carry it as their `policy` label.
+POLICY = "guard"
 
 
 def text_reply(body, delay=0.0, status=200):
@@ -47,7 +49,7 @@ def start_deferd(clusters, policy, mode="enforce", service="checkout", route_tim
     listener = harness.listener_config(
         "outbound",
         port,
-        [{"cluster": "primary", "policy": "guard", "timeout": route_timeout}],
+        [{"cluster": "primary", "policy": POLICY, "timeout": route_timeout}],
         direction="outbound",
     )
     deferd = harness.Deferd(
@@ -55,7 +57,7 @@ def start_deferd(clusters, policy, mode="enforce", service="checkout", route_tim
         clusters,
         extra={
             "node": {"service": service},
-            "policies": {"guard": {"mode": mode, "breaker": policy}},
+            "policies": {POLICY: {"mode": mode, "breaker": policy}},
         },
     )
     deferd.start()
@@ -135,7 +137,9 @@ class BreakerTestCase(harness.DeferdTestCase):
         """Send requests until the breaker of `primary` has opened."""
         for _ in range(limit):
             client.get()
-            if self.metric("deferd_breaker_transitions_total", cluster="primary", to="open"):
+            if self.metric(
+                "deferd_breaker_transitions_total", policy=POLICY, cluster="primary", to="open"
+            ):
                 return
         self.fail_with_log(f"the breaker did not open after {limit} failing requests")
 
@@ -246,18 +250,24 @@ class FallbackTest(BreakerTestCase):
         metrics = self.deferd.metrics()
         self.assertEqual(
             metrics.value(
-                "deferd_breaker_fallback_requests_total", cluster="primary", fallback="cache"
+                "deferd_breaker_fallback_requests_total",
+                policy=POLICY,
+                cluster="primary",
+                fallback="cache",
             ),
             len(served),
         )
         self.assertEqual(
             metrics.value(
                 "deferd_breaker_fallback_rejections_total",
-                cluster="primary",
+                policy=POLICY, cluster="primary",
                 reason="max_concurrent",
             )
             + metrics.value(
-                "deferd_breaker_fallback_rejections_total", cluster="primary", reason="max_rps"
+                "deferd_breaker_fallback_rejections_total",
+                policy=POLICY,
+                cluster="primary",
+                reason="max_rps",
             ),
             len(rejected),
         )
@@ -276,13 +286,15 @@ class FallbackTest(BreakerTestCase):
         self.assertEqual(
             self.metric(
                 "deferd_breaker_transitions_total",
-                cluster="primary",
+                policy=POLICY, cluster="primary",
                 to="closed",
                 cause="probes_succeeded",
             ),
             1,
         )
-        self.wait_metric("deferd_breaker_state", 1, cluster="primary", state="closed")
+        self.wait_metric(
+            "deferd_breaker_state", 1, policy=POLICY, cluster="primary", state="closed"
+        )
         client.close()
 
 
@@ -310,8 +322,8 @@ class Http2FallbackTest(BreakerTestCase):
             primary.close()
             for _ in range(10):
                 client.get("/")
-                if self.metric("deferd_breaker_transitions_total", cluster="primary",
-                               to="open"):
+                if self.metric("deferd_breaker_transitions_total", policy=POLICY,
+                               cluster="primary", to="open"):
                     break
             else:
                 self.fail_with_log("the breaker did not open on HTTP/2 streams")
@@ -338,10 +350,10 @@ class Http2FallbackTest(BreakerTestCase):
             # With the fallback free again, the next stream is redirected too.
             self.assertEqual(bytes(client.get("/again", timeout=10).body), b"fallback")
 
-        self.assertEqual(self.metric("deferd_breaker_fallback_requests_total", cluster="primary",
-                                     fallback="cache"), 2)
-        self.assertEqual(self.metric("deferd_breaker_fallback_rejections_total", cluster="primary",
-                                     reason="max_concurrent"), 2)
+        self.assertEqual(self.metric("deferd_breaker_fallback_requests_total", policy=POLICY,
+                                     cluster="primary", fallback="cache"), 2)
+        self.assertEqual(self.metric("deferd_breaker_fallback_rejections_total", policy=POLICY,
+                                     cluster="primary", reason="max_concurrent"), 2)
 
 
 class SlowCallTest(BreakerTestCase):
@@ -380,17 +392,23 @@ class SlowCallTest(BreakerTestCase):
         self.assertEqual(
             metrics.value(
                 "deferd_breaker_transitions_total",
-                cluster="primary",
+                policy=POLICY, cluster="primary",
                 to="open",
                 cause="slow_call_rate",
             ),
             1,
         )
         self.assertEqual(
-            metrics.value("deferd_breaker_calls_total", cluster="primary", outcome="slow"), 5
+            metrics.value(
+                "deferd_breaker_calls_total", policy=POLICY, cluster="primary", outcome="slow"
+            ),
+            5,
         )
         self.assertEqual(
-            metrics.value("deferd_breaker_calls_total", cluster="primary", outcome="rejected"), 2
+            metrics.value(
+                "deferd_breaker_calls_total", policy=POLICY, cluster="primary", outcome="rejected"
+            ),
+            2,
         )
         client.close()
 
@@ -430,7 +448,7 @@ class HangingProbeTest(BreakerTestCase):
             "deferd_breaker_transitions_total",
             1,
             timeout=3.0,
-            cluster="primary",
+            policy=POLICY, cluster="primary",
             to="open",
             cause="probe_timeout",
         )
@@ -448,7 +466,7 @@ class HangingProbeTest(BreakerTestCase):
         self.assertEqual(
             self.metric(
                 "deferd_breaker_transitions_total",
-                cluster="primary",
+                policy=POLICY, cluster="primary",
                 to="closed",
                 cause="probes_succeeded",
             ),
@@ -460,7 +478,7 @@ class HangingProbeTest(BreakerTestCase):
 class ReloadTest(BreakerTestCase):
     def reload(self, policy):
         before = self.metric("deferd_config_reloads_total", result="success")
-        self.deferd.config["policies"]["guard"]["breaker"] = policy
+        self.deferd.config["policies"][POLICY]["breaker"] = policy
         self.deferd.write_config()
         self.deferd.signal(signal.SIGHUP)
         self.wait_metric("deferd_config_reloads_total", before + 1, result="success")
@@ -505,21 +523,21 @@ class ReloadTest(BreakerTestCase):
         client = Client(port)
         self.trip(client)
         client.close()
-        self.wait_metric("deferd_breaker_state", 1, cluster="primary", state="open")
+        self.wait_metric("deferd_breaker_state", 1, policy=POLICY, cluster="primary", state="open")
 
         # The route keeps its policy, which loses its breaker section: no breaker watches the
         # cluster any more, so its state gauge must not report it open.
         before = self.metric("deferd_config_reloads_total", result="success")
-        del self.deferd.config["policies"]["guard"]["breaker"]
-        self.deferd.config["policies"]["guard"]["fault"] = {"delay": {"percent": "0%",
+        del self.deferd.config["policies"][POLICY]["breaker"]
+        self.deferd.config["policies"][POLICY]["fault"] = {"delay": {"percent": "0%",
                                                                        "duration": "1ms"}}
         self.deferd.write_config()
         self.deferd.signal(signal.SIGHUP)
         self.wait_metric("deferd_config_reloads_total", before + 1, result="success")
 
         for state in ("closed", "open", "half_open"):
-            self.assertEqual(self.metric("deferd_breaker_state", cluster="primary", state=state),
-                             0, state)
+            self.assertEqual(self.metric("deferd_breaker_state", policy=POLICY,
+                                         cluster="primary", state=state), 0, state)
         self.assertEqual(self.fresh_get(port)[1], "connect-failed")
 
 
@@ -535,15 +553,21 @@ class ShadowTest(BreakerTestCase):
 
         metrics = self.deferd.metrics()
         self.assertEqual(
-            metrics.value("deferd_breaker_shadow_rejections_total", cluster="primary"), 5
+            metrics.value(
+                "deferd_breaker_shadow_rejections_total", policy=POLICY, cluster="primary"
+            ),
+            5,
         )
         self.assertEqual(
-            metrics.value("deferd_breaker_calls_total", cluster="primary", outcome="rejected"), 0
+            metrics.value(
+                "deferd_breaker_calls_total", policy=POLICY, cluster="primary", outcome="rejected"
+            ),
+            0,
         )
         self.assertEqual(
             metrics.value(
                 "deferd_breaker_transitions_total",
-                cluster="primary",
+                policy=POLICY, cluster="primary",
                 to="open",
                 cause="consecutive_failures",
             ),
@@ -572,8 +596,95 @@ class OutlierTest(BreakerTestCase):
 
         bodies = [client.get()[2] for _ in range(20)]
         self.assertEqual(bodies, [b"good"] * 20, "the ejected endpoint still got traffic")
-        self.wait_metric("deferd_outlier_ejected_endpoints", 1, cluster="primary")
+        self.wait_metric("deferd_outlier_ejected_endpoints", 1, policy=POLICY, cluster="primary")
         client.close()
+
+
+class SharedClusterTest(BreakerTestCase):
+    """Two policies each put a breaker on one cluster: the metrics keep the two apart."""
+
+    STATES = ("closed", "open", "half_open")
+
+    def states(self, metrics, policy):
+        return {
+            state: metrics.value(
+                "deferd_breaker_state", policy=policy, cluster="primary", state=state
+            )
+            for state in self.STATES
+        }
+
+    def test_tripped_breaker_leaves_other_policy_closed(self):
+        # Requests under /fail/ get 500s, the rest 200s.
+        def handler(request):
+            status = 500 if request.target.startswith("/fail/") else 200
+            return Reply(status, [("content-type", "text/plain")], b"primary")
+
+        primary = self.upstream(handler)
+        port = harness.free_port()
+        routes = [
+            {"match": {"prefix": "/fail/"}, "cluster": "primary", "policy": "trips"},
+            {"match": {"prefix": "/"}, "cluster": "primary", "policy": "stays"},
+        ]
+        listener = harness.listener_config("outbound", port, routes, direction="outbound")
+        policies = {
+            "trips": {"breaker": breaker_policy(cooldown="30s", max_cooldown="30s")},
+            "stays": {"breaker": breaker_policy(cooldown="30s", max_cooldown="30s")},
+        }
+        self.deferd = harness.Deferd(
+            [listener],
+            [harness.cluster_config("primary", [primary.port])],
+            extra={"policies": policies},
+        )
+        self.deferd.start()
+
+        # Before any traffic both breakers export all three states, closed.
+        self.wait_metric("deferd_breaker_state", 2, cluster="primary", state="closed")
+        metrics = self.deferd.metrics()
+        for policy in ("trips", "stays"):
+            self.assertEqual(len(metrics.find("deferd_breaker_state", policy=policy)), 3, policy)
+            self.assertEqual(
+                self.states(metrics, policy), {"closed": 1, "open": 0, "half_open": 0}, policy
+            )
+
+        # Three 500s in a row open the breaker of "trips" only.
+        client = Client(port)
+        for _ in range(3):
+            self.assertEqual(client.get("/fail/x")[0], 500)
+        self.assertEqual(client.get("/fail/x")[:2], (503, "breaker-open"))
+        self.assertEqual(client.get("/ok")[:3], (200, None, b"primary"))
+        client.close()
+
+        # The gauges are refreshed once a second.
+        self.wait_metric("deferd_breaker_state", 1, policy="trips", cluster="primary",
+                         state="open")
+        metrics = self.deferd.metrics()
+        self.assertEqual(self.states(metrics, "trips"), {"closed": 0, "open": 1, "half_open": 0})
+        self.assertEqual(self.states(metrics, "stays"), {"closed": 1, "open": 0, "half_open": 0})
+        self.assertEqual(
+            metrics.value(
+                "deferd_breaker_transitions_total",
+                policy="trips",
+                cluster="primary",
+                to="open",
+                cause="consecutive_failures",
+            ),
+            1,
+        )
+        self.assertEqual(
+            metrics.value("deferd_breaker_transitions_total", policy="stays", to="open"), 0
+        )
+        self.assertEqual(
+            metrics.value("deferd_breaker_calls_total", policy="trips", outcome="failure"), 3
+        )
+        self.assertEqual(
+            metrics.value("deferd_breaker_calls_total", policy="trips", outcome="rejected"), 1
+        )
+        self.assertEqual(
+            metrics.value("deferd_breaker_calls_total", policy="stays", outcome="success"), 1
+        )
+        self.assertEqual(
+            metrics.value("deferd_breaker_calls_total", policy="stays", outcome="failure"), 0
+        )
 
 
 class LoopTest(BreakerTestCase):
@@ -591,7 +702,7 @@ class LoopTest(BreakerTestCase):
             listener = harness.listener_config(
                 "outbound",
                 ports[name],
-                [{"cluster": "primary", "policy": "guard"}],
+                [{"cluster": "primary", "policy": POLICY}],
                 direction="outbound",
             )
             policy = breaker_policy(
@@ -604,7 +715,7 @@ class LoopTest(BreakerTestCase):
                 clusters,
                 extra={
                     "node": {"service": f"svc-{name}"},
-                    "policies": {"guard": {"breaker": policy}},
+                    "policies": {POLICY: {"breaker": policy}},
                 },
             )
             deferd.start()
@@ -634,7 +745,10 @@ class LoopTest(BreakerTestCase):
             metrics = sidecars[name].metrics()
             self.assertEqual(
                 metrics.value(
-                    "deferd_breaker_fallback_requests_total", cluster="primary", fallback="peer"
+                    "deferd_breaker_fallback_requests_total",
+                    policy=POLICY,
+                    cluster="primary",
+                    fallback="peer",
                 ),
                 2,
                 name,
@@ -642,7 +756,7 @@ class LoopTest(BreakerTestCase):
             self.assertEqual(
                 metrics.value(
                     "deferd_breaker_fallback_rejections_total",
-                    cluster="primary",
+                    policy=POLICY, cluster="primary",
                     reason="fallback_loop",
                 ),
                 1,

@@ -23,6 +23,8 @@ DOCKERFILE = os.path.join(DEPLOY, "Dockerfile")
 OPERATIONS_DOC = os.path.join(REPO, "docs", "operations.md")
 METRICS_DOC = os.path.join(REPO, "docs", "metrics.md")
 LOCAL_REPLY_HEADER = os.path.join(REPO, "proxy", "local_reply.h")
+GRPC_HEADER = os.path.join(REPO, "proxy", "grpc.h")
+ARCHITECTURE_DOC = os.path.join(REPO, "docs", "architecture.md")
 
 # Metrics that the dashboard and the alert rules use before deferd exports them: the contract
 # with the priority, backpressure and breaker filters. Each entry maps the
@@ -170,6 +172,44 @@ def local_reply_reasons():
     if not reasons:
         raise AssertionError(f"no reasons found in {LOCAL_REPLY_HEADER}")
     return reasons
+
+
+def local_reply_table():
+    """Return {reason: (HTTP status, closes the connection, gRPC code, gRPC name)} from
+    proxy/local_reply.h's table and the grpcStatusFor() switch of proxy/grpc.h."""
+    local_reply = read_text(LOCAL_REPLY_HEADER)
+    enum = re.search(r"enum class LocalReplyReason[^{]*\{(.*?)\};", local_reply, re.S).group(1)
+    enumerators = re.findall(r"^\s*(k\w+),", enum, re.M)
+    entries = re.findall(r'\{\s*(\d{3}),\s*"([a-z0-9-]+)",\s*(true|false)\s*\}', local_reply)
+    if enumerators[-1] == "kCount":
+        enumerators.pop()
+    if not entries or len(entries) != len(enumerators):
+        raise AssertionError(f"{len(enumerators)} reasons but {len(entries)} table entries in "
+                             f"{LOCAL_REPLY_HEADER}")
+
+    grpc = read_text(GRPC_HEADER)
+    codes = {name: int(code) for name, code in re.findall(r"^\s*k(\w+) = (\d+),", grpc, re.M)}
+    switch = re.search(r"grpcStatusFor\(LocalReplyReason reason\) \{(.*?)\n\}", grpc, re.S).group(1)
+    status_of = {}
+    pending = []
+    for line in switch.splitlines():
+        case = re.search(r"case LocalReplyReason::(k\w+):", line)
+        if case:
+            pending.append(case.group(1))
+        returned = re.search(r"return GrpcStatus::k(\w+);", line)
+        if returned and pending:
+            for enumerator in pending:
+                status_of[enumerator] = returned.group(1)
+            pending = []
+
+    table = {}
+    for enumerator, (status, reason, closes) in zip(enumerators, entries):
+        name = status_of.get(enumerator)
+        if name is None:
+            raise AssertionError(f"grpcStatusFor() in {GRPC_HEADER} has no case for {enumerator}")
+        upper = re.sub(r"(?<!^)(?=[A-Z])", "_", name).upper()
+        table[reason] = (int(status), closes == "true", codes[name], upper)
+    return table
 
 
 # --- the kustomize base -----------------------------------------------------------------------
@@ -760,6 +800,45 @@ class OperationsDocTest(harness.DeferdTestCase):
         for reason in local_reply_reasons():
             with self.subTest(reason=reason):
                 self.assertIn(reason, listed, f"no troubleshooting row for {reason}")
+
+    def test_troubleshooting_statuses_match_tables(self):
+        # The HTTP and gRPC columns repeat proxy/local_reply.h and proxy/grpc.h.
+        rows = {}
+        for line in read_text(OPERATIONS_DOC).splitlines():
+            cells = [cell.strip() for cell in line.strip("|").split("|")]
+            match = re.fullmatch(r"`([a-z0-9-]+)`", cells[0]) if line.startswith("| `") else None
+            if match:
+                rows[match.group(1)] = cells
+        for reason, (status, closes, code, name) in local_reply_table().items():
+            with self.subTest(reason=reason):
+                http_cell, grpc_cell = rows[reason][1], rows[reason][2]
+                connection = "closed" if closes else "kept"
+                if reason == "fault-injected":
+                    # The policy or the request header chooses the status; 503 is the default.
+                    self.assertIn(f"({status} by default)", http_cell)
+                    self.assertTrue(http_cell.endswith(connection), http_cell)
+                    self.assertIn(f"{code} {name} for {status}", grpc_cell)
+                else:
+                    self.assertEqual(http_cell, f"{status}, {connection}")
+                    self.assertEqual(grpc_cell, f"{code} {name}")
+
+    def test_architecture_grpc_table_matches_switch(self):
+        doc = read_text(ARCHITECTURE_DOC)
+        table = doc[doc.index("| reasons | gRPC status |"):]
+        table = table[: table.index("\n\n")]
+        status_of = {}
+        for line in table.splitlines()[2:]:
+            reasons_cell, status_cell = [c.strip() for c in line.strip("|").split("|")][:2]
+            for reason in re.findall(r"`([a-z0-9-]+)`", reasons_cell):
+                self.assertNotIn(reason, status_of, f"{reason} is in two rows")
+                status_of[reason] = status_cell
+        for reason, (_, _, code, name) in local_reply_table().items():
+            with self.subTest(reason=reason):
+                self.assertIn(reason, status_of, "missing from the gRPC table of architecture.md")
+                if reason == "fault-injected":
+                    self.assertIn(f"{code} {name} for the default", status_of[reason])
+                else:
+                    self.assertEqual(status_of[reason], f"{code} {name}")
 
     def test_grace_arithmetic_matches_manifests(self):
         # The doc's worked example uses the manifests' numbers.

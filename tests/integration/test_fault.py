@@ -72,6 +72,26 @@ class FaultTest(harness.DeferdTestCase):
         forwarded = self.upstream.wait_for_requests(1)[0]
         self.assertIsNone(forwarded.header("x-deferd-fault"), "the fault header leaked upstream")
 
+    def test_unnamed_abort_status_has_empty_reason(self):
+        with harness.RawClient(self.port) as client:
+            client.send(b"GET /x HTTP/1.1\r\nHost: t\r\nx-deferd-fault: abort=418\r\n\r\n")
+            resp = client.read_response()
+            self.assertEqual(client.status_line, "HTTP/1.1 418 ")
+            self.assertLocalReply(resp, 418, "fault-injected")
+            self.assertEqual(resp.body, b"fault-injected\n")
+
+            # A HEAD reply is the same head without the body, and the connection stays usable.
+            client.send(b"HEAD /x HTTP/1.1\r\nHost: t\r\nx-deferd-fault: abort=418\r\n\r\n")
+            resp = client.read_response("HEAD")
+            self.assertEqual(client.status_line, "HTTP/1.1 418 ")
+            self.assertEqual(resp.header("content-length"), str(len(b"fault-injected\n")))
+
+            client.send(b"GET /x HTTP/1.1\r\nHost: t\r\nx-deferd-fault: abort=503\r\n\r\n")
+            resp = client.read_response()
+            self.assertEqual(client.status_line, "HTTP/1.1 503 Service Unavailable")
+            self.assertLocalReply(resp, 503, "fault-injected")
+        self.assertEqual(self.upstream.requests, [])
+
     def test_header_ignored_on_untrusted_listener(self):
         resp = harness.http_get(self.untrusted_port, "/x",
                                 headers={"x-deferd-fault": "abort=503"})

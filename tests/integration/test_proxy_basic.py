@@ -183,6 +183,20 @@ class ProxyBasicTest(harness.DeferdTestCase):
 
     # Request headers as the upstream sees them
 
+    def test_unnamed_status_reason_phrase(self):
+        # An upstream's own phrase is forwarded, and an empty one stays empty rather than
+        # becoming a placeholder.
+        cases = [("", "HTTP/1.1 299 "), ("Custom", "HTTP/1.1 299 Custom")]
+        with RawClient(self.port) as client:
+            for reason, expected in cases:
+                self.app.handler = lambda _request, reason=reason: Reply(
+                    299, [("Content-Type", "text/plain")], b"ok", reason=reason
+                )
+                client.send(b"GET /raw/reason HTTP/1.1\r\nHost: t\r\n\r\n")
+                resp = client.read_response()
+                self.assertEqual(client.status_line, expected, reason)
+                self.assertEqual((resp.status, resp.body), (299, b"ok"), reason)
+
     def test_host_preserved(self):
         path = self.unique_path()
         resp = harness.http_get(self.port, path, headers={"Host": "example.test:8443"})

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace deferd {
@@ -254,6 +255,61 @@ TEST(MessageHeadTest, ResponseHeadDefaultReason) {
   appendResponseHead(out, head);
 
   EXPECT_EQ(out, "HTTP/1.1 503 Service Unavailable\r\n\r\n");
+}
+
+TEST(MessageHeadTest, ResponseHeadEmptyReasonForUnnamedStatus) {
+  const std::vector<std::pair<unsigned, std::string>> cases = {
+      {299, "HTTP/1.1 299 \r\n\r\n"},
+      {418, "HTTP/1.1 418 \r\n\r\n"},
+      {520, "HTTP/1.1 520 \r\n\r\n"},
+      {200, "HTTP/1.1 200 OK\r\n\r\n"},
+  };
+
+  for (const auto& [status, expected] : cases) {
+    http::response_header<> head;
+    head.result(status);
+    std::string out;
+
+    appendResponseHead(out, head);
+
+    EXPECT_EQ(out, expected) << status;
+  }
+}
+
+TEST(MessageHeadTest, ResponseHeadKeepsUpstreamPhraseForUnnamedStatus) {
+  http::response_header<> head;
+  head.result(299);
+  head.reason("Custom");
+  std::string out;
+
+  appendResponseHead(out, head);
+
+  EXPECT_EQ(out, "HTTP/1.1 299 Custom\r\n\r\n");
+}
+
+TEST(MessageHeadTest, ResponseHeadForwardsEmptyUpstreamPhrase) {
+  // An HTTP/1.1 upstream sent a code that Beast has no name for, with an empty phrase.
+  const std::string message = "HTTP/1.1 299 \r\nContent-Length: 0\r\n\r\n";
+  http::response_parser<http::string_body> parser;
+  boost::system::error_code ec;
+  parser.put(boost::asio::buffer(message.data(), message.size()), ec);
+  ASSERT_FALSE(ec) << ec.message();
+  ASSERT_TRUE(parser.is_header_done());
+  std::string out;
+
+  appendResponseHead(out, parser.get());
+
+  EXPECT_EQ(out, message);
+}
+
+TEST(MessageHeadTest, ReasonPhraseEmptyOnlyForUnnamedCodes) {
+  EXPECT_EQ(reasonPhrase(200), "OK");
+  EXPECT_EQ(reasonPhrase(404), "Not Found");
+  EXPECT_EQ(reasonPhrase(503), "Service Unavailable");
+  EXPECT_EQ(reasonPhrase(299), "");
+  EXPECT_EQ(reasonPhrase(418), "");
+  EXPECT_EQ(reasonPhrase(0), "");
+  EXPECT_EQ(reasonPhrase(999), "");
 }
 
 TEST(ChunkLineTest, FormatsHexSizes) {

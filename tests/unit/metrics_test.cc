@@ -142,6 +142,49 @@ TEST(MetricsTest, ClusterStatsSerialized) {
   }
 }
 
+TEST(MetricsTest, BreakerSeriesPerPolicyAndCluster) {
+  using filters::breaker::CallCount;
+  Metrics metrics;
+  filters::breaker::BreakerStats* first = metrics.breaker("br", "grpc");
+  filters::breaker::BreakerStats* second = metrics.breaker("br2", "grpc");
+  ASSERT_NE(first, second);
+  EXPECT_EQ(first, metrics.breaker("br", "grpc"));
+  first->calls[static_cast<size_t>(CallCount::kFailure)]->Increment(3);
+  second->calls[static_cast<size_t>(CallCount::kSuccess)]->Increment(2);
+  second->shadow_rejections->Increment();
+  metrics.breakerFallback("br", "grpc", "cache")->Increment(4);
+
+  std::string text = metrics.serialize();
+
+  for (const char* policy : {"br", "br2"}) {
+    std::string labels = "cluster=\"grpc\",policy=\"" + std::string(policy) + "\"";
+    EXPECT_EQ(sampleValue(text, "deferd_breaker_state{" + labels + ",state=\"closed\"}"), 1)
+        << policy;
+    EXPECT_EQ(sampleValue(text, "deferd_breaker_state{" + labels + ",state=\"open\"}"), 0)
+        << policy;
+    EXPECT_EQ(sampleValue(text, "deferd_outlier_ejected_endpoints{" + labels + "}"), 0) << policy;
+    EXPECT_EQ(sampleValue(text, "deferd_breaker_fallback_rejections_total{" + labels +
+                                    ",reason=\"fallback_loop\"}"),
+              0)
+        << policy;
+  }
+  EXPECT_EQ(sampleValue(text, "deferd_breaker_calls_total{cluster=\"grpc\",outcome=\"failure\","
+                              "policy=\"br\"}"),
+            3);
+  EXPECT_EQ(sampleValue(text, "deferd_breaker_calls_total{cluster=\"grpc\",outcome=\"failure\","
+                              "policy=\"br2\"}"),
+            0);
+  EXPECT_EQ(sampleValue(text, "deferd_breaker_calls_total{cluster=\"grpc\",outcome=\"success\","
+                              "policy=\"br2\"}"),
+            2);
+  EXPECT_EQ(
+      sampleValue(text, "deferd_breaker_shadow_rejections_total{cluster=\"grpc\",policy=\"br2\"}"),
+      1);
+  EXPECT_EQ(sampleValue(text, "deferd_breaker_fallback_requests_total{cluster=\"grpc\","
+                              "fallback=\"cache\",policy=\"br\"}"),
+            4);
+}
+
 TEST(MetricsTest, UpstreamFailureNamesDistinctKebabCase) {
   std::set<std::string_view> names;
   for (size_t i = 0; i < static_cast<size_t>(UpstreamFailure::kCount); ++i) {

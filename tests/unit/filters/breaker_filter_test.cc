@@ -103,7 +103,7 @@ protected:
     target.cluster = cluster;
     target.cluster_index = index;
     target.breaker = CircuitBreaker::create(breakerOptions(policy_, shadow), clock_.now(), {},
-                                            transitionListener(cluster, stats));
+                                            transitionListener("guard", cluster, stats));
     target.stats = stats;
     return target;
   }
