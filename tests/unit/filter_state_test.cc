@@ -2,28 +2,18 @@
 
 #include <chrono>
 #include <optional>
-#include <sstream>
 #include <string>
 
 #include <gtest/gtest.h>
+
+#include "tests/unit/metrics_text.h"
 
 namespace deferd {
 namespace {
 
 using filters::breaker::BreakerState;
 
-// Returns the value of the sample whose name and sorted labels are exactly `series`.
-std::optional<double> sampleValue(const std::string& text, const std::string& series) {
-  std::istringstream lines(text);
-  std::string line;
-  while (std::getline(lines, line)) {
-    if (line.size() > series.size() && line.compare(0, series.size(), series) == 0 &&
-        line[series.size()] == ' ') {
-      return std::stod(line.substr(series.size() + 1));
-    }
-  }
-  return std::nullopt;
-}
+using testing::sampleValue;
 
 std::string stateSeries(const std::string& policy, const std::string& state) {
   return "deferd_breaker_state{cluster=\"grpc\",policy=\"" + policy + "\",state=\"" + state + "\"}";
