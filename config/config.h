@@ -139,6 +139,9 @@ struct Listener {
   // On an untrusted listener, the most urgent urgency an outside caller may ask for; a more
   // urgent one is raised to it. Unset (`priority_floor: strip`) ignores their header.
   std::optional<int> priority_floor = 3;
+  // Whether a request that arrives without an x-request-id gets a new one (a UUID). Either way
+  // a caller's x-request-id is kept.
+  bool generate_request_id = true;
   ListenerLimits limits;
   Http2Limits http2;
   std::vector<Route> routes;

@@ -63,8 +63,9 @@ const Keys kNodeKeys = {"service"};
 const Keys kAdminKeys = {"address", "token_file"};
 const Keys kLogKeys = {"level"};
 const Keys kAccessLogKeys = {"path"};
-const Keys kListenerKeys = {"name",   "address", "direction",     "trust",         "routes",
-                            "limits", "http2",   "trusted_cidrs", "priority_floor"};
+const Keys kListenerKeys = {
+    "name",   "address", "direction",     "trust",          "routes",
+    "limits", "http2",   "trusted_cidrs", "priority_floor", "generate_request_id"};
 const Keys kHttp2Keys = {"max_concurrent_streams",
                          "initial_window_size",
                          "connection_window_size",
@@ -517,6 +518,9 @@ void Loader::parseListener(const Field& field) {
   }
   if (const Field* floor = section->find("priority_floor")) {
     parsePriorityFloor(*floor, &listener);
+  }
+  if (const Field* generate = section->find("generate_request_id")) {
+    setIfValid(readBool(*generate), &listener.generate_request_id);
   }
 
   if (const Field* routes = require(*section, "routes")) {

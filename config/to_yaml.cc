@@ -136,6 +136,7 @@ void emitListener(YAML::Emitter& out, const Listener& listener) {
   } else {
     emitPair(out, "priority_floor", "strip");
   }
+  out << YAML::Key << "generate_request_id" << YAML::Value << listener.generate_request_id;
 
   const ListenerLimits& limits = listener.limits;
   out << YAML::Key << "limits" << YAML::Value << YAML::BeginMap;

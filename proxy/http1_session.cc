@@ -483,8 +483,10 @@ private:
     }
 
     if (!fields.has_request_id || fields.request_id.empty()) {
-      request_id_ = worker_.generateRequestId();
-      request.set("x-request-id", request_id_);
+      if (listener_->config->generate_request_id) {
+        request_id_ = worker_.generateRequestId();
+        request.set("x-request-id", request_id_);
+      }
     } else {
       request_id_ = fields.request_id;
     }

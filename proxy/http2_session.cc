@@ -908,7 +908,9 @@ void Http2Stream::onRequestHeaders(bool end_stream) {
     headers.append("x-forwarded-for", session_->peerIp());
   }
   std::optional<std::string_view> request_id = headers.get("x-request-id");
-  if (!request_id) {
+  if (!listener.config->generate_request_id && (!request_id || request_id->empty())) {
+    request_id_.clear();
+  } else if (!request_id) {
     request_id_ = session_->worker().generateRequestId();
     headers.append("x-request-id", request_id_);
   } else if (request_id->empty()) {

@@ -491,5 +491,44 @@ class Http2UpstreamTest(harness.DeferdTestCase):
             "deferd_upstream_failures_total", cluster="scripted", reason="bad-response"), 1)
 
 
+class RequestIdOffTest(harness.DeferdTestCase):
+    """A listener with generate_request_id: false adds no x-request-id, on either protocol."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.upstream = harness.RawUpstream()
+        cls.addClassCleanup(cls.upstream.close)
+        cls.port = harness.free_port()
+        listener = harness.listener_config("inbound", cls.port, [{"cluster": "app"}])
+        listener["generate_request_id"] = False
+        cls.deferd = harness.Deferd(
+            listeners=[listener],
+            clusters=[harness.cluster_config("app", [cls.upstream.port])],
+        ).start()
+        cls.addClassCleanup(cls.deferd.stop)
+
+    def setUp(self):
+        self.upstream.reset()
+
+    def test_http1_request_gets_no_id(self):
+        self.assertEqual(harness.http_get(self.port, "/one").status, 200)
+        request = self.upstream.wait_for_requests(1)[-1]
+        self.assertEqual(request.header_values("x-request-id"), [], repr(request))
+
+    def test_http2_request_gets_no_id(self):
+        with h2peer.H2Client(self.port) as client:
+            stream = client.get("/two")
+        self.assertEqual(stream.status, 200, stream)
+        request = self.upstream.wait_for_requests(1)[-1]
+        self.assertEqual(request.header_values("x-request-id"), [], repr(request))
+
+    def test_caller_id_kept(self):
+        with h2peer.H2Client(self.port) as client:
+            stream = client.get("/three", headers=[("x-request-id", "caller-7")])
+        self.assertEqual(stream.status, 200, stream)
+        request = self.upstream.wait_for_requests(1)[-1]
+        self.assertEqual(request.header_values("x-request-id"), ["caller-7"], repr(request))
+
+
 if __name__ == "__main__":
     harness.main()

@@ -264,6 +264,7 @@ listeners:
     address: 127.0.0.1:15001
     direction: outbound
     priority_floor: strip
+    generate_request_id: false
     routes: [ { cluster: app, policy: classes, priority: 6 } ]
 clusters:
   - name: app
@@ -298,6 +299,9 @@ TEST(ConfigTest, LoadsPrioritySections) {
   EXPECT_EQ(inbound.routes[1].urgency, std::nullopt);
   EXPECT_EQ(config->listeners[1].priority_floor, std::nullopt);
   EXPECT_EQ(config->listeners[1].routes[0].urgency, 6);
+  EXPECT_TRUE(inbound.generate_request_id);
+  EXPECT_FALSE(config->listeners[1].generate_request_id);
+  EXPECT_NE(toYaml(*config).find("generate_request_id: false"), std::string::npos);
 
   const PriorityPolicy& defaults = *config->policies.at("defaults").priority;
   EXPECT_EQ(defaults.header, "deferd-priority");
