@@ -61,8 +61,8 @@ constexpr std::array<ValueByte, 256> kValueBytes = [] {
 enum class FieldError { kNone, kInvalid, kLineEnd };
 
 // Parses one "name: value" line (without its CRLF) into `out`. Obsolete line folding and white
-// space before the colon make the field invalid; a CR or LF inside the line is a line end that
-// the head's CRLF split did not see.
+// space before the colon make the field invalid. A CR or LF inside the line is a bare line end,
+// which the head's split at CRLF does not catch.
 FieldError parseFieldLine(std::string_view line, HeaderList& out) {
   size_t colon = line.find(':');
   if (colon == 0 || colon == std::string_view::npos) {

@@ -83,6 +83,9 @@ public:
   // nghttp2 dropped one of this stream's header blocks unsent (larger than the sending limit).
   // A response head that never left becomes a 502; trailers end the stream with a reset.
   void onHeadersNotSent(bool response_head);
+  // Submits the response head from status_ and response_fields_, with the body from
+  // readResponseBody() when `has_body`. Returns nghttp2's result.
+  int submitHead(bool has_body);
   ssize_t readResponseBody(uint8_t* out, size_t length, uint32_t* flags);
   void onTick(MonotonicTime now);
 
@@ -388,8 +391,8 @@ bool Http2Session::start(std::string_view received) {
       {NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES, 1},
   }};
   nghttp2_submit_settings(session_, NGHTTP2_FLAG_NONE, settings.data(), settings.size());
-  // SETTINGS cannot change the connection's window, which starts at 65535 bytes for every
-  // stream to share; a WINDOW_UPDATE on stream 0 raises it.
+  // SETTINGS cannot change the connection's window, which starts at 65535 bytes for all streams
+  // to share, so a WINDOW_UPDATE on stream 0 raises it.
   nghttp2_session_set_local_window_size(session_, NGHTTP2_FLAG_NONE, 0,
                                         static_cast<int32_t>(http2.connection_window_size));
 
@@ -1446,21 +1449,7 @@ bool Http2Stream::submitResponse(unsigned status, HeaderList fields, bool has_bo
     }
   }
 
-  // The stream keeps status_text_ and response_fields_ unchanged until nghttp2 has sent the
-  // HEADERS frame or closed the stream, which drops the frame unsent. A local reply, the one
-  // other writer, never follows a submitted response.
-  status_text_ = std::to_string(status_);
-  std::vector<nghttp2_nv>& nv = session_->nvScratch();
-  nv.push_back(makeNv(":status", status_text_, kNvNoCopy));
-  for (const HeaderField& field : response_fields_) {
-    nv.push_back(makeNv(field.name, field.value, kNvNoCopy));
-  }
-  nghttp2_data_provider provider{};
-  provider.source.ptr = this;
-  provider.read_callback = &readResponseBodyCallback;
-  int rv =
-      nghttp2_submit_response(nghttp2(), id_, nv.data(), nv.size(), has_body ? &provider : nullptr);
-  if (rv != 0) {
+  if (submitHead(has_body) != 0) {
     resetStream(NGHTTP2_INTERNAL_ERROR, "upstream-reset");
     return false;
   }
@@ -1646,9 +1635,22 @@ void Http2Stream::sendLocalReply(LocalReplyReason reason) {
     chain_->runResponseHeaders(static_cast<int>(status_), headers);
   }
 
-  // The stream keeps status_text_ and response_fields_ unchanged until nghttp2 has sent the
-  // HEADERS frame or closed the stream, which drops the frame unsent. A local reply, the one
-  // other writer, never follows a submitted response.
+  if (body) {
+    response_body_ = std::string(spec.reason) + "\n";
+    response_bytes_ = response_body_.size();
+  }
+  response_complete_ = true;
+  if (submitHead(body) != 0) {
+    nghttp2_submit_rst_stream(nghttp2(), NGHTTP2_FLAG_NONE, id_, NGHTTP2_INTERNAL_ERROR);
+    return;
+  }
+  response_submitted_ = true;
+}
+
+int Http2Stream::submitHead(bool has_body) {
+  // nghttp2 encodes the fields from status_text_ and response_fields_ when it sends the
+  // HEADERS frame. Both stay unchanged until then, or until nghttp2 drops the frame unsent (a
+  // closed stream, a block too large to send), because a stream submits one response head.
   status_text_ = std::to_string(status_);
   std::vector<nghttp2_nv>& nv = session_->nvScratch();
   nv.push_back(makeNv(":status", status_text_, kNvNoCopy));
@@ -1658,18 +1660,8 @@ void Http2Stream::sendLocalReply(LocalReplyReason reason) {
   nghttp2_data_provider provider{};
   provider.source.ptr = this;
   provider.read_callback = &readResponseBodyCallback;
-  if (body) {
-    response_body_ = std::string(spec.reason) + "\n";
-    response_bytes_ = response_body_.size();
-  }
-  response_complete_ = true;
-  int rv =
-      nghttp2_submit_response(nghttp2(), id_, nv.data(), nv.size(), body ? &provider : nullptr);
-  if (rv != 0) {
-    nghttp2_submit_rst_stream(nghttp2(), NGHTTP2_FLAG_NONE, id_, NGHTTP2_INTERNAL_ERROR);
-    return;
-  }
-  response_submitted_ = true;
+  return nghttp2_submit_response(nghttp2(), id_, nv.data(), nv.size(),
+                                 has_body ? &provider : nullptr);
 }
 
 void Http2Stream::onResponseSent() {

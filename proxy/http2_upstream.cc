@@ -224,8 +224,8 @@ bool Http2UpstreamConnection::createSession() {
       {NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES, 1},
   }};
   nghttp2_submit_settings(session_, NGHTTP2_FLAG_NONE, settings.data(), settings.size());
-  // The connection's window starts at 65535 bytes whatever SETTINGS say; this raises it with a
-  // WINDOW_UPDATE on stream 0.
+  // SETTINGS cannot change the connection's window, which starts at 65535 bytes, so a
+  // WINDOW_UPDATE on stream 0 raises it.
   nghttp2_session_set_local_window_size(session_, NGHTTP2_FLAG_NONE, 0,
                                         kUpstreamConnectionWindowSize);
   return true;

@@ -207,7 +207,7 @@ TEST_F(StallTest, GradientRecoversFastAfterProxyStall) {
   // Then the latency is the upstream's own again. Growing back by the headroom alone (2.6 %
   // per window) would take about 6 s. Slow start back to the limit held before the cut takes
   // it from 2 to 9 in 4 windows (2, 3, 4.5, 6.75, 9). The bound of 8 windows leaves 3 for a
-  // first window that still holds stall samples and one of latency lag in a real proxy.
+  // first window that still contains stall samples and one of latency lag in a real proxy.
   for (int i = 0; i < 8; ++i) {
     runWindow(benchLatency(kWorkers, limiter.limit()), limiter.limit());
   }
