@@ -374,8 +374,7 @@ void BreakerFilter::recordOutlier(Outcome outcome, MonotonicTime now) {
     // The registry owns every SharedEndpoint as a mutable object; RequestInfo only hands out
     // a read-only view. Its atomics are meant to be written from any worker.
     auto* shared = const_cast<SharedEndpoint*>(endpoint);
-    shared->ejected_until_ns.store(SharedEndpoint::toNanoseconds(*until),
-                                   std::memory_order_relaxed);
+    shared->ejectUntil(*until);
   }
 }
 

@@ -41,6 +41,17 @@ struct SharedEndpoint {
   // since the clock's epoch; 0 when it is not ejected.
   std::atomic<int64_t> ejected_until_ns{0};
 
+  // Keeps the endpoint out until `until`, unless another detector ejected it for longer. Two
+  // breaker policies on one cluster each run a detector, and neither may cut the other's
+  // ejection short.
+  void ejectUntil(MonotonicTime until) {
+    int64_t until_ns = toNanoseconds(until);
+    int64_t current = ejected_until_ns.load(std::memory_order_relaxed);
+    while (current < until_ns &&
+           !ejected_until_ns.compare_exchange_weak(current, until_ns, std::memory_order_relaxed)) {
+    }
+  }
+
   bool ejected(MonotonicTime now) const {
     int64_t until = ejected_until_ns.load(std::memory_order_relaxed);
     return until != 0 && toNanoseconds(now) < until;

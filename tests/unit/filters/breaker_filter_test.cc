@@ -455,6 +455,36 @@ TEST_F(BreakerFilterTest, OutlierEjectionIsCopiedToTheEndpoint) {
   EXPECT_FALSE(bad.ejected(clock_.now()));
 }
 
+TEST_F(BreakerFilterTest, ShorterEjectionKeepsLongerOne) {
+  // Two breaker policies on one cluster, each with its own outlier detector.
+  auto withDetector = [this](std::chrono::milliseconds base_ejection) {
+    BreakerRouteConfig config = withoutFallback();
+    policy_.consecutive_failures = 0; // keep the breaker closed
+    config.primary.breaker = CircuitBreaker::create(breakerOptions(policy_, false), clock_.now());
+    config::OutlierPolicy outlier;
+    outlier.consecutive_failures = 1;
+    outlier.base_ejection = base_ejection;
+    outlier.max_ejection_percent = 0.5;
+    config.primary.outlier =
+        std::make_shared<OutlierDetector>(outlierOptions(outlier), 2, clock_.now());
+    return config;
+  };
+  BreakerRouteConfig long_ejection = withDetector(10s);
+  BreakerRouteConfig short_ejection = withDetector(1s);
+  SharedEndpoint endpoint("primary", "127.0.0.1:1", 1);
+
+  for (BreakerRouteConfig* config : {&long_ejection, &short_ejection}) {
+    Request failing(*config, clock_);
+    ASSERT_EQ(failing.start(), FilterStatus::kContinue);
+    failing.callbacks.info.upstream = &endpoint;
+    failing.respond(500);
+  }
+
+  EXPECT_EQ(endpoint.ejected_until_ns.load(), SharedEndpoint::toNanoseconds(clock_.now() + 10s));
+  clock_.advance(5s);
+  EXPECT_TRUE(endpoint.ejected(clock_.now()));
+}
+
 TEST(BreakerCallResultTest, MapsLocalReplies) {
   TestHeaderMap none;
   EXPECT_EQ(callResult(503, none, LocalReplyReason::kConnectFailed)->local_failure,
