@@ -419,6 +419,7 @@ private:
     forward_response_trailers_ = false;
     response_started_ = false;
     request_sent_ = false;
+    route_deadline_ = {};
 
     if (request_ && request_->is_header_done()) {
       const auto& request = request_->get();
@@ -613,9 +614,23 @@ private:
 
   // ---- Sending the request ----
 
+  // Starts the route timeout, once per request, or keeps the one already running. It lasts from
+  // the end of the client's request until the response head, across retries. Envoy's route
+  // timeout starts at the same point, so an upstream that stops reading cannot hold a request
+  // until stream_idle_timeout.
+  void startRouteTimeout() {
+    if (route_deadline_ == MonotonicTime{}) {
+      route_deadline_ = std::chrono::steady_clock::now() + route_->config->timeout;
+    }
+    deadline_ = route_deadline_;
+  }
+
   void sendRequest() {
     state_ = State::kSendingRequest;
     deadline_ = std::chrono::steady_clock::now() + listener_->config->limits.stream_idle_timeout;
+    if (request_->is_done()) {
+      startRouteTimeout();
+    }
     auto& request = request_->get();
     if (request.find(http::field::host) == request.end()) {
       // Only an HTTP/1.0 request can lack Host, and HTTP/1.1 requires it: name the upstream,
@@ -757,6 +772,9 @@ private:
       return;
     }
     deadline_ = std::chrono::steady_clock::now() + listener_->config->limits.stream_idle_timeout;
+    if (request_->is_done()) {
+      startRouteTimeout();
+    }
 
     if (request_->is_done() && request_->chunked()) {
       // The parser has read the trailer section into the request's fields by now.
@@ -769,6 +787,12 @@ private:
         h2_body_.append(body_buffer_.get(), received);
         h2_body_ended_ = request_->is_done();
         h2_upstream_->resumeBody();
+        // One piece is read ahead of the upstream. A short request whose upstream window is
+        // shut then still arrives in full, and its route timeout starts.
+        if (!h2_body_ended_ && !h2_body_reading_ && h2_body_.size() < Worker::kBodyBufferSize &&
+            state_ == State::kSendingRequest) {
+          readRequestBody();
+        }
       }
       return;
     }
@@ -797,7 +821,7 @@ private:
   void readResponseHeader() {
     state_ = State::kAwaitingResponse;
     upstream_sent_at_ = std::chrono::steady_clock::now();
-    deadline_ = upstream_sent_at_ + route_->config->timeout;
+    startRouteTimeout();
     response_.emplace();
     response_->header_limit(kMaxResponseHeaderBytes);
     response_->body_limit(boost::none);
@@ -1006,9 +1030,9 @@ private:
       request_head_fields_.record(request);
     }
     upstream_sent_at_ = std::chrono::steady_clock::now();
-    deadline_ = upstream_sent_at_ + (has_body ? listener_->config->limits.stream_idle_timeout
-                                              : route_->config->timeout);
+    deadline_ = upstream_sent_at_ + listener_->config->limits.stream_idle_timeout;
     if (!has_body) {
+      startRouteTimeout();
       state_ = State::kAwaitingResponse;
       request_sent_ = true;
     }
@@ -1091,7 +1115,7 @@ private:
     request_sent_ = true;
     if (!response_started_) {
       state_ = State::kAwaitingResponse;
-      deadline_ = std::chrono::steady_clock::now() + route_->config->timeout;
+      startRouteTimeout();
     }
     return static_cast<ssize_t>(size);
   }
@@ -1263,14 +1287,18 @@ private:
   // The session's deadline passed during an HTTP/2 upstream exchange.
   void onHttp2Deadline() {
     timed_out_ = false;
+    bool route_timeout = route_deadline_ != MonotonicTime{} && !response_started_;
     switch (state_) {
     case State::kAwaitingResponse:
-      warnUpstreamFailure("timed out");
-      recordUpstreamFailure(UpstreamFailure::kTimeout);
-      releaseHttp2Upstream();
-      sendLocalReply(LocalReplyReason::kUpstreamTimeout);
-      break;
     case State::kSendingRequest:
+      if (route_timeout) {
+        warnUpstreamFailure("timed out");
+        recordUpstreamFailure(UpstreamFailure::kTimeout);
+        releaseHttp2Upstream();
+        sendLocalReply(LocalReplyReason::kUpstreamTimeout);
+        break;
+      }
+      [[fallthrough]];
     case State::kSendingResponse:
       // Nothing moved for stream_idle_timeout: close both sides.
       reason_ = upstreamFailureName(UpstreamFailure::kTimeout);
@@ -1572,6 +1600,7 @@ private:
 
   State state_ = State::kIdle;
   MonotonicTime deadline_{};
+  MonotonicTime route_deadline_{}; // set by startRouteTimeout()
   bool timed_out_ = false;
   bool draining_ = false;
   bool watching_ = false;

@@ -124,6 +124,7 @@ private:
   void startHttp2Upstream(UpstreamEndpoint& endpoint, const config::Cluster& cluster);
   void releaseHttp2Upstream();
   void setUpstreamGrpcTimeout();
+  void startRouteTimeout();
   bool submitResponse(unsigned status, HeaderList fields, bool has_body);
   void writeUpstream();
   void onUpstreamWritten(error_code ec, size_t body_bytes);
@@ -197,8 +198,9 @@ private:
   std::string grpc_status_;
 
   // Deadlines and accounting.
-  MonotonicTime deadline_{};      // route timeout or stream idle timeout, by state
-  MonotonicTime grpc_deadline_{}; // from grpc-timeout
+  MonotonicTime deadline_{};       // stream idle timeout
+  MonotonicTime route_deadline_{}; // see startRouteTimeout()
+  MonotonicTime grpc_deadline_{};  // from grpc-timeout
   bool in_request_ = false;
   MonotonicTime start_{};
   MonotonicTime upstream_sent_at_{}; // when the upstream connection was ready
@@ -959,6 +961,7 @@ void Http2Stream::onRequestData(const uint8_t* data, size_t size) {
 
 void Http2Stream::onRequestEnd() {
   request_ended_ = true;
+  startRouteTimeout();
   if (h2_upstream_) {
     h2_upstream_->resumeBody();
     return;
@@ -1047,6 +1050,7 @@ void Http2Stream::onUpstreamAcquired(AcquireResult result) {
   state_ = State::kProxying;
   upstream_sent_at_ = std::chrono::steady_clock::now();
   deadline_ = coarseNow() + session_->listener().config->limits.stream_idle_timeout;
+  startRouteTimeout();
 
   // The framing is fixed now, so a body that arrives later keeps it.
   HeaderListMap headers(head_.fields);
@@ -1067,6 +1071,16 @@ void Http2Stream::onUpstreamAcquired(AcquireResult result) {
   readUpstream();
 }
 
+// Starts the route timeout once the client's request has ended and an upstream is ready. It
+// lasts until the response head, across retries. Envoy's route timeout starts at the same point,
+// so an upstream that stops reading, or whose flow-control window stays shut, cannot hold a
+// request until stream_idle_timeout.
+void Http2Stream::startRouteTimeout() {
+  if (request_ended_ && state_ == State::kProxying && route_deadline_ == MonotonicTime{}) {
+    route_deadline_ = std::chrono::steady_clock::now() + route_->config->timeout;
+  }
+}
+
 void Http2Stream::setUpstreamGrpcTimeout() {
   if (grpc_deadline_ == MonotonicTime{}) {
     return;
@@ -1085,9 +1099,8 @@ void Http2Stream::startHttp2Upstream(UpstreamEndpoint& endpoint, const config::C
   upstream_sent_at_ = std::chrono::steady_clock::now();
   setUpstreamGrpcTimeout();
   bool has_body = !request_ended_ || !request_body_.empty();
-  deadline_ =
-      upstream_sent_at_ + (has_body ? session_->listener().config->limits.stream_idle_timeout
-                                    : route_->config->timeout);
+  deadline_ = upstream_sent_at_ + session_->listener().config->limits.stream_idle_timeout;
+  startRouteTimeout();
   request_sent_ = !has_body;
   h2_upstream_ = endpoint.http2Pool().startRequest(head_, has_body, *this, cluster.connect_timeout);
 }
@@ -1191,9 +1204,6 @@ ssize_t Http2Stream::readUpstreamBody(uint8_t* out, size_t length, uint32_t* fla
   *flags |= NGHTTP2_DATA_FLAG_EOF;
   *trailers = request_trailers_;
   request_sent_ = true;
-  if (!response_submitted_) {
-    deadline_ = std::chrono::steady_clock::now() + route_->config->timeout;
-  }
   return static_cast<ssize_t>(size);
 }
 
@@ -1266,11 +1276,7 @@ void Http2Stream::onUpstreamWritten(error_code ec, size_t body_bytes) {
     return;
   }
   acknowledgeRequestBytes(body_bytes);
-  if (request_sent_) {
-    if (!response_submitted_) {
-      deadline_ = std::chrono::steady_clock::now() + route_->config->timeout;
-    }
-  } else {
+  if (!request_sent_) {
     writeUpstream();
   }
   flushSession();
@@ -1691,6 +1697,11 @@ void Http2Stream::onTick(MonotonicTime now) {
     } else {
       sendLocalReply(LocalReplyReason::kDeadlineExceeded);
     }
+    return;
+  }
+  if (state_ == State::kProxying && !response_submitted_ && route_deadline_ != MonotonicTime{} &&
+      now >= route_deadline_) {
+    onUpstreamError(UpstreamFailure::kTimeout, LocalReplyReason::kUpstreamTimeout, "timed out");
     return;
   }
   if (deadline_ == MonotonicTime{} || now < deadline_) {

@@ -234,14 +234,21 @@ class H2Upstream:
     and every request's trailers are recorded in `request_trailers`. A path ending in
     "/window" is answered with the connection's send window, the bytes the client lets this
     server send on the connection, in decimal. A path ending in "/malformed" gets a response
-    with a connection-specific field, which RFC 9113 section 8.2.2 forbids.
+    with a connection-specific field, which RFC 9113 section 8.2.2 forbids. A path ending in
+    "/after-body" is answered once the request has ended.
+
+    With `initial_window` set, the server announces it as SETTINGS_INITIAL_WINDOW_SIZE and
+    never raises a stream's window, so a client may send that many body bytes per stream.
+    Each connection is closed after `lifetime` seconds.
 
     deferd must retry a request refused that way on a new connection, since the server did
     not process it.
     """
 
-    def __init__(self, refuse_connections=1):
+    def __init__(self, refuse_connections=1, initial_window=None, lifetime=IO_TIMEOUT):
         self.refuse_connections = refuse_connections
+        self.initial_window = initial_window
+        self.lifetime = lifetime
         self.connections = 0
         self.requests = 0  # requests that got 200
         self.request_trailers = []  # the trailer fields of each request that had them
@@ -275,19 +282,27 @@ class H2Upstream:
                                            normalize_outbound_headers=False)
         h2conn = h2.connection.H2Connection(config=config)
         h2conn.initiate_connection()
+        if self.initial_window is not None:
+            h2conn.update_settings(
+                {h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: self.initial_window})
         conn.settimeout(IO_TIMEOUT)
         try:
             conn.sendall(h2conn.data_to_send())
-            deadline = time.monotonic() + IO_TIMEOUT
-            waiting = {}  # stream id -> path, for responses sent when the trailers arrive
+            deadline = time.monotonic() + self.lifetime
+            waiting = {}  # stream id -> path, for responses sent when the request ends
             while time.monotonic() < deadline:
-                data = conn.recv(65536)
+                try:
+                    data = conn.recv(65536)
+                except socket.timeout:
+                    continue
                 if not data:
                     return
                 for event in h2conn.receive_data(data):
-                    if isinstance(event, h2.events.DataReceived):
+                    if isinstance(event, h2.events.DataReceived) and self.initial_window is None:
                         h2conn.acknowledge_received_data(
                             event.flow_controlled_length, event.stream_id)
+                    if isinstance(event, h2.events.StreamEnded) and event.stream_id in waiting:
+                        self._answer(h2conn, event.stream_id, waiting.pop(event.stream_id))
                     if isinstance(event, h2.events.TrailersReceived):
                         with self.lock:
                             self.request_trailers.append(list(event.headers))
@@ -324,7 +339,7 @@ class H2Upstream:
                             h2conn.send_data(event.stream_id, window, end_stream=True)
                             conn.sendall(h2conn.data_to_send())
                             continue
-                        if "/after-trailers" in path:
+                        if "/after-trailers" in path or path.endswith("/after-body"):
                             waiting[event.stream_id] = path
                         else:
                             self._answer(h2conn, event.stream_id, path)

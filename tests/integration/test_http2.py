@@ -333,11 +333,15 @@ class Http2UpstreamTest(harness.DeferdTestCase):
         cls.addClassCleanup(cls.goaway.close)
         cls.scripted = h2peer.H2Upstream(refuse_connections=0)
         cls.addClassCleanup(cls.scripted.close)
+        cls.shut_window = h2peer.H2Upstream(refuse_connections=0, initial_window=0,
+                                            lifetime=120)
+        cls.addClassCleanup(cls.shut_window.close)
 
         cls.port = harness.free_port()
         routes = [
             {"match": {"prefix": "/goaway"}, "cluster": "goaway"},
             {"match": {"prefix": "/scripted"}, "cluster": "scripted"},
+            {"match": {"prefix": "/shut-window"}, "cluster": "shut-window", "timeout": "1s"},
             {"match": {"prefix": "/idle"}, "cluster": "short-idle"},
             {"match": {"prefix": "/"}, "cluster": "h2"},
         ]
@@ -347,6 +351,7 @@ class Http2UpstreamTest(harness.DeferdTestCase):
                 harness.cluster_config("h2", [cls.nghttpd_port], protocol="http2"),
                 harness.cluster_config("goaway", [cls.goaway.port], protocol="http2"),
                 harness.cluster_config("scripted", [cls.scripted.port], protocol="http2"),
+                harness.cluster_config("shut-window", [cls.shut_window.port], protocol="http2"),
                 harness.cluster_config("short-idle", [cls.nghttpd_port], protocol="http2",
                                        idle_timeout="500ms"),
             ],
@@ -361,6 +366,31 @@ class Http2UpstreamTest(harness.DeferdTestCase):
         )
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertEqual(result.stdout, self.BODY)
+
+    # The shut-window upstream lets no body byte in. Its route timeout (1s) runs from the end of
+    # the client's request, so the request ends in a 504 long before stream_idle_timeout (5m).
+    # A GET first makes sure deferd has applied the upstream's SETTINGS before the POST, which
+    # goes on the same upstream connection.
+    SHUT_WINDOW_BODY = b"x" * 30000
+
+    def test_route_timeout_from_request_end_http2_client(self):
+        with h2peer.H2Client(self.port) as client:
+            self.assertEqual(client.get("/shut-window/warm").status, 200)
+            stream_id = client.request("POST", "/shut-window/after-body", end_stream=False)
+            client.send_data(stream_id, self.SHUT_WINDOW_BODY, end_stream=True)
+            stream = client.wait(stream_id)
+        self.assertEqual(stream.status, 504, stream)
+        self.assertEqual(stream.header("deferd-reason"), "upstream-timeout")
+
+    def test_route_timeout_from_request_end_http1_client(self):
+        with harness.RawClient(self.port) as client:
+            client.send(b"GET /shut-window/warm HTTP/1.1\r\nHost: app\r\n\r\n")
+            self.assertStatus(client.read_response(), 200)
+            client.send(b"POST /shut-window/after-body HTTP/1.1\r\nHost: app\r\n"
+                        b"Content-Length: %d\r\n\r\n" % len(self.SHUT_WINDOW_BODY)
+                        + self.SHUT_WINDOW_BODY)
+            resp = client.read_response("POST")
+        self.assertLocalReply(resp, 504, "upstream-timeout")
 
     def test_upstream_connection_window_raised(self):
         # RFC 9113 starts a connection's window at 65535 bytes for all its streams together.
