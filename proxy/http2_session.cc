@@ -125,6 +125,7 @@ private:
   void releaseHttp2Upstream();
   void setUpstreamGrpcTimeout();
   void startRouteTimeout();
+  void restartIdleTimeout();
   bool submitResponse(unsigned status, HeaderList fields, bool has_body);
   void writeUpstream();
   void onUpstreamWritten(error_code ec, size_t body_bytes);
@@ -952,6 +953,9 @@ void Http2Stream::onRequestData(const uint8_t* data, size_t size) {
   }
   request_body_.append(reinterpret_cast<const char*>(data), size);
   unacknowledged_ += size;
+  if (state_ == State::kProxying) {
+    restartIdleTimeout();
+  }
   if (h2_upstream_) {
     h2_upstream_->resumeBody();
     return;
@@ -974,6 +978,9 @@ void Http2Stream::acknowledgeRequestBytes(size_t size) {
   unacknowledged_ -= size;
   if (size > 0 && !detached_) {
     nghttp2_session_consume(nghttp2(), id_, size);
+    if (state_ == State::kProxying) {
+      restartIdleTimeout(); // the upstream took them
+    }
   }
 }
 
@@ -1049,7 +1056,7 @@ void Http2Stream::onUpstreamAcquired(AcquireResult result) {
   upstream_ = std::move(result.connection);
   state_ = State::kProxying;
   upstream_sent_at_ = std::chrono::steady_clock::now();
-  deadline_ = coarseNow() + session_->listener().config->limits.stream_idle_timeout;
+  restartIdleTimeout();
   startRouteTimeout();
 
   // The framing is fixed now, so a body that arrives later keeps it.
@@ -1081,6 +1088,11 @@ void Http2Stream::startRouteTimeout() {
   }
 }
 
+// Pushes stream_idle_timeout back after body bytes moved, in either direction.
+void Http2Stream::restartIdleTimeout() {
+  deadline_ = coarseNow() + session_->listener().config->limits.stream_idle_timeout;
+}
+
 void Http2Stream::setUpstreamGrpcTimeout() {
   if (grpc_deadline_ == MonotonicTime{}) {
     return;
@@ -1099,7 +1111,7 @@ void Http2Stream::startHttp2Upstream(UpstreamEndpoint& endpoint, const config::C
   upstream_sent_at_ = std::chrono::steady_clock::now();
   setUpstreamGrpcTimeout();
   bool has_body = !request_ended_ || !request_body_.empty();
-  deadline_ = upstream_sent_at_ + session_->listener().config->limits.stream_idle_timeout;
+  restartIdleTimeout();
   startRouteTimeout();
   request_sent_ = !has_body;
   h2_upstream_ = endpoint.http2Pool().startRequest(head_, has_body, *this, cluster.connect_timeout);
@@ -1135,7 +1147,7 @@ void Http2Stream::onUpstreamData(const uint8_t* data, size_t size) {
   response_body_.append(reinterpret_cast<const char*>(data), size);
   response_bytes_ += size;
   h2_unconsumed_ += size;
-  deadline_ = coarseNow() + session_->listener().config->limits.stream_idle_timeout;
+  restartIdleTimeout();
   resumeResponseData();
   flushSession();
 }
@@ -1407,7 +1419,7 @@ void Http2Stream::processUpstreamBytes() {
       response_bytes_ += step.data.size();
       buffer.consume(step.consumed);
       data_added = true;
-      deadline_ = coarseNow() + session_->listener().config->limits.stream_idle_timeout;
+      restartIdleTimeout();
       if (response_body_.size() >= kSendBufferLimit) {
         // The rest of the buffer, or the end of the message that the parser reports on its
         // next call, waits until the client has taken some of the body.
@@ -1460,7 +1472,7 @@ bool Http2Stream::submitResponse(unsigned status, HeaderList fields, bool has_bo
     return false;
   }
   response_submitted_ = true;
-  deadline_ = coarseNow() + session_->listener().config->limits.stream_idle_timeout;
+  restartIdleTimeout();
   return true;
 }
 

@@ -373,7 +373,7 @@ class Http2UpstreamTest(harness.DeferdTestCase):
     # goes on the same upstream connection.
     SHUT_WINDOW_BODY = b"x" * 30000
 
-    def test_route_timeout_from_request_end_http2_client(self):
+    def test_shut_window_times_out_http2(self):
         with h2peer.H2Client(self.port) as client:
             self.assertEqual(client.get("/shut-window/warm").status, 200)
             stream_id = client.request("POST", "/shut-window/after-body", end_stream=False)
@@ -382,7 +382,7 @@ class Http2UpstreamTest(harness.DeferdTestCase):
         self.assertEqual(stream.status, 504, stream)
         self.assertEqual(stream.header("deferd-reason"), "upstream-timeout")
 
-    def test_route_timeout_from_request_end_http1_client(self):
+    def test_shut_window_times_out_http1(self):
         with harness.RawClient(self.port) as client:
             client.send(b"GET /shut-window/warm HTTP/1.1\r\nHost: app\r\n\r\n")
             self.assertStatus(client.read_response(), 200)
@@ -562,3 +562,57 @@ class RequestIdOffTest(harness.DeferdTestCase):
 
 if __name__ == "__main__":
     harness.main()
+
+
+class StreamIdleTimeoutTest(harness.DeferdTestCase):
+    """stream_idle_timeout (1s here) ends a stream on which nothing moved, but an HTTP/2 upload
+    that keeps moving outlasts it, to either upstream protocol."""
+
+    PIECES = 8
+    PIECE_GAP = 0.3  # seconds, so the upload lasts about twice stream_idle_timeout
+
+    @classmethod
+    def setUpClass(cls):
+        cls.upstream = harness.RawUpstream()
+        cls.addClassCleanup(cls.upstream.close)
+        cls.h2_upstream = h2peer.H2Upstream(refuse_connections=0)
+        cls.addClassCleanup(cls.h2_upstream.close)
+        cls.port = harness.free_port()
+        routes = [
+            {"match": {"prefix": "/h2"}, "cluster": "h2"},
+            {"match": {"prefix": "/"}, "cluster": "h1"},
+        ]
+        cls.deferd = harness.Deferd(
+            listeners=[harness.listener_config("inbound", cls.port, routes,
+                                               limits={"stream_idle_timeout": "1s"})],
+            clusters=[
+                harness.cluster_config("h1", [cls.upstream.port]),
+                harness.cluster_config("h2", [cls.h2_upstream.port], protocol="http2"),
+            ],
+        ).start()
+        cls.addClassCleanup(cls.deferd.stop)
+
+    def slow_upload(self, path):
+        with h2peer.H2Client(self.port) as client:
+            stream_id = client.request("POST", path, end_stream=False)
+            for i in range(self.PIECES):
+                time.sleep(self.PIECE_GAP)
+                client.send_data(stream_id, b"piece", end_stream=i == self.PIECES - 1)
+            return client.wait(stream_id)
+
+    def test_moving_upload_to_http1_upstream(self):
+        stream = self.slow_upload("/upload")
+        self.assertEqual(stream.status, 200, stream)
+        self.assertIsNone(stream.reset_code, stream)
+
+    def test_moving_upload_to_http2_upstream(self):
+        stream = self.slow_upload("/h2/after-body")
+        self.assertEqual(stream.status, 200, stream)
+        self.assertEqual(bytes(stream.body), b"served")
+
+    def test_stalled_upload_is_reset(self):
+        with h2peer.H2Client(self.port) as client:
+            stream_id = client.request("POST", "/stalled", end_stream=False)
+            client.send_data(stream_id, b"piece")
+            stream = client.wait(stream_id)
+        self.assertEqual(stream.reset_code, 8, stream)  # CANCEL
