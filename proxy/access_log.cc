@@ -1,5 +1,7 @@
 #include "proxy/access_log.h"
 
+#include <prometheus/counter.h>
+
 #include <atomic>
 #include <cerrno>
 #include <charconv>
@@ -147,8 +149,8 @@ void appendOptional(std::string& out, const std::optional<int>& value) {
 // land between the two.
 class AccessLogFile {
 public:
-  AccessLogFile(int fd, bool owned, std::string path)
-      : fd_(fd), owned_(owned), path_(std::move(path)) {}
+  AccessLogFile(int fd, bool owned, std::string path, prometheus::Counter* dropped_bytes)
+      : fd_(fd), owned_(owned), path_(std::move(path)), dropped_bytes_(dropped_bytes) {}
 
   ~AccessLogFile() {
     if (owned_) {
@@ -177,9 +179,12 @@ public:
   }
 
 private:
-  // Logs the first failure of a run of failures, so a full disk does not flood the daemon log.
-  // TODO: count dropped access log bytes in a metric. Metrics has no counter for them yet.
+  // Counts the dropped bytes, and logs the first failure of a run of failures, so a full disk
+  // does not flood the daemon log.
   void reportFailure(int error, size_t dropped_bytes) {
+    if (dropped_bytes_ != nullptr) {
+      dropped_bytes_->Increment(static_cast<double>(dropped_bytes));
+    }
     if (!failing_.exchange(true, std::memory_order_relaxed)) {
       logger()->warn("access log write to {} failed: {}; dropped {} bytes, and lines are dropped "
                      "until a write succeeds",
@@ -197,12 +202,14 @@ private:
   int fd_;
   bool owned_;
   std::string path_;
+  prometheus::Counter* dropped_bytes_; // may be null
   std::atomic<bool> failing_{false};
 };
 
-std::shared_ptr<AccessLogFile> AccessLog::open(const std::string& path, std::string* error) {
+std::shared_ptr<AccessLogFile> AccessLog::open(const std::string& path, std::string* error,
+                                               prometheus::Counter* dropped_bytes) {
   if (path == "-") {
-    return std::make_shared<AccessLogFile>(STDOUT_FILENO, false, "standard output");
+    return std::make_shared<AccessLogFile>(STDOUT_FILENO, false, "standard output", dropped_bytes);
   }
 
   int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
@@ -212,7 +219,7 @@ std::shared_ptr<AccessLogFile> AccessLog::open(const std::string& path, std::str
     }
     return nullptr;
   }
-  return std::make_shared<AccessLogFile>(fd, true, path);
+  return std::make_shared<AccessLogFile>(fd, true, path, dropped_bytes);
 }
 
 AccessLog::AccessLog(std::shared_ptr<AccessLogFile> file) : file_(std::move(file)) {

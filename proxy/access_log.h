@@ -14,6 +14,10 @@
 #include <string>
 #include <string_view>
 
+namespace prometheus {
+class Counter;
+} // namespace prometheus
+
 namespace deferd {
 
 struct AccessLogEntry {
@@ -44,7 +48,9 @@ class AccessLogFile;
 class AccessLog {
 public:
   // Opens `path` for appending; "-" means standard output. The file is shared by the workers.
-  static std::shared_ptr<AccessLogFile> open(const std::string& path, std::string* error);
+  // `dropped_bytes`, when given, counts the bytes that failed writes lost.
+  static std::shared_ptr<AccessLogFile> open(const std::string& path, std::string* error,
+                                             prometheus::Counter* dropped_bytes = nullptr);
 
   explicit AccessLog(std::shared_ptr<AccessLogFile> file);
   ~AccessLog();

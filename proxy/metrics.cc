@@ -244,6 +244,11 @@ Metrics::Metrics()
                              .Help("Admin POST requests rejected for a missing or wrong token.")
                              .Register(*registry_)
                              .Add({});
+  access_log_dropped_ = &prometheus::BuildCounter()
+                             .Name("deferd_access_log_dropped_bytes_total")
+                             .Help("Access log bytes lost because a write to the file failed.")
+                             .Register(*registry_)
+                             .Add({});
   ready_ = &prometheus::BuildGauge()
                 .Name("deferd_ready")
                 .Help("1 while deferd accepts requests, 0 while starting or draining.")

@@ -154,6 +154,9 @@ public:
   // deferd_config_reloads_total{result="success"|"failure"}.
   void recordReload(bool success);
 
+  // deferd_access_log_dropped_bytes_total: access log bytes lost to failed writes.
+  prometheus::Counter* accessLogDroppedBytes() { return access_log_dropped_; }
+
   // deferd_admin_unauthorized_total: admin POST requests rejected for a missing or wrong token.
   void recordAdminUnauthorized();
 
@@ -188,6 +191,7 @@ private:
   prometheus::Family<prometheus::Counter>* reloads_;
   prometheus::Gauge* config_hash_;
   prometheus::Counter* admin_unauthorized_;
+  prometheus::Counter* access_log_dropped_;
   prometheus::Gauge* ready_;
   prometheus::Family<prometheus::Counter>* priority_requests_;
   prometheus::Family<prometheus::Counter>* priority_clamped_;

@@ -186,7 +186,7 @@ private:
   bool openAccessLog(const config::Config& config, std::string* error) {
     std::shared_ptr<AccessLogFile> file;
     if (config.access_log.enabled) {
-      file = AccessLog::open(config.access_log.path, error);
+      file = AccessLog::open(config.access_log.path, error, metrics_.accessLogDroppedBytes());
       if (!file) {
         return false;
       }

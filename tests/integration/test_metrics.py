@@ -177,3 +177,32 @@ class AdminTest(harness.DeferdTestCase):
 
 if __name__ == "__main__":
     harness.main()
+
+
+class AccessLogFullTest(harness.DeferdTestCase):
+    """An access log on a full device: requests are still served, and the lost bytes are
+    counted and logged once."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.upstream = harness.RawUpstream()
+        cls.addClassCleanup(cls.upstream.close)
+        cls.port = harness.free_port()
+        cls.deferd = harness.Deferd(
+            listeners=[harness.listener_config("inbound", cls.port, [{"cluster": "app"}])],
+            clusters=[harness.cluster_config("app", [cls.upstream.port])],
+            extra={"access_log": {"path": "/dev/full"}},  # every write fails with ENOSPC
+        ).start()
+        cls.addClassCleanup(cls.deferd.stop)
+
+    def dropped(self):
+        return self.deferd.metrics().value("deferd_access_log_dropped_bytes_total")
+
+    def test_dropped_bytes_counted(self):
+        self.assertEqual(self.dropped(), 0)
+        for i in range(3):
+            self.assertStatus(harness.http_get(self.port, f"/lost/{i}"), 200)
+        # The worker flushes its access log buffer on a timer.
+        harness.wait_until(lambda: self.dropped() > 0, 5, "dropped access log bytes counted")
+        self.assertEqual(self.deferd.log().count("access log write to /dev/full failed"), 1,
+                         self.deferd.log())

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include <gtest/gtest.h>
+#include <prometheus/counter.h>
 
 namespace deferd {
 namespace {
@@ -309,6 +310,25 @@ TEST_F(AccessLogTest, OpenFailureNamesPath) {
   EXPECT_EQ(file, nullptr);
   EXPECT_NE(error.find(missing), std::string::npos) << error;
   EXPECT_NE(error.find("No such file or directory"), std::string::npos) << error;
+}
+
+TEST_F(AccessLogTest, FailedWritesCountDroppedBytes) {
+  // Every write to /dev/full fails with ENOSPC, as on a full disk.
+  prometheus::Counter dropped;
+  std::string error;
+  auto file = AccessLog::open("/dev/full", &error, &dropped);
+  ASSERT_NE(file, nullptr) << error;
+  AccessLog log(file);
+
+  log.record(sampleEntry());
+  log.record(sampleEntry());
+  log.flush();
+  double first = dropped.Value();
+  log.record(sampleEntry());
+  log.flush();
+
+  EXPECT_GT(first, 0);
+  EXPECT_DOUBLE_EQ(dropped.Value(), first * 1.5); // three lines of equal length
 }
 
 TEST_F(AccessLogTest, DashOpensStandardOutput) {
