@@ -11,7 +11,6 @@
 #include <memory>
 #include <optional>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
 #include "proxy/coarse_clock.h"
@@ -19,6 +18,7 @@
 #include "proxy/grpc.h"
 #include "proxy/http1_response_parser.h"
 #include "proxy/http2_memory.h"
+#include "proxy/http2_stream_map.h"
 #include "proxy/http2_upstream.h"
 #include "proxy/http_translation.h"
 #include "proxy/worker.h"
@@ -276,25 +276,6 @@ private:
   static int onFrameNotSent(nghttp2_session*, const nghttp2_frame* frame, int error,
                             void* user_data);
 
-  // nghttp2 calls back for one stream several times in a row (a header block's fields, then
-  // its frame), so the last stream found is kept for the next lookup.
-  Http2Stream* stream(int32_t id) {
-    if (id == last_found_id_) {
-      return last_found_;
-    }
-    auto found = streams_.find(id);
-    if (found == streams_.end()) {
-      return nullptr;
-    }
-    last_found_id_ = id;
-    last_found_ = found->second.get();
-    return last_found_;
-  }
-  void forgetLastFound() {
-    last_found_id_ = 0;
-    last_found_ = nullptr;
-  }
-
   // Takes a token from the client's RST_STREAM budget: the listener's reset_burst tokens,
   // refilled at reset_rate per second. Returns false when the budget is spent.
   bool takeResetToken();
@@ -318,10 +299,7 @@ private:
   Socket socket_;
   std::string peer_ip_;
   nghttp2_session* session_ = nullptr;
-  std::unordered_map<int32_t, std::shared_ptr<Http2Stream>> streams_;
-  // The last stream stream() found; id 0 names no stream.
-  int32_t last_found_id_ = 0;
-  Http2Stream* last_found_ = nullptr;
+  Http2StreamMap<Http2Stream> streams_;
   std::array<uint8_t, kReadBufferSize> read_buffer_{};
   std::string write_buffer_;
   std::vector<nghttp2_nv> nv_scratch_;
@@ -521,7 +499,7 @@ void Http2Session::flush() {
   if (drained && !resets_after_headers_.empty()) {
     // Every queued HEADERS frame is in the buffer now, so the resets waiting for them go out.
     for (auto [id, error_code] : std::exchange(resets_after_headers_, {})) {
-      if (stream(id)) {
+      if (streams_.find(id)) {
         nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, id, error_code);
       }
     }
@@ -612,12 +590,7 @@ void Http2Session::onTick(MonotonicTime now) {
   }
   // A stream's tick may reply or reset it, and a flush from inside could close streams and
   // change the map, so the loop runs over a copy.
-  std::vector<std::shared_ptr<Http2Stream>> streams;
-  streams.reserve(streams_.size());
-  for (auto& [id, stream] : streams_) {
-    streams.push_back(stream);
-  }
-  for (auto& stream : streams) {
+  for (auto& stream : streams_.copy()) {
     stream->onTick(now);
   }
   flush();
@@ -650,10 +623,7 @@ void Http2Session::close() {
     return;
   }
   closed_ = true;
-  auto streams = std::move(streams_);
-  streams_.clear();
-  forgetLastFound();
-  for (auto& [id, stream] : streams) {
+  for (auto& [id, stream] : streams_.takeAll()) {
     stream->onClosed(NGHTTP2_CANCEL);
   }
   error_code ignored;
@@ -668,7 +638,7 @@ int Http2Session::onBeginHeaders(nghttp2_session*, const nghttp2_frame* frame, v
     return 0;
   }
   int32_t id = frame->hd.stream_id;
-  self->streams_.emplace(id, std::make_shared<Http2Stream>(self->shared_from_this(), id));
+  self->streams_.insert(id, std::make_shared<Http2Stream>(self->shared_from_this(), id));
   return 0;
 }
 
@@ -679,7 +649,7 @@ int Http2Session::onHeader(nghttp2_session*, const nghttp2_frame* frame, const u
   if (frame->hd.type != NGHTTP2_HEADERS) {
     return 0;
   }
-  if (Http2Stream* stream = self->stream(frame->hd.stream_id)) {
+  if (Http2Stream* stream = self->streams_.find(frame->hd.stream_id)) {
     stream->onHeader(std::string_view(reinterpret_cast<const char*>(name), name_length),
                      std::string_view(reinterpret_cast<const char*>(value), value_length),
                      frame->headers.cat != NGHTTP2_HCAT_REQUEST);
@@ -700,7 +670,7 @@ int Http2Session::onFrameReceived(nghttp2_session*, const nghttp2_frame* frame, 
     nghttp2_session_terminate_session(self->session_, NGHTTP2_ENHANCE_YOUR_CALM);
     return 0;
   }
-  Http2Stream* stream = self->stream(frame->hd.stream_id);
+  Http2Stream* stream = self->streams_.find(frame->hd.stream_id);
   if (!stream) {
     return 0;
   }
@@ -720,7 +690,7 @@ int Http2Session::onFrameReceived(nghttp2_session*, const nghttp2_frame* frame, 
 int Http2Session::onDataChunk(nghttp2_session*, uint8_t, int32_t stream_id, const uint8_t* data,
                               size_t length, void* user_data) {
   auto* self = static_cast<Http2Session*>(user_data);
-  if (Http2Stream* stream = self->stream(stream_id)) {
+  if (Http2Stream* stream = self->streams_.find(stream_id)) {
     stream->onRequestData(data, length);
   } else {
     nghttp2_session_consume(self->session_, stream_id, length);
@@ -731,13 +701,10 @@ int Http2Session::onDataChunk(nghttp2_session*, uint8_t, int32_t stream_id, cons
 int Http2Session::onStreamClose(nghttp2_session*, int32_t stream_id, uint32_t error_code,
                                 void* user_data) {
   auto* self = static_cast<Http2Session*>(user_data);
-  auto found = self->streams_.find(stream_id);
-  if (found == self->streams_.end()) {
+  std::shared_ptr<Http2Stream> stream = self->streams_.take(stream_id);
+  if (!stream) {
     return 0;
   }
-  std::shared_ptr<Http2Stream> stream = std::move(found->second);
-  self->streams_.erase(found);
-  self->forgetLastFound();
   stream->onClosed(error_code);
   return 0;
 }
@@ -748,7 +715,7 @@ int Http2Session::onFrameNotSent(nghttp2_session*, const nghttp2_frame* frame, i
   if (frame->hd.type != NGHTTP2_HEADERS) {
     return 0;
   }
-  if (Http2Stream* stream = self->stream(frame->hd.stream_id)) {
+  if (Http2Stream* stream = self->streams_.find(frame->hd.stream_id)) {
     spdlog::warn("listener {}: HTTP/2 stream {} to {}: nghttp2 could not send a header block: {}",
                  self->listener_->config->name, frame->hd.stream_id, self->peer_ip_,
                  nghttp2_strerror(error));
@@ -761,7 +728,7 @@ int Http2Session::onFrameSent(nghttp2_session*, const nghttp2_frame* frame, void
   auto* self = static_cast<Http2Session*>(user_data);
   bool end_stream = (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
   if (end_stream && (frame->hd.type == NGHTTP2_HEADERS || frame->hd.type == NGHTTP2_DATA)) {
-    if (Http2Stream* stream = self->stream(frame->hd.stream_id)) {
+    if (Http2Stream* stream = self->streams_.find(frame->hd.stream_id)) {
       stream->onResponseSent();
     }
     return 0;

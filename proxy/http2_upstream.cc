@@ -12,9 +12,9 @@
 #include <algorithm>
 #include <array>
 #include <limits>
-#include <unordered_map>
 
 #include "proxy/http2_memory.h"
+#include "proxy/http2_stream_map.h"
 #include "proxy/http_translation.h"
 #include "proxy/net.h"
 
@@ -116,24 +116,6 @@ private:
   bool createSession();
   void submit(const std::shared_ptr<Http2Exchange>& exchange, const Http2RequestHead& head);
   void read();
-  // nghttp2 calls back for one stream several times in a row (a header block's fields, then
-  // its frame), so the last exchange found is kept for the next lookup.
-  Http2Exchange* exchange(int32_t stream_id) {
-    if (stream_id == last_found_id_) {
-      return last_found_;
-    }
-    auto found = streams_.find(stream_id);
-    if (found == streams_.end()) {
-      return nullptr;
-    }
-    last_found_id_ = stream_id;
-    last_found_ = found->second.get();
-    return last_found_;
-  }
-  void forgetLastFound() {
-    last_found_id_ = 0;
-    last_found_ = nullptr;
-  }
 
   Socket socket_;
   asio::steady_timer connect_timer_;
@@ -148,10 +130,7 @@ private:
   bool in_nghttp2_ = false;
   bool flush_scheduled_ = false;
   int32_t goaway_last_stream_id_ = std::numeric_limits<int32_t>::max();
-  std::unordered_map<int32_t, std::shared_ptr<Http2Exchange>> streams_;
-  // The last exchange exchange() found; id 0 names no stream.
-  int32_t last_found_id_ = 0;
-  Http2Exchange* last_found_ = nullptr;
+  Http2StreamMap<Http2Exchange> streams_;
   std::vector<std::shared_ptr<Http2Exchange>> pending_; // waiting for the connection
   std::array<uint8_t, kReadBufferSize> read_buffer_{};
   std::string write_buffer_;
@@ -297,7 +276,7 @@ void Http2UpstreamConnection::submit(const std::shared_ptr<Http2Exchange>& excha
   exchange->stream_id = stream_id;
   exchange->request_ended = !exchange->has_body;
   exchange->head = {};
-  streams_.emplace(stream_id, exchange);
+  streams_.insert(stream_id, exchange);
 }
 
 void Http2UpstreamConnection::resume(Http2Exchange& exchange) {
@@ -323,7 +302,7 @@ void Http2UpstreamConnection::cancel(Http2Exchange& exchange) {
   // A response that ended before its request (RFC 9113 section 8.1) leaves the stream open on
   // this side until it is reset too.
   bool open = !exchange.complete || !exchange.request_ended;
-  if (session_ && !closed_ && open && streams_.count(exchange.stream_id) > 0) {
+  if (session_ && !closed_ && open && streams_.contains(exchange.stream_id)) {
     nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, exchange.stream_id, NGHTTP2_CANCEL);
     scheduleFlush();
   }
@@ -357,9 +336,7 @@ void Http2UpstreamConnection::close(UpstreamFailure failure, std::string_view ca
   socket_.close(ignored);
 
   // Every request still open fails. Those never sent (or refused) may go elsewhere.
-  auto streams = std::move(streams_);
-  streams_.clear();
-  forgetLastFound();
+  auto streams = streams_.takeAll();
   auto pending = std::move(pending_);
   pending_.clear();
   for (auto& exchange : pending) {
@@ -464,7 +441,7 @@ int Http2UpstreamConnection::onHeader(nghttp2_session*, const nghttp2_frame* fra
                                       const uint8_t* name, size_t name_length, const uint8_t* value,
                                       size_t value_length, uint8_t, void* user_data) {
   auto* self = static_cast<Http2UpstreamConnection*>(user_data);
-  Http2Exchange* exchange = self->exchange(frame->hd.stream_id);
+  Http2Exchange* exchange = self->streams_.find(frame->hd.stream_id);
   if (!exchange || frame->hd.type != NGHTTP2_HEADERS) {
     return 0;
   }
@@ -491,7 +468,7 @@ int Http2UpstreamConnection::onFrameReceived(nghttp2_session*, const nghttp2_fra
     self->goaway_last_stream_id_ = frame->goaway.last_stream_id;
     return 0;
   }
-  Http2Exchange* exchange = self->exchange(frame->hd.stream_id);
+  Http2Exchange* exchange = self->streams_.find(frame->hd.stream_id);
   if (!exchange) {
     return 0;
   }
@@ -529,7 +506,7 @@ int Http2UpstreamConnection::onFrameReceived(nghttp2_session*, const nghttp2_fra
 int Http2UpstreamConnection::onDataChunk(nghttp2_session*, uint8_t, int32_t stream_id,
                                          const uint8_t* data, size_t length, void* user_data) {
   auto* self = static_cast<Http2UpstreamConnection*>(user_data);
-  Http2Exchange* exchange = self->exchange(stream_id);
+  Http2Exchange* exchange = self->streams_.find(stream_id);
   if (exchange && exchange->handler) {
     exchange->handler->onUpstreamData(data, length);
   } else {
@@ -541,7 +518,7 @@ int Http2UpstreamConnection::onDataChunk(nghttp2_session*, uint8_t, int32_t stre
 int Http2UpstreamConnection::onInvalidFrame(nghttp2_session*, const nghttp2_frame* frame, int error,
                                             void* user_data) {
   auto* self = static_cast<Http2UpstreamConnection*>(user_data);
-  if (Http2Exchange* exchange = self->exchange(frame->hd.stream_id)) {
+  if (Http2Exchange* exchange = self->streams_.find(frame->hd.stream_id)) {
     exchange->malformed = true;
     spdlog::debug("upstream {}: malformed HTTP/2 response on stream {}: {}", self->label_,
                   frame->hd.stream_id, nghttp2_strerror(error));
@@ -552,13 +529,10 @@ int Http2UpstreamConnection::onInvalidFrame(nghttp2_session*, const nghttp2_fram
 int Http2UpstreamConnection::onStreamClose(nghttp2_session*, int32_t stream_id, uint32_t error_code,
                                            void* user_data) {
   auto* self = static_cast<Http2UpstreamConnection*>(user_data);
-  auto found = self->streams_.find(stream_id);
-  if (found == self->streams_.end()) {
+  std::shared_ptr<Http2Exchange> exchange = self->streams_.take(stream_id);
+  if (!exchange) {
     return 0;
   }
-  std::shared_ptr<Http2Exchange> exchange = std::move(found->second);
-  self->streams_.erase(found);
-  self->forgetLastFound();
   if (Http2UpstreamHandler* handler = std::exchange(exchange->handler, nullptr)) {
     if (exchange->malformed) {
       handler->onUpstreamFailed(UpstreamFailure::kBadResponse, false, "malformed HTTP/2 response");
