@@ -246,6 +246,7 @@ private:
   void parseInherit(const Field& field, PriorityPolicy* priority);
   void parseInheritance(const Field& field);
   void parseBackpressure(const Field& field, BackpressurePolicy* backpressure);
+  std::string setElsewhere(const Field* other, const Field& reported) const;
   void parseFault(const Field& field, FaultPolicy* fault);
   void parseSignal(const Field& field, SignalPolicy* signal);
   void parseBreaker(const Field& field, BreakerPolicy* breaker);
@@ -1131,14 +1132,33 @@ void Loader::parseDefinitions() {
     Policy unused;
     parsePolicy(inherit(definition), &unused);
   }
-  // TODO: a check between an inherited value and the policy's own one (max_limit below
-  // min_limit) names the template's key, not the policy that combined the two.
   for (const auto& [name, definition] : policies_) {
     Policy policy;
     policy.name = name;
     parsePolicy(inherit(definition), &policy);
     config_.policies.emplace(name, std::move(policy));
   }
+}
+
+// Returns where `other` is set, for a message about two keys that are wrong only together and
+// that points at `reported`. A policy and the template it extends may set the two apart.
+// Returns an empty string when both come from one definition, so an error a template makes on
+// its own reads the same through each policy and is reported once.
+std::string Loader::setElsewhere(const Field* other, const Field& reported) const {
+  if (other == nullptr) {
+    return "";
+  }
+  auto definition = [](const std::string& path) {
+    // "policies.tight.backpressure.min_limit" -> "policies.tight"
+    size_t first = path.find('.');
+    return path.substr(0, first == std::string::npos ? first : path.find('.', first + 1));
+  };
+  if (definition(other->path) == definition(reported.path)) {
+    return "";
+  }
+  Location location = locate(*other);
+  return " (" + other->path + ", set at " + location.file + ":" + std::to_string(location.line) +
+         ")";
 }
 
 void Loader::parsePolicy(const Field& field, Policy* policy) {
@@ -1423,19 +1443,23 @@ void Loader::parseBackpressure(const Field& field, BackpressurePolicy* backpress
   if (initial) {
     setIfValid(readUnsigned(*initial, 1, kMaxLimit), &bp.initial_limit);
   }
-  if (const Field* value = section->find("min_limit")) {
-    setIfValid(readUnsigned(*value, 1, kMaxLimit), &bp.min_limit);
+  const Field* min = section->find("min_limit");
+  if (min) {
+    setIfValid(readUnsigned(*min, 1, kMaxLimit), &bp.min_limit);
   }
   const Field* max = section->find("max_limit");
   if (max) {
     setIfValid(readUnsigned(*max, 1, kMaxLimit), &bp.max_limit);
   }
   if (bp.min_limit > bp.max_limit) {
-    error(max ? *max : field, "max_limit " + std::to_string(bp.max_limit) + " is below min_limit " +
-                                  std::to_string(bp.min_limit));
+    const Field& reported = max ? *max : field;
+    error(reported, "max_limit " + std::to_string(bp.max_limit) + " is below min_limit " +
+                        std::to_string(bp.min_limit) + setElsewhere(min, reported));
   } else if (initial && (bp.initial_limit < bp.min_limit || bp.initial_limit > bp.max_limit)) {
+    const Field* bound = bp.initial_limit < bp.min_limit ? min : max;
     error(*initial, "initial_limit " + std::to_string(bp.initial_limit) + " is outside " +
-                        std::to_string(bp.min_limit) + " to " + std::to_string(bp.max_limit));
+                        std::to_string(bp.min_limit) + " to " + std::to_string(bp.max_limit) +
+                        setElsewhere(bound, *initial));
   } else if (!initial) {
     bp.initial_limit = std::clamp(bp.initial_limit, bp.min_limit, bp.max_limit);
   }
@@ -1574,8 +1598,9 @@ void Loader::parseBreaker(const Field& field, BreakerPolicy* breaker) {
   if (const Field* failure = section->find("failure")) {
     parseBreakerFailure(*failure, breaker);
   }
-  if (const Field* value = section->find("cooldown")) {
-    setIfValid(readDuration(*value), &b.cooldown);
+  const Field* cooldown = section->find("cooldown");
+  if (cooldown) {
+    setIfValid(readDuration(*cooldown), &b.cooldown);
   }
   const Field* max_cooldown = section->find("max_cooldown");
   if (max_cooldown) {
@@ -1585,7 +1610,7 @@ void Loader::parseBreaker(const Field& field, BreakerPolicy* breaker) {
   }
   if (b.max_cooldown < b.cooldown) {
     error(*max_cooldown, "max_cooldown " + formatDuration(b.max_cooldown) + " is below cooldown " +
-                             formatDuration(b.cooldown));
+                             formatDuration(b.cooldown) + setElsewhere(cooldown, *max_cooldown));
   }
   if (const Field* value = section->find("cooldown_multiplier")) {
     setIfValid(readNumber(*value, 1.0, 100.0), &b.cooldown_multiplier);

@@ -233,6 +233,22 @@ policies:
   EXPECT_EQ(b.queue_max_length, 10u);
 }
 
+TEST_F(ConfigFilesTest, TemplateErrorReportedOnce) {
+  write("deferd.yaml", mainFile(R"(templates:
+  base:
+    backpressure: { min_limit: 100, max_limit: 50 }
+policies:
+  a: { extends: base }
+  b: { extends: base }
+)",
+                                true));
+
+  Lines lines = errors();
+  ASSERT_EQ(lines.size(), 1u) << ::testing::PrintToString(lines);
+  EXPECT_NE(lines[0].find("max_limit 50 is below min_limit 100"), std::string::npos) << lines[0];
+  EXPECT_EQ(lines[0].find("set at"), std::string::npos) << lines[0];
+}
+
 TEST_F(ConfigFilesTest, ExtendsReplacesScalarsAndLists) {
   write("deferd.yaml", mainFile(R"(templates:
   base:
@@ -409,16 +425,23 @@ policies:
 
 TEST_F(ConfigFilesTest, CrossFieldCheckSeesMergedValues) {
   write("deferd.yaml", mainFile(R"(templates:
-  base: { backpressure: { max_limit: 10 } }
+  base: { backpressure: { max_limit: 10 }, breaker: { max_cooldown: 20s } }
 policies:
-  a: { extends: base, backpressure: { min_limit: 20 } }
+  a: { extends: base, backpressure: { min_limit: 20 }, breaker: { cooldown: 30s } }
   b: {}
 )",
                                 true));
 
+  // Each message names the policy's key too, since only the two together are wrong.
+  std::string at = path("deferd.yaml") + ":10)";
   EXPECT_EQ(errors(), (Lines{path("deferd.yaml") +
-                             ":8:38: templates.base.backpressure.max_limit: max_limit 10 is "
-                             "below min_limit 20"}));
+                                 ":8:38: templates.base.backpressure.max_limit: max_limit 10 is "
+                                 "below min_limit 20 (policies.a.backpressure.min_limit, set at " +
+                                 at,
+                             path("deferd.yaml") +
+                                 ":8:69: templates.base.breaker.max_cooldown: max_cooldown 20s is "
+                                 "below cooldown 30s (policies.a.breaker.cooldown, set at " +
+                                 at}));
 }
 
 TEST_F(ConfigFilesTest, ToYamlWritesMergedPolicies) {
