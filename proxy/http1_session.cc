@@ -573,7 +573,7 @@ private:
       return;
     }
     if (!result.connection) {
-      warnUpstreamFailure(std::string(upstreamFailureName(result.failure)));
+      warnUpstreamFailure(upstreamFailureName(result.failure));
       recordUpstreamFailure(result.failure);
       releaseEndpoint();
 
@@ -619,6 +619,9 @@ private:
   // timeout starts at the same point, so an upstream that stops reading cannot hold a request
   // until stream_idle_timeout.
   void startRouteTimeout() {
+    if (response_started_) {
+      return; // the response head has arrived
+    }
     if (route_deadline_ == MonotonicTime{}) {
       route_deadline_ = std::chrono::steady_clock::now() + route_->config->timeout;
     }
@@ -749,6 +752,9 @@ private:
       ec = {};
     }
     h2_body_reading_ = false;
+    if (state_ == State::kClosed) {
+      return; // the read was cancelled when the connection closed
+    }
     if (ec) {
       if (!request_sent_ && ec != asio::error::eof && ec != http::error::end_of_stream &&
           ec != asio::error::connection_reset && !timed_out_) {
@@ -790,7 +796,7 @@ private:
         // One piece is read ahead of the upstream. A short request whose upstream window is
         // shut then still arrives in full, and its route timeout starts.
         if (!h2_body_ended_ && !h2_body_reading_ && h2_body_.size() < Worker::kBodyBufferSize &&
-            state_ == State::kSendingRequest) {
+            sendingRequestBody()) {
           readRequestBody();
         }
       }
@@ -1070,6 +1076,13 @@ private:
     readRequestBody();
   }
 
+  // Whether the request body still flows to an HTTP/2 upstream. It goes on after the response
+  // head, since an HTTP/2 server may respond before the request ends (RFC 9113 section 8.1).
+  bool sendingRequestBody() const {
+    return state_ == State::kSendingRequest ||
+           (state_ == State::kSendingResponse && !request_->is_done());
+  }
+
   void releaseHttp2Upstream() {
     if (h2_upstream_) {
       if (h2_unconsumed_ > 0) {
@@ -1101,7 +1114,7 @@ private:
         // Posted: reading may end the request, which must not happen inside nghttp2's call.
         h2_body_reading_ = true;
         asio::post(socket_.get_executor(), [self = shared_from_this()] {
-          if (self->h2_upstream_ && self->state_ == State::kSendingRequest) {
+          if (self->h2_upstream_ && self->sendingRequestBody()) {
             self->readRequestBody();
           } else {
             self->h2_body_reading_ = false;
@@ -1269,7 +1282,7 @@ private:
       acquireUpstream(nullptr);
       return;
     }
-    warnUpstreamFailure(std::string(cause));
+    warnUpstreamFailure(cause);
     recordUpstreamFailure(failure);
     releaseHttp2Upstream();
     if (response_started_) {
@@ -1367,19 +1380,8 @@ private:
   // Logs an upstream failure at warn level, at most once a second per worker. The counter
   // deferd_upstream_failures_total counts every one, and each line gives the number it stands
   // for.
-  void warnUpstreamFailure(const std::string& cause) {
-    thread_local MonotonicTime last_warning{};
-    thread_local uint64_t suppressed = 0;
-    auto now = std::chrono::steady_clock::now();
-    if (now - last_warning < std::chrono::seconds(1)) {
-      suppressed++;
-      return;
-    }
-    last_warning = now;
-    spdlog::warn("cluster {}: upstream {} failed: {} ({} more failures on this worker since the "
-                 "last message)",
-                 cluster_name_, endpoint_label_, cause, suppressed);
-    suppressed = 0;
+  void warnUpstreamFailure(std::string_view cause) {
+    worker_.warnUpstreamFailure(cluster_name_, endpoint_label_, cause);
   }
 
   void recordUpstreamFailure(UpstreamFailure failure) {

@@ -1003,6 +1003,8 @@ void Http2Stream::onUpstreamAcquired(AcquireResult result) {
     return;
   }
   if (!result.connection) {
+    session_->worker().warnUpstreamFailure(cluster_name_, endpoint_label_,
+                                           upstreamFailureName(result.failure));
     recordUpstreamFailure(result.failure);
     releaseEndpoint();
     const UpstreamEndpoint* failed = endpoint_.get();
@@ -1526,8 +1528,7 @@ void Http2Stream::recordUpstreamFailure(UpstreamFailure failure) {
 
 void Http2Stream::onUpstreamError(UpstreamFailure failure, LocalReplyReason reason,
                                   std::string_view cause) {
-  spdlog::debug("cluster {}: upstream {} failed on an HTTP/2 stream: {}", cluster_name_,
-                endpoint_label_, cause);
+  session_->worker().warnUpstreamFailure(cluster_name_, endpoint_label_, cause);
   recordUpstreamFailure(failure);
   releaseUpstream(false);
   if (response_submitted_) {
@@ -1678,19 +1679,18 @@ void Http2Stream::onTick(MonotonicTime now) {
     }
     return;
   }
-  if (state_ == State::kProxying && !response_submitted_ && route_deadline_ != MonotonicTime{} &&
-      now >= route_deadline_) {
-    onUpstreamError(UpstreamFailure::kTimeout, LocalReplyReason::kUpstreamTimeout, "timed out");
+  if (state_ == State::kProxying && !response_submitted_ && route_deadline_ != MonotonicTime{}) {
+    // The whole request has arrived: the route timeout alone bounds the wait for the response
+    // head, as on HTTP/1.1, whether or not the upstream has taken the body.
+    if (now >= route_deadline_) {
+      onUpstreamError(UpstreamFailure::kTimeout, LocalReplyReason::kUpstreamTimeout, "timed out");
+    }
     return;
   }
   if (deadline_ == MonotonicTime{} || now < deadline_) {
     return;
   }
   deadline_ = {};
-  if (state_ == State::kProxying && request_sent_ && !response_submitted_) {
-    onUpstreamError(UpstreamFailure::kTimeout, LocalReplyReason::kUpstreamTimeout, "timed out");
-    return;
-  }
   if (state_ == State::kProxying) {
     // Nothing moved for stream_idle_timeout in either direction.
     resetStream(NGHTTP2_CANCEL, "stream-idle-timeout");

@@ -418,6 +418,20 @@ void Worker::returnBuffer(std::unique_ptr<char[]> buffer) {
   }
 }
 
+void Worker::warnUpstreamFailure(std::string_view cluster, std::string_view endpoint,
+                                 std::string_view cause) {
+  auto now = std::chrono::steady_clock::now();
+  if (now - last_upstream_warning_ < std::chrono::seconds(1)) {
+    unlogged_upstream_failures_++;
+    return;
+  }
+  last_upstream_warning_ = now;
+  spdlog::warn("cluster {}: upstream {} failed: {} ({} more failures on this worker since the "
+               "last message)",
+               cluster, endpoint, cause, unlogged_upstream_failures_);
+  unlogged_upstream_failures_ = 0;
+}
+
 std::string Worker::generateRequestId() {
   // splitmix64: cheap, and every 64-bit state gives a distinct output, so ids from one worker
   // never repeat within 2^64 calls. Not for anything secret.

@@ -110,6 +110,11 @@ public:
   // A new request id: 32 lower-case hex digits, in the 8-4-4-4-12 layout of a UUID v4.
   std::string generateRequestId();
 
+  // Logs a failed upstream exchange as a warning, at most once a second per worker, with the
+  // count of failures left unlogged since the last message.
+  void warnUpstreamFailure(std::string_view cluster, std::string_view endpoint,
+                           std::string_view cause);
+
   // The access log writer; the file is shared by all workers.
   void setAccessLog(std::shared_ptr<AccessLogFile> file);
 
@@ -149,6 +154,8 @@ private:
   std::unique_ptr<AsioDispatcher> dispatcher_;
   LbRandom random_;
   uint64_t id_state_; // splitmix64 state for request ids
+  MonotonicTime last_upstream_warning_{};
+  uint64_t unlogged_upstream_failures_ = 0;
   std::vector<std::unique_ptr<char[]>> free_buffers_;
   boost::intrusive::list<Session, boost::intrusive::constant_time_size<false>> sessions_;
   size_t session_count_ = 0;

@@ -235,7 +235,8 @@ class H2Upstream:
     "/window" is answered with the connection's send window, the bytes the client lets this
     server send on the connection, in decimal. A path ending in "/malformed" gets a response
     with a connection-specific field, which RFC 9113 section 8.2.2 forbids. A path ending in
-    "/after-body" is answered once the request has ended.
+    "/after-body" is answered once the request has ended; one ending in "/early-head" gets its
+    response head at once and its body once the request has ended.
 
     With `initial_window` set, the server announces it as SETTINGS_INITIAL_WINDOW_SIZE and
     never raises a stream's window, so a client may send that many body bytes per stream.
@@ -302,7 +303,11 @@ class H2Upstream:
                         h2conn.acknowledge_received_data(
                             event.flow_controlled_length, event.stream_id)
                     if isinstance(event, h2.events.StreamEnded) and event.stream_id in waiting:
-                        self._answer(h2conn, event.stream_id, waiting.pop(event.stream_id))
+                        path = waiting.pop(event.stream_id)
+                        if path.endswith("/early-head"):
+                            h2conn.send_data(event.stream_id, b"served", end_stream=True)
+                        else:
+                            self._answer(h2conn, event.stream_id, path)
                     if isinstance(event, h2.events.TrailersReceived):
                         with self.lock:
                             self.request_trailers.append(list(event.headers))
@@ -339,7 +344,10 @@ class H2Upstream:
                             h2conn.send_data(event.stream_id, window, end_stream=True)
                             conn.sendall(h2conn.data_to_send())
                             continue
-                        if "/after-trailers" in path or path.endswith("/after-body"):
+                        if path.endswith("/early-head"):
+                            h2conn.send_headers(event.stream_id, [(":status", "200")])
+                            waiting[event.stream_id] = path
+                        elif "/after-trailers" in path or path.endswith("/after-body"):
                             waiting[event.stream_id] = path
                         else:
                             self._answer(h2conn, event.stream_id, path)

@@ -382,6 +382,19 @@ class Http2UpstreamTest(harness.DeferdTestCase):
         self.assertEqual(stream.status, 504, stream)
         self.assertEqual(stream.header("deferd-reason"), "upstream-timeout")
 
+    def test_body_after_early_head_http1(self):
+        # The upstream sends its response head at once and its body when the request ends, so
+        # the client's chunks must still be read after the head has arrived.
+        with harness.RawClient(self.port) as client:
+            client.send(b"POST /scripted/early-head HTTP/1.1\r\nHost: app\r\n"
+                        b"Transfer-Encoding: chunked\r\n\r\n")
+            for chunk in (b"5\r\npiece\r\n", b"5\r\npiece\r\n", b"0\r\n\r\n"):
+                time.sleep(0.3)
+                client.send(chunk)
+            resp = client.read_response("POST")
+        self.assertStatus(resp, 200)
+        self.assertEqual(resp.body, b"served")
+
     def test_shut_window_times_out_http1(self):
         with harness.RawClient(self.port) as client:
             client.send(b"GET /shut-window/warm HTTP/1.1\r\nHost: app\r\n\r\n")
@@ -560,26 +573,29 @@ class RequestIdOffTest(harness.DeferdTestCase):
         self.assertEqual(request.header_values("x-request-id"), ["caller-7"], repr(request))
 
 
-if __name__ == "__main__":
-    harness.main()
-
 
 class StreamIdleTimeoutTest(harness.DeferdTestCase):
     """stream_idle_timeout (1s here) ends a stream on which nothing moved, but an HTTP/2 upload
-    that keeps moving outlasts it, to either upstream protocol."""
+    that keeps moving outlasts it, to either upstream protocol. Once the request has arrived, a
+    longer route timeout alone bounds the wait for the response head."""
 
     PIECES = 8
     PIECE_GAP = 0.3  # seconds, so the upload lasts about twice stream_idle_timeout
 
     @classmethod
     def setUpClass(cls):
-        cls.upstream = harness.RawUpstream()
+        cls.upstream = harness.RawUpstream(handler=cls.reply_for)
         cls.addClassCleanup(cls.upstream.close)
         cls.h2_upstream = h2peer.H2Upstream(refuse_connections=0)
         cls.addClassCleanup(cls.h2_upstream.close)
+        cls.shut_window = h2peer.H2Upstream(refuse_connections=0, initial_window=0,
+                                            lifetime=120)
+        cls.addClassCleanup(cls.shut_window.close)
         cls.port = harness.free_port()
         routes = [
             {"match": {"prefix": "/h2"}, "cluster": "h2"},
+            {"match": {"prefix": "/shut-window"}, "cluster": "shut-window", "timeout": "3s"},
+            {"match": {"prefix": "/slow-head"}, "cluster": "h1", "timeout": "4s"},
             {"match": {"prefix": "/"}, "cluster": "h1"},
         ]
         cls.deferd = harness.Deferd(
@@ -588,9 +604,17 @@ class StreamIdleTimeoutTest(harness.DeferdTestCase):
             clusters=[
                 harness.cluster_config("h1", [cls.upstream.port]),
                 harness.cluster_config("h2", [cls.h2_upstream.port], protocol="http2"),
+                harness.cluster_config("shut-window", [cls.shut_window.port],
+                                       protocol="http2"),
             ],
         ).start()
         cls.addClassCleanup(cls.deferd.stop)
+
+    @staticmethod
+    def reply_for(request):
+        if request.target.startswith("/slow-head"):
+            return Reply(200, [], b"late", delay=2.0)
+        return harness.echo_reply(request)
 
     def slow_upload(self, path):
         with h2peer.H2Client(self.port) as client:
@@ -616,3 +640,26 @@ class StreamIdleTimeoutTest(harness.DeferdTestCase):
             client.send_data(stream_id, b"piece")
             stream = client.wait(stream_id)
         self.assertEqual(stream.reset_code, 8, stream)  # CANCEL
+
+    def test_route_timeout_outlasts_idle_timeout(self):
+        with h2peer.H2Client(self.port) as client:
+            stream = client.get("/slow-head")
+        self.assertEqual(stream.status, 200, stream)
+        self.assertEqual(bytes(stream.body), b"late")
+
+    def test_shut_window_waits_for_route_timeout(self):
+        with h2peer.H2Client(self.port) as client:
+            self.assertEqual(client.get("/shut-window/warm").status, 200)
+            stream_id = client.request("POST", "/shut-window/after-body", end_stream=False)
+            client.send_data(stream_id, b"x" * 30000, end_stream=True)
+            stream = client.wait(stream_id)
+        self.assertEqual(stream.status, 504, stream)
+        self.assertEqual(stream.header("deferd-reason"), "upstream-timeout")
+        # Logged as for an HTTP/1.1 client; no other test of this class fails an upstream.
+        self.assertIn(f"cluster shut-window: upstream 127.0.0.1:{self.shut_window.port} failed: "
+                      "timed out", self.deferd.log())
+
+
+
+if __name__ == "__main__":
+    harness.main()

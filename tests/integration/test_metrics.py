@@ -175,9 +175,6 @@ class AdminTest(harness.DeferdTestCase):
         self.assertStatus(resp, 405, "POST /metrics")
 
 
-if __name__ == "__main__":
-    harness.main()
-
 
 class AccessLogFullTest(harness.DeferdTestCase):
     """An access log on a full device: requests are still served, and the lost bytes are
@@ -206,3 +203,7 @@ class AccessLogFullTest(harness.DeferdTestCase):
         harness.wait_until(lambda: self.dropped() > 0, 5, "dropped access log bytes counted")
         self.assertEqual(self.deferd.log().count("access log write to /dev/full failed"), 1,
                          self.deferd.log())
+
+
+if __name__ == "__main__":
+    harness.main()
