@@ -238,7 +238,10 @@ private:
   // Returns the definition's body with the bodies of its `extends:` chain as bases.
   Field inherit(const Definition& definition);
   // Returns the template that `extends` names, or reports why there is none.
-  const Definition* findParent(const Field& extends, const std::vector<std::string>& chain);
+  // `chain` lists the definitions from the one being merged on; a policy at its start is not a
+  // template, so it takes no part in a cycle (`cycle_from` is 1 then).
+  const Definition* findParent(const Field& extends, const std::vector<std::string>& chain,
+                               size_t cycle_from);
   void parseDefinitions();
   void parsePolicy(const Field& field, Policy* policy);
   void parsePriority(const Field& field, PriorityPolicy* priority);
@@ -1049,8 +1052,8 @@ void Loader::collectDefinitions(const Field& field, std::string_view kind,
   }
 }
 
-const Loader::Definition* Loader::findParent(const Field& extends,
-                                             const std::vector<std::string>& chain) {
+const Loader::Definition*
+Loader::findParent(const Field& extends, const std::vector<std::string>& chain, size_t cycle_from) {
   std::optional<std::string> name = readName(extends);
   if (!name) {
     return nullptr;
@@ -1077,10 +1080,12 @@ const Loader::Definition* Loader::findParent(const Field& extends,
     return nullptr;
   }
 
-  if (std::find(chain.begin(), chain.end(), *name) != chain.end()) {
+  auto links = chain.begin() + static_cast<std::ptrdiff_t>(cycle_from);
+  auto repeated = std::find(links, chain.end(), *name);
+  if (repeated != chain.end()) {
     std::string cycle;
-    for (const std::string& link : chain) {
-      cycle += link + " -> ";
+    for (auto link = repeated; link != chain.end(); ++link) {
+      cycle += *link + " -> ";
     }
     report("extends cycle: " + cycle + *name);
     return nullptr;
@@ -1096,6 +1101,9 @@ const Loader::Definition* Loader::findParent(const Field& extends,
 Field Loader::inherit(const Definition& definition) {
   Field merged = definition.value;
   std::vector<std::string> chain = {definition.key.value.Scalar()};
+  auto as_template = templates_.find(chain.front());
+  size_t cycle_from =
+      as_template != templates_.end() && &as_template->second == &definition ? 0 : 1;
   const Field* body = &definition.value;
 
   // Only a definition's own `extends:` counts. The one its template inherits is read at the
@@ -1114,7 +1122,7 @@ Field Loader::inherit(const Definition& definition) {
     if (!extends) {
       break;
     }
-    const Definition* parent = findParent(*extends, chain);
+    const Definition* parent = findParent(*extends, chain, cycle_from);
     if (parent == nullptr) {
       break;
     }
@@ -1148,12 +1156,12 @@ std::string Loader::setElsewhere(const Field* other, const Field& reported) cons
   if (other == nullptr) {
     return "";
   }
-  auto definition = [](const std::string& path) {
-    // "policies.tight.backpressure.min_limit" -> "policies.tight"
-    size_t first = path.find('.');
-    return path.substr(0, first == std::string::npos ? first : path.find('.', first + 1));
-  };
-  if (definition(other->path) == definition(reported.path)) {
+  // Template names may contain dots, so the two are compared by the section of `other`:
+  // "templates.t.a.backpressure" for "templates.t.a.backpressure.min_limit". `reported` is
+  // that section's key, or the section itself.
+  auto parent = [](const std::string& path) { return path.substr(0, path.rfind('.')); };
+  std::string section = parent(other->path);
+  if (section == reported.path || section == parent(reported.path)) {
     return "";
   }
   Location location = locate(*other);

@@ -756,10 +756,11 @@ private:
       return; // the read was cancelled when the connection closed
     }
     if (ec) {
-      if (!request_sent_ && ec != asio::error::eof && ec != http::error::end_of_stream &&
-          ec != asio::error::connection_reset && !timed_out_) {
+      if (!request_sent_ && !response_started_ && ec != asio::error::eof &&
+          ec != http::error::end_of_stream && ec != asio::error::connection_reset && !timed_out_) {
         // A framing error in the first piece of the body: nothing has reached the upstream, so
-        // the upstream connection is still clean and the client gets a 400.
+        // the upstream connection is still clean and the client gets a 400. Once a response
+        // has started, only closing the connection is left.
         spdlog::debug("listener {}: invalid request body from {}: {}", listener_->config->name,
                       peer_ip_, ec.message());
         releaseUpstream(true);
@@ -1065,7 +1066,7 @@ private:
                             self->abortRequest(StreamEnd::kDownstreamClosed);
                             return;
                           }
-                          if (self->h2_upstream_ && self->state_ == State::kSendingRequest) {
+                          if (self->h2_upstream_ && self->sendingRequestBody()) {
                             self->readRequestBody();
                           } else {
                             self->h2_body_reading_ = false;

@@ -1098,10 +1098,14 @@ void Http2Stream::releaseHttp2Upstream() {
   h2_upstream_.reset(); // resets the upstream stream unless it completed
 }
 
+// Each of the four upstream callbacks below holds the stream while it runs: a reset inside may
+// close the stream and drop the session's reference before the final flush.
+
 void Http2Stream::onUpstreamHeaders(unsigned status, HeaderList fields, bool end_stream) {
   if (detached_ || state_ != State::kProxying) {
     return;
   }
+  auto self = shared_from_this();
   upstream_seconds_ =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - upstream_sent_at_).count();
   removeConnectionSpecific(fields);
@@ -1113,6 +1117,7 @@ void Http2Stream::onUpstreamData(const uint8_t* data, size_t size) {
   if (detached_ || state_ != State::kProxying) {
     return;
   }
+  auto self = shared_from_this();
   response_body_.append(reinterpret_cast<const char*>(data), size);
   response_bytes_ += size;
   h2_unconsumed_ += size;
@@ -1125,6 +1130,7 @@ void Http2Stream::onUpstreamComplete(HeaderList trailers) {
   if (detached_ || state_ != State::kProxying) {
     return;
   }
+  auto self = shared_from_this();
   removeConnectionSpecific(trailers);
   for (const HeaderField& field : trailers) {
     if (field.is("grpc-status")) {
@@ -1142,6 +1148,7 @@ void Http2Stream::onUpstreamFailed(UpstreamFailure failure, bool retryable,
   if (detached_ || state_ != State::kProxying) {
     return;
   }
+  auto self = shared_from_this();
   if (retryable && !retried_ && h2_body_sent_ == 0 && !response_submitted_) {
     // The upstream did not process the request (GOAWAY, REFUSED_STREAM or no connection), and
     // no body byte is lost: send it once more, on another connection.

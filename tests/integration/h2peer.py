@@ -236,7 +236,8 @@ class H2Upstream:
     server send on the connection, in decimal. A path ending in "/malformed" gets a response
     with a connection-specific field, which RFC 9113 section 8.2.2 forbids. A path ending in
     "/after-body" is answered once the request has ended; one ending in "/early-head" gets its
-    response head at once and its body once the request has ended.
+    response head at once and its body once the request has ended. A path ending in
+    "/reset-after-head" gets a response head and 5 body bytes, then RST_STREAM INTERNAL_ERROR.
 
     With `initial_window` set, the server announces it as SETTINGS_INITIAL_WINDOW_SIZE and
     never raises a stream's window, so a client may send that many body bytes per stream.
@@ -342,6 +343,12 @@ class H2Upstream:
                             window = str(h2conn.outbound_flow_control_window).encode()
                             h2conn.send_headers(event.stream_id, [(":status", "200")])
                             h2conn.send_data(event.stream_id, window, end_stream=True)
+                            conn.sendall(h2conn.data_to_send())
+                            continue
+                        if path.endswith("/reset-after-head"):
+                            h2conn.send_headers(event.stream_id, [(":status", "200")])
+                            h2conn.send_data(event.stream_id, b"hello")
+                            h2conn.reset_stream(event.stream_id, error_code=2)
                             conn.sendall(h2conn.data_to_send())
                             continue
                         if path.endswith("/early-head"):

@@ -395,6 +395,44 @@ class Http2UpstreamTest(harness.DeferdTestCase):
         self.assertStatus(resp, 200)
         self.assertEqual(resp.body, b"served")
 
+    def test_bad_chunk_after_early_head_closes(self):
+        # The 200 head is with the client already, so a framing error can only close the
+        # connection: a 400 written after it would read as a second response. The shut window
+        # keeps every body byte in deferd, where a framing error could still get a 400.
+        def bad_requests():
+            return self.deferd.metrics().value("deferd_local_replies_total", listener="inbound",
+                                               protocol="http1", reason="bad-request") or 0
+
+        before = bad_requests()
+        with harness.RawClient(self.port) as client:
+            client.send(b"GET /shut-window/warm HTTP/1.1\r\nHost: app\r\n\r\n")
+            self.assertStatus(client.read_response(), 200)
+            client.send(b"POST /shut-window/early-head HTTP/1.1\r\nHost: app\r\n"
+                        b"Transfer-Encoding: chunked\r\n\r\n5\r\npiece\r\n")
+            time.sleep(0.3)
+            client.send(b"zz\r\n")
+            data = b""
+            deadline = time.monotonic() + harness.IO_TIMEOUT
+            while time.monotonic() < deadline:
+                try:
+                    chunk = client.sock.recv(65536)
+                except ConnectionResetError:
+                    break
+                if not chunk:
+                    break
+                data += chunk
+        self.assertTrue(data.startswith(b"HTTP/1.1 200 "), data)
+        self.assertEqual(data.count(b"HTTP/1.1 "), 1, data)
+        self.assertEqual(bad_requests(), before)
+
+    def test_upstream_reset_after_head(self):
+        with h2peer.H2Client(self.port) as client:
+            stream = client.get("/scripted/reset-after-head")
+            self.assertEqual(stream.status, 200, stream)
+            self.assertEqual(stream.reset_code, 2, stream)  # INTERNAL_ERROR
+            # The next stream is served: the failed one was released cleanly.
+            self.assertEqual(client.get("/scripted/after").status, 200)
+
     def test_shut_window_times_out_http1(self):
         with harness.RawClient(self.port) as client:
             client.send(b"GET /shut-window/warm HTTP/1.1\r\nHost: app\r\n\r\n")

@@ -354,13 +354,43 @@ policies:
 )",
                                 true));
 
-  // Each template is checked on its own too, so the cycle is found from both ends.
+  // Each template is checked on its own too, so the cycle is found from both ends. Policy a
+  // meets the second report again, which is listed once.
   EXPECT_EQ(
       errors(),
       (Lines{path("deferd.yaml") + ":8:10: templates.one.extends: extends cycle: two -> one -> two",
-             path("deferd.yaml") + ":10:5: templates.two.extends: extends cycle: one -> two -> one",
-             path("deferd.yaml") + ":10:5: templates.two.extends: extends cycle: a -> one -> two "
-                                   "-> one"}));
+             path("deferd.yaml") +
+                 ":10:5: templates.two.extends: extends cycle: one -> two -> one"}));
+}
+
+TEST_F(ConfigFilesTest, CombinedBoundsInDottedTemplates) {
+  write("deferd.yaml", mainFile(R"(templates:
+  t.b: { backpressure: { min_limit: 20 } }
+  t.a: { extends: t.b, backpressure: { max_limit: 10 } }
+policies:
+  a: { extends: t.a }
+  b: {}
+)",
+                                true));
+
+  Lines lines = errors();
+  ASSERT_EQ(lines.size(), 1u) << ::testing::PrintToString(lines);
+  EXPECT_NE(lines[0].find("(templates.t.b.backpressure.min_limit, set at "), std::string::npos)
+      << lines[0];
+}
+
+TEST_F(ConfigFilesTest, PolicyMayExtendTemplateOfItsName) {
+  // Policies and templates have separate names, so this is no cycle.
+  write("deferd.yaml", mainFile(R"(templates:
+  a: { backpressure: { max_limit: 40 } }
+policies:
+  a: { extends: a }
+  b: {}
+)",
+                                true));
+
+  std::shared_ptr<const Config> config = loadValid();
+  EXPECT_EQ(config->policies.at("a").backpressure->max_limit, 40u);
 }
 
 TEST_F(ConfigFilesTest, ExtendsUnknownParentIsError) {
