@@ -530,14 +530,16 @@ private:
       return;
     }
     state_ = State::kConnecting;
+    // The worker's current cluster: after a reload, a request that waited in a filter gets the
+    // new endpoints and settings. A cluster the reload removed has no endpoint left.
     WorkerCluster* cluster = worker_.cluster(cluster_name_);
-    const config::Cluster& cluster_config = *snapshot_->clusters[cluster_index_].config;
     UpstreamEndpoint* endpoint =
-        cluster ? cluster->pick(cluster_config.lb, worker_.random(), exclude) : nullptr;
+        cluster ? cluster->pick(cluster->config->lb, worker_.random(), exclude) : nullptr;
     if (!endpoint) {
       sendLocalReply(LocalReplyReason::kNoHealthyEndpoint);
       return;
     }
+    const config::Cluster& cluster_config = *cluster->config;
     endpoint_ = endpoint->shared_from_this();
     endpoint_label_ = endpoint->label();
     info_.upstream = endpoint->shared.get();

@@ -959,14 +959,16 @@ void Http2Stream::acquireUpstream(const UpstreamEndpoint* exclude) {
   }
   state_ = State::kConnecting;
   Worker& worker = session_->worker();
+  // The worker's current cluster: after a reload, a request that waited in a filter gets the
+  // new endpoints and settings. A cluster the reload removed has no endpoint left.
   WorkerCluster* cluster = worker.cluster(cluster_name_);
-  const config::Cluster& cluster_config = *session_->snapshot().clusters[cluster_index_].config;
   UpstreamEndpoint* endpoint =
-      cluster ? cluster->pick(cluster_config.lb, worker.random(), exclude) : nullptr;
+      cluster ? cluster->pick(cluster->config->lb, worker.random(), exclude) : nullptr;
   if (!endpoint) {
     sendLocalReply(LocalReplyReason::kNoHealthyEndpoint);
     return;
   }
+  const config::Cluster& cluster_config = *cluster->config;
   endpoint_ = endpoint->shared_from_this();
   endpoint_label_ = endpoint->label();
   info_.upstream = endpoint->shared.get();

@@ -252,11 +252,13 @@ void Worker::rebuildClusters() {
     const config::Cluster& config = *runtime.config;
     auto current = clusters_.find(config.name);
     if (current != clusters_.end() && current->second.configured == config.endpoints) {
+      current->second.config = &config;
       next.emplace(config.name, std::move(current->second));
       continue;
     }
 
     WorkerCluster cluster;
+    cluster.config = &config;
     cluster.configured = config.endpoints;
     uint32_t per_worker_limit =
         static_cast<uint32_t>((config.max_connections + worker_count_ - 1) / worker_count_);

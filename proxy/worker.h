@@ -51,6 +51,9 @@ public:
 
 // One cluster's endpoints on one worker.
 struct WorkerCluster {
+  // The cluster's settings in the worker's current config, which go with `endpoints`. A
+  // request that started before a reload uses these too, since it gets these endpoints.
+  const config::Cluster* config = nullptr;
   std::vector<config::Address> configured; // the endpoints as configured, to detect changes
   std::vector<std::shared_ptr<UpstreamEndpoint>> endpoints;
   size_t round_robin_cursor = 0;

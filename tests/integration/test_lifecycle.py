@@ -8,6 +8,7 @@ import subprocess
 import threading
 import time
 
+import h2peer
 import harness
 from harness import RawClient, Reply
 
@@ -195,6 +196,31 @@ class ReloadTest(harness.DeferdTestCase):
         self.assertEqual([r.target for r in self.fresh.wait_for_requests(1)][:1], ["/new/x"])
         self.assertKeepAliveWorks(client, "/a/after-reload")
         self.assertEqual(self.reloads("failure"), failures_before, "failed reloads")
+
+    def test_waiting_request_uses_reloaded_cluster(self):
+        # A request held by a fault delay picks its endpoint after the reload, so it must use
+        # the new cluster settings with the new endpoints: HTTP/2 to an HTTP/2 server here.
+        h2_app = h2peer.H2Upstream(refuse_connections=0)
+        self.addCleanup(h2_app.close)
+        config = copy.deepcopy(self.deferd.config)
+        config["policies"] = {"slow": {"fault": {"delay": {"percent": "100%", "duration": "1s"}}}}
+        config["listeners"][0]["routes"][0]["policy"] = "slow"
+        self.deferd.write_config(config)
+        self.reload_and_wait("success")
+
+        results = {}
+        waiting = threading.Thread(
+            target=lambda: results.update(resp=harness.http_get(self.port, "/a/held")))
+        waiting.start()
+        time.sleep(0.2)
+        config["clusters"] = [harness.cluster_config("app", [h2_app.port], protocol="http2")]
+        self.deferd.write_config(config)
+        self.reload_and_wait("success")
+        waiting.join(harness.IO_TIMEOUT)
+
+        self.assertIn("resp", results)
+        self.assertStatus(results["resp"], 200, "the request held across the reload")
+        self.assertEqual(results["resp"].body, b"served")
 
     def test_sighup_keeps_old_config_when_invalid(self):
         client = RawClient(self.port)
