@@ -238,8 +238,8 @@ private:
   // Returns the definition's body with the bodies of its `extends:` chain as bases.
   Field inherit(const Definition& definition);
   // Returns the template that `extends` names, or reports why there is none.
-  // `chain` lists the definitions from the one being merged on; a policy at its start is not a
-  // template, so it takes no part in a cycle (`cycle_from` is 1 then).
+  // `chain` lists the definitions from the one being merged on. A policy at its start is not a
+  // template and takes no part in a cycle, so `cycle_from` is 1 for a policy and 0 otherwise.
   const Definition* findParent(const Field& extends, const std::vector<std::string>& chain,
                                size_t cycle_from);
   void parseDefinitions();

@@ -58,7 +58,7 @@ public:
     return streams;
   }
 
-  // Copies of the stream pointers, for a loop whose calls may add or remove streams.
+  // Returns copies of the stream pointers, for a loop whose calls may add or remove streams.
   std::vector<std::shared_ptr<Stream>> copy() const {
     std::vector<std::shared_ptr<Stream>> streams;
     streams.reserve(streams_.size());
